@@ -1,0 +1,160 @@
+"""Export-clean Bi-Level Routing Attention (BRA) and BiFormer's stage-4 global attention.
+
+Same function and parameter names as the official legacy BRA (rayleizhu/BiFormer ``ops/bra_legacy.py``), so the
+released checkpoints load unchanged, but written for exporters:
+
+* every shape is a Python int, so traced graphs hold constants, not Shape/Gather/Div chains;
+* no tensor has rank > 5 (Core ML's limit): region partition goes through a rank-5 permute, never rank 6;
+* no einsum, no einops;
+* TopK with a constant k (sorted, as TensorRT requires);
+* the key/value gather is one flat-index ``index_select`` of whole regions (ONNX ``Gather`` on axis 0), instead of
+  the official expand + ``torch.gather`` which ONNX materialises as a k-fold ``Expand`` + ``GatherElements``.
+
+Shapes in comments: N batch, S regions per side (``n_win``), R = S*S regions, h x w tokens per region
+(T = h*w), k = topk, C = dim, Cq = qk_dim, Ckv = Cq + C, m heads.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class QKVLinear(nn.Module):
+    """One Linear producing q | k | v; a module of its own only to keep the official key ``attn.qkv.qkv.*``."""
+
+    def __init__(self, dim: int, qk_dim: int, bias: bool = True):
+        super().__init__()
+        self.dim, self.qk_dim = dim, qk_dim
+        self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.qkv(x).split([self.qk_dim, self.qk_dim + self.dim], dim=-1)  # q, kv
+
+
+def partition_regions(x: torch.Tensor, n_win: int) -> torch.Tensor:
+    """(N, S*h, S*w, C) -> (N*R, h*w, C), regions in row-major order (j, i) as the official rearrange."""
+    N, H, W, C = (int(s) for s in x.shape)
+    h, w = H // n_win, W // n_win
+    x = x.reshape(N * n_win, h, n_win, w * C)          # rows split into (S, h); cols kept flat
+    x = x.permute(0, 2, 1, 3)                          # (N*S, S, h, w*C)
+    return x.reshape(N * n_win * n_win, h * w, C)
+
+
+def merge_regions(x: torch.Tensor, batch: int, n_win: int, h: int, w: int) -> torch.Tensor:
+    """(N*R, h*w, C) -> (N, S*h, S*w, C): inverse of :func:`partition_regions`."""
+    C = int(x.shape[-1])
+    x = x.reshape(batch * n_win, n_win, h, w * C)
+    x = x.permute(0, 2, 1, 3)                          # (N*S, h, S, w*C)
+    return x.reshape(batch, n_win * h, n_win * w, C)
+
+
+class BiLevelRoutingAttention(nn.Module):
+    """BRA on NHWC maps. Pads bottom/right to multiples of ``n_win`` before the projection, as the official auto-pad.
+
+    ``last_routing`` keeps the top-k region indices (N, R, k) of the latest forward when ``record_routing`` is set;
+    the parity tools read it to measure routing agreement.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, n_win: int = 7, qk_dim: int | None = None,
+                 qk_scale: float | None = None, topk: int = 4, side_dwconv: int = 5, auto_pad: bool = True):
+        super().__init__()
+        qk_dim = qk_dim or dim
+        if dim % num_heads or qk_dim % num_heads:
+            raise ValueError(f"dim {dim} and qk_dim {qk_dim} must be divisible by num_heads {num_heads}")
+        if not 0 < topk <= n_win * n_win:
+            raise ValueError(f"topk must be in 1..{n_win * n_win} for n_win={n_win}, got {topk}")
+        self.dim, self.qk_dim, self.num_heads, self.n_win, self.topk = dim, qk_dim, num_heads, n_win, topk
+        self.auto_pad = auto_pad
+        # Official quirk: the scale uses the full qk_dim, not the head dim.
+        self.scale = qk_scale or qk_dim ** -0.5
+        self.qkv = QKVLinear(dim, qk_dim)
+        self.wo = nn.Linear(dim, dim)
+        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+        self.record_routing = False
+        self.last_routing: torch.Tensor | None = None
+        # Router precision island: region pooling, affinity and TopK run in FP32 even in an FP16 model, because a
+        # flipped top-k choice is a discrete error (DESIGN.md, QAR 1). False only to measure what it buys.
+        self.router_fp32 = True
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        N, H, W, C = (int(s) for s in x.shape)
+        pad_b, pad_r = (-H) % self.n_win, (-W) % self.n_win
+        if pad_b or pad_r:
+            if not self.auto_pad:
+                raise ValueError(f"feature map {H}x{W} is not divisible by n_win={self.n_win}")
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))  # zeros, before the projection (official legacy order)
+        return x
+
+    def route(self, q_region: torch.Tensor, k_region: torch.Tensor) -> torch.Tensor:
+        """Region affinity and top-k: (N, R, Cq) x2 -> indices (N, R, k). The router precision island."""
+        affinity = (q_region * self.scale) @ k_region.transpose(-2, -1)   # (N, R, R)
+        return torch.topk(affinity, k=self.topk, dim=-1, sorted=True).indices
+
+    def gather_regions(self, kv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """kv (N*R, T, Ckv), index (N, R, k) -> (N*R, k*T, Ckv) by one flat-index gather of whole regions."""
+        N, R, k = (int(s) for s in index.shape)
+        T, Ckv = int(kv.shape[1]), int(kv.shape[2])
+        if N > 1:
+            index = index + (torch.arange(N, device=index.device) * R).view(N, 1, 1)
+        rows = kv.index_select(0, index.reshape(N * R * k))                  # (N*R*k, T, Ckv)
+        return rows.reshape(N * R, k * T, Ckv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N, H, W, C = (int(s) for s in x.shape)
+        x = self.pad_input(x)
+        Hp, Wp = int(x.shape[1]), int(x.shape[2])
+        S, m, Cq = self.n_win, self.num_heads, self.qk_dim
+        h, w = Hp // S, Wp // S
+        T, R = h * w, S * S
+
+        q, kv = self.qkv(x)                                                   # (N, Hp, Wp, Cq), (N, Hp, Wp, Ckv)
+        lepe = self.lepe(kv[..., Cq:].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (N, Hp, Wp, C)
+        q = partition_regions(q, S)                                           # (N*R, T, Cq)
+        kv = partition_regions(kv, S)                                         # (N*R, T, Ckv)
+
+        # Routing is gradient-free in every released config (official detach()).
+        q_router, k_router = q.detach(), kv[..., :Cq].detach()
+        if self.router_fp32:
+            q_router, k_router = q_router.float(), k_router.float()
+        q_region = q_router.mean(1).reshape(N, R, Cq)
+        k_region = k_router.mean(1).reshape(N, R, Cq)
+        index = self.route(q_region, k_region)                                # (N, R, k)
+        if self.record_routing:
+            self.last_routing = index
+        kv_sel = self.gather_regions(kv, index)                               # (N*R, k*T, Ckv)
+
+        kT = self.topk * T
+        k_sel = kv_sel[..., :Cq].reshape(N * R, kT, m, Cq // m).permute(0, 2, 3, 1)       # (N*R, m, c, kT)
+        v_sel = kv_sel[..., Cq:].reshape(N * R, kT, m, C // m).permute(0, 2, 1, 3)        # (N*R, m, kT, c)
+        q = q.reshape(N * R, T, m, Cq // m).permute(0, 2, 1, 3)                           # (N*R, m, T, c)
+        attn = torch.softmax((q * self.scale) @ k_sel, dim=-1)                            # (N*R, m, T, kT)
+        out = (attn @ v_sel).permute(0, 2, 1, 3).reshape(N * R, T, C)                     # (N*R, T, C)
+        out = merge_regions(out, N, S, h, w) + lepe                                       # (N, Hp, Wp, C)
+        out = self.wo(out)
+        if Hp != H or Wp != W:
+            out = out[:, :H, :W, :]
+        return out
+
+
+class AttentionLePE(nn.Module):
+    """Stage-4 global attention of the released models: 8 heads whatever the width, no qkv bias, head-dim scale,
+    LePE (depthwise 5x5) on the attention *input* x (official ``_common.AttentionLePE``). NHWC in/out."""
+
+    def __init__(self, dim: int, num_heads: int = 8, side_dwconv: int = 5):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.proj = nn.Linear(dim, dim)
+        self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N, H, W, C = (int(s) for s in x.shape)
+        L, m = H * W, self.num_heads
+        lepe = self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(N, L, C)
+        qkv = self.qkv(x.reshape(N, L, C)).reshape(N, L, 3, m, C // m).permute(2, 0, 3, 1, 4)  # (3, N, m, L, c)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)                 # (N, m, L, L)
+        out = (attn @ v).transpose(1, 2).reshape(N, L, C) + lepe
+        return self.proj(out).reshape(N, H, W, C)

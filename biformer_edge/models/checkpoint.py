@@ -1,0 +1,80 @@
+"""Checkpoint loading: official BiFormer, mmseg fine-tunes and biformer-edge files, always strict.
+
+Accepted containers: a bare state dict, or one wrapped in ``model`` / ``state_dict`` / ``module`` (the official
+trainer and the mm loaders), with or without a ``module.`` prefix (DataParallel). Half-precision weights (the
+shipped demo weights) are widened to the model's dtype.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+WRAPPER_KEYS = ("model", "state_dict", "module")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: pass the path of a .pth/.pt file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {path} is not a readable PyTorch file ({reason}): re-download or re-save it")
+    for _ in range(2):  # e.g. {"state_dict": {"module": {...}}}
+        if isinstance(obj, dict):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is not None:
+                obj = inner
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"checkpoint {path} holds no state dict (expected tensors, optionally under "
+                        f"'model', 'state_dict' or 'module')")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def check_task(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """An ImageNet checkpoint given to a segmentation model (or the reverse) gets a message naming the task, not a
+    list of hundreds of missing keys."""
+    is_seg_ckpt = any(k.startswith("backbone.") for k in state)
+    task = getattr(model, "task", None)
+    if task == "segmentation" and not is_seg_ckpt and any(k.startswith("stages.") for k in state):
+        raise UserError(f"checkpoint {path} is a classification checkpoint (no 'backbone.' keys): a segmentation "
+                        f"model needs an mmseg checkpoint with backbone./neck./decode_head. weights")
+    if task == "classification" and is_seg_ckpt:
+        raise UserError(f"checkpoint {path} is a segmentation checkpoint ('backbone.' keys): use a *_sfpn model")
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    state = read_state_dict(path)
+    check_task(model, state, Path(path))
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        def few(keys):
+            return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        parts = [f"{len(missing)} missing keys ({few(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected keys ({few(unexpected)})" if unexpected else "",
+                 f"{len(mismatched)} shape mismatches ({few(mismatched)})" if mismatched else ""]
+        name = getattr(model, "name", type(model).__name__)
+        raise UserError(f"checkpoint {path} does not match {name}: " + "; ".join(p for p in parts if p)
+                        + ": is it from another model size or task? pick the matching --model")
+    dtype_of = {k: v.dtype for k, v in own.items()}
+    model.load_state_dict({k: v.to(dtype_of[k]) for k, v in state.items()}, strict=True)

@@ -1,0 +1,70 @@
+"""Named model configs (timm style): ``@register_model`` on a factory, ``create_model(name)`` to build one."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    factory: Callable[..., nn.Module]
+    input_size: tuple[int, int]          # the size exports use unless --input-size says otherwise
+    task: str                            # "classification" | "segmentation"
+    shipped_weights: str | None = None   # file name under biformer_edge/weights/, loaded by default
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def register_model(name: str, input_size: tuple[int, int], task: str, shipped_weights: str | None = None):
+    def wrap(factory):
+        _REGISTRY[name] = ModelSpec(name, factory, tuple(input_size), task, shipped_weights)
+        return factory
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown model '{name}': {hint}choose one of {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, checkpoint: str | Path | None = None, pretrained: bool = True,
+                 **overrides) -> nn.Module:
+    """Build a registered model in eval mode.
+
+    ``checkpoint``: a file to load strictly (official, mmseg, or biformer-edge checkpoints). Without one, models
+    that ship weights (``biformer_seg_demo``) load them unless ``pretrained=False``; the others start random.
+    """
+    from .checkpoint import load_checkpoint
+
+    spec = get_spec(name)
+    try:
+        model = spec.factory(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"cannot build {name}: {exc}") from None
+    model.name, model.task, model.default_input_size = name, spec.task, spec.input_size
+    model.checkpoint_path = None
+    if checkpoint is None and pretrained and spec.shipped_weights:
+        checkpoint = WEIGHTS_DIR / spec.shipped_weights
+        if not checkpoint.is_file():
+            raise UserError(f"{name}'s shipped weights {checkpoint} are missing: reinstall biformer-edge, or "
+                            f"train them with 'python -m biformer_edge.train_demo'")
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+        model.checkpoint_path = str(checkpoint)
+    return model.eval()
