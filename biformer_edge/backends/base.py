@@ -91,3 +91,18 @@ class TorchSession(Session):
 
     def run(self, x: np.ndarray) -> RunResult:
         return run_torch(self.model, x)
+
+
+@dataclass
+class ExportContext:
+    """What a backend's ``export`` gets: where to write, what to build. ``workdir`` is a temporary directory that the
+    exporter renames into place only after every step (export, checks, parity) succeeded."""
+
+    workdir: Path
+    target: str                                  # jetson | tensorrt | openvino | coreml | onnx
+    precision: str                               # fp32 | fp16 | int8
+    input_shape: tuple[int, int, int, int]       # (N, 3, H, W), static
+    opset: int = 17
+    profile: dict = field(default_factory=dict)  # the target's TOML profile (export/<target>.toml)
+    options: dict = field(default_factory=dict)  # target-specific CLI options (dla_core, ios, weights_8bit, build)
+    log: object = print                          # progress messages: log("...")
