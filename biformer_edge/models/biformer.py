@@ -105,7 +105,8 @@ class BiFormerBackbone(nn.Module):
         self.downsample_layers = nn.ModuleList([stem] + [
             nn.Sequential(nn.Conv2d(d[i], d[i + 1], 3, stride=2, padding=1), nn.BatchNorm2d(d[i + 1]))
             for i in range(3)])
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depth)).tolist()
+        n_blocks = sum(cfg.depth)
+        rates = [cfg.drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
         self.stages = nn.ModuleList()
         start = 0
         for i in range(4):
