@@ -106,3 +106,4 @@ class ExportContext:
     profile: dict = field(default_factory=dict)  # the target's TOML profile (export/<target>.toml)
     options: dict = field(default_factory=dict)  # target-specific CLI options (dla_core, ios, weights_8bit, build)
     log: object = print                          # progress messages: log("...")
+    checks: dict = field(default_factory=dict)   # structural checks: name -> {"ok": bool, "summary": str}

@@ -199,22 +199,22 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         lum += np.sin(arg) * np.float32(rng.uniform(4.0, 12.0))
     grain = rng.standard_normal((max(2, h // 2), max(2, w // 2)), dtype=np.float32)
     lum += cv2.resize(grain, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(rng.uniform(1.0, 4.0))
-    img += lum[:, :, None]
+    img += cv2.cvtColor(lum, cv2.COLOR_GRAY2RGB)
     return img
 
 
 def _sample_object(rng: np.random.Generator, cls: int, h: int, w: int) -> _Object:
     short = min(h, w)
     if cls == DISC:
-        radius, aspect = rng.uniform(0.07, 0.18), rng.uniform(0.7, 1.0)
+        radius, aspect = rng.uniform(0.08, 0.2), rng.uniform(0.7, 1.0)
     elif cls == BOX:
-        radius, aspect = rng.uniform(0.07, 0.17), rng.uniform(0.55, 1.0)
+        radius, aspect = rng.uniform(0.08, 0.19), rng.uniform(0.55, 1.0)
     elif cls == TRIANGLE:
-        radius, aspect = rng.uniform(0.10, 0.23), 1.0
+        radius, aspect = rng.uniform(0.12, 0.27), 1.0
     elif cls == RING:
-        radius, aspect = rng.uniform(0.09, 0.2), rng.uniform(0.8, 1.0)
+        radius, aspect = rng.uniform(0.1, 0.23), rng.uniform(0.8, 1.0)
     else:  # BAR
-        radius, aspect = rng.uniform(0.16, 0.36), rng.uniform(0.12, 0.2)
+        radius, aspect = rng.uniform(0.18, 0.4), rng.uniform(0.12, 0.2)
     o = _Object(cls=cls, x=rng.uniform(0.08, 0.92) * w, y=rng.uniform(0.08, 0.92) * h,
                 angle=rng.uniform(0, _TWO_PI), radius=radius * short, aspect=aspect)
 
@@ -445,7 +445,8 @@ def _paint(img: np.ndarray, label: np.ndarray, inst, o: _Object, idx: int, t: fl
         ix0, ix1 = max(sx0, 0), min(sx0 + m.shape[1], w)
         if iy1 > iy0 and ix1 > ix0:
             m = m[iy0 - sy0:iy1 - sy0, ix0 - sx0:ix1 - sx0]
-            img[iy0:iy1, ix0:ix1] *= (1.0 - np.float32(cam.shadow) * m)[:, :, None]
+            roi = img[iy0:iy1, ix0:ix1]
+            roi *= cv2.cvtColor(1.0 - np.float32(cam.shadow) * m, cv2.COLOR_GRAY2RGB)
         # crop everything to the part inside the image
         cx0, cy0 = max(x0, 0), max(y0, 0)
         cx1, cy1 = min(x1, w), min(y1, h)
@@ -457,9 +458,11 @@ def _paint(img: np.ndarray, label: np.ndarray, inst, o: _Object, idx: int, t: fl
     if not mask.any():
         return
     tex, shade = _texture(o, u, v)
-    c1 = o.color1
-    col = (c1 + tex[:, :, None] * (o.color2 - c1)) * shade[:, :, None]
-    np.copyto(img[y0:y1, x0:x1], col, where=mask[:, :, None])
+    ts = tex * shade
+    c1, dc = o.color1, o.color2 - o.color1
+    col = cv2.merge([shade * np.float32(c1[k]) + ts * np.float32(dc[k]) for k in range(3)])
+    m8 = mask.view(np.uint8)
+    cv2.copyTo(col, m8, img[y0:y1, x0:x1])  # in place into the ROI view
     label[y0:y1, x0:x1][mask] = o.cls
     if inst is not None:
         inst[y0:y1, x0:x1][mask] = idx + 1
@@ -483,7 +486,7 @@ def _camera(img: np.ndarray, cam: _Camera, t: float, rng: np.random.Generator) -
     fx = np.float32(cam.grad * math.cos(a)) * xs - np.float32(cam.vignette) * xs * xs
     fy = np.float32(1.0) + np.float32(cam.grad * math.sin(a)) * ys - np.float32(cam.vignette) * ys * ys
     field = fy[:, None] + fx[None, :]
-    img *= field[:, :, None] * (cam.wb * np.float32(gain))
+    img *= cv2.merge([field * np.float32(gain * cam.wb[k]) for k in range(3)])
     # gaussian-like sensor noise: sum of three uniform bytes (Irwin-Hall), much cheaper than standard_normal
     b = np.frombuffer(rng.bytes(3 * img.size), dtype=np.int8).reshape((3,) + img.shape)
     noise = b[0].astype(np.float32)
@@ -632,7 +635,7 @@ def draw_legend(image: np.ndarray, classes: Sequence[str] = CLASSES, palette: np
     items = [(n, palette[i]) for i, n in enumerate(classes) if include_background or i != 0]
     if not items:
         return out
-    scale = max(0.35, min(h, w) / 640.0)
+    scale = max(0.35, min(h, w) / 1000.0)
     thick = 1 if scale < 0.8 else 2
     font = cv2.FONT_HERSHEY_SIMPLEX
     (tw, th), base = max((cv2.getTextSize(n, font, scale, thick) for n, _ in items), key=lambda z: z[0][0])

@@ -1,0 +1,231 @@
+"""OpenVINO: IR export (FP32, or FP16-compressed weights with every BRA router marked to stay FP32) and a CPU Session
+that always sets its inference precision explicitly.
+
+Why explicit: the CPU plugin picks bf16 by default on AVX512-BF16/AMX CPUs and f16 where AVX512-FP16 is present
+(toolchain.md §3.1), so an unpinned run measures the CPU as much as the artifact. Where the CPU cannot compute in the
+requested precision the plugin silently falls back to f32; the Session records both what was asked
+(``precision_hint``) and what the compiled model reports (``inference_precision``).
+
+Router precision island (DESIGN.md, QAR 1): OpenVINO 2026's ``DisablePrecisionConversion`` runtime attribute
+(``dynamic:f16``; the IR reader also maps the older ``precise`` attribute onto it) keeps a node in its original
+precision: the CPU plugin gives such nodes ``keepOrigPrecision`` and skips them when it lowers the graph to f16/bf16,
+and ``compress_to_fp16`` leaves their constants in f32. The Python API cannot create that attribute (string values in
+``rt_info`` are neither serialized nor understood), so :func:`keep_router_fp32` writes it into the IR and reads the
+model back.
+"""
+from __future__ import annotations
+
+import tempfile
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .base import INPUT_NAME, ExportContext, RoutingOutputs, Session, bra_blocks
+
+XML_NAME, BIN_NAME = "model.xml", "model.bin"
+
+# The runtime attribute that keeps a node out of low-precision conversion, as the IR spells it.
+KEEP_PRECISION_ATTR = {"name": "DisablePrecisionConversion", "version": "0", "value": "dynamic:bf16,f16"}
+KEEP_PRECISION_KEY = "DisablePrecisionConversion_0"   # its key in a node's rt_info after read_model
+
+# Accepted spellings of INFERENCE_PRECISION_HINT -> the value OpenVINO takes.
+PRECISION_HINTS = {"f32": "f32", "fp32": "f32", "float32": "f32",
+                   "f16": "f16", "fp16": "f16", "float16": "f16",
+                   "bf16": "bf16", "bfloat16": "bf16"}
+
+ROUTER_POOL_TYPE = "ReduceMean"   # region pooling of q/k: where a router's island starts
+ROUTER_MAX_DEPTH = 8              # TopK -> MatMul -> Multiply -> Reshape -> ReduceMean is 4 deep; stay local
+
+
+def _openvino():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise UserError("openvino is not installed: pip install 'biformer-edge[openvino]'") from None
+    return ov
+
+
+def _core():
+    ov = _openvino()
+    core = ov.Core()
+    core.set_property({"ENABLE_MMAP": False})  # models read here outlive the temporary files they came from
+    return core
+
+
+# --------------------------------------------------------------------------------------------------------- router
+
+
+def router_nodes(ov_model) -> list:
+    """The BRA routers of an OpenVINO model: for every TopK on a floating-point input, the nodes on its data paths
+    back to the ReduceMeans that pool q and k into regions (affinity MatMul, scale Multiply, Reshapes; both ends
+    included), plus the floating-point Constants feeding them. Paths that do not reach a ReduceMean within a few
+    nodes are not part of a router and are left alone."""
+    marked: dict[int, object] = {}
+    reaches: dict[int, bool] = {}
+
+    def visit(node, depth: int) -> bool:
+        key = id(node)
+        if key in reaches:
+            return reaches[key]
+        kind = node.get_type_name()
+        if kind == ROUTER_POOL_TYPE:
+            hit = True
+        elif kind in ("Parameter", "Constant") or depth >= ROUTER_MAX_DEPTH:
+            hit = False
+        else:
+            hit = False
+            for inp in node.inputs():
+                if visit(inp.get_source_output().get_node(), depth + 1):
+                    hit = True
+        reaches[key] = hit
+        if hit:
+            marked.setdefault(key, node)
+            for inp in node.inputs():
+                src = inp.get_source_output().get_node()
+                if src.get_type_name() == "Constant" and src.get_output_element_type(0).is_real():
+                    marked.setdefault(id(src), src)
+        return hit
+
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() == "TopK" and op.get_input_element_type(0).is_real():
+            visit(op, 0)
+    # keep the model's topological order (deterministic)
+    order = {id(op): i for i, op in enumerate(ov_model.get_ordered_ops())}
+    return sorted(marked.values(), key=lambda n: order[id(n)])
+
+
+def marked_nodes(ov_model) -> list:
+    """Nodes carrying the keep-original-precision attribute (as read back from an IR)."""
+    return [op for op in ov_model.get_ordered_ops() if KEEP_PRECISION_KEY in op.get_rt_info()]
+
+
+def _mark_layers(xml_path: Path, names: set[str]) -> int:
+    """Add the keep-precision attribute to the rt_info of every layer of the IR whose name is in ``names``."""
+    tree = ET.parse(xml_path)
+    count = 0
+    for layer in tree.getroot().iter("layer"):
+        if layer.get("name") not in names:
+            continue
+        rt = layer.find("rt_info")
+        if rt is None:
+            rt = ET.Element("rt_info")
+            data = layer.find("data")
+            layer.insert(list(layer).index(data) + 1 if data is not None else 0, rt)
+        if not any(a.get("name") == KEEP_PRECISION_ATTR["name"] for a in rt.findall("attribute")):
+            ET.SubElement(rt, "attribute", dict(KEEP_PRECISION_ATTR))
+        count += 1
+    tree.write(xml_path, encoding="utf-8", xml_declaration=True)
+    return count
+
+
+def keep_router_fp32(ov_model):
+    """Return a copy of ``ov_model`` whose router nodes (:func:`router_nodes`) carry OpenVINO's
+    ``DisablePrecisionConversion`` attribute, so they stay FP32 when the IR is saved with ``compress_to_fp16`` and
+    when a plugin runs the model in f16/bf16. ``ov_model`` itself is not changed (the attribute can only be attached
+    through the IR reader)."""
+    ov = _openvino()
+    nodes = router_nodes(ov_model)
+    if not nodes:
+        return ov_model
+    names = {n.get_friendly_name() for n in nodes}
+    with tempfile.TemporaryDirectory(prefix="biformer-ov-") as tmp:
+        xml = Path(tmp) / XML_NAME
+        ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+        _mark_layers(xml, names)
+        marked = _core().read_model(str(xml))
+    found = {n.get_friendly_name() for n in marked_nodes(marked)}
+    if not names <= found:
+        raise RuntimeError(f"OpenVINO did not keep the router precision marks on {sorted(names - found)[:3]}")
+    return marked
+
+
+# --------------------------------------------------------------------------------------------------------- export
+
+
+def convert(model: nn.Module, input_shape: tuple[int, int, int, int]):
+    """``ov.convert_model`` of the model plus its routing outputs, static shape, named ``images`` -> ``logits``,
+    ``routing_0`` ..."""
+    ov = _openvino()
+    wrapper = RoutingOutputs(model).eval()
+    x = torch.zeros(tuple(int(s) for s in input_shape), dtype=torch.float32)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings on Python-int shapes
+        ov_model = ov.convert_model(wrapper, example_input=x, input=[ov.PartialShape(list(x.shape))])
+    names = wrapper.output_names()
+    if len(ov_model.outputs) != len(names):
+        raise RuntimeError(f"OpenVINO model has {len(ov_model.outputs)} outputs, expected {len(names)}")
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    for output, name in zip(ov_model.outputs, names):
+        output.get_tensor().set_names({name})
+    return ov_model
+
+
+def export(model: nn.Module, ctx: ExportContext) -> list[str]:
+    """Write ``model.xml``/``model.bin`` into ``ctx.workdir``. FP32: plain IR. FP16: weights compressed to FP16 and,
+    unless the model's BRA blocks have ``router_fp32`` switched off, the routers marked to stay FP32."""
+    ov = _openvino()
+    if ctx.precision == "int8":
+        raise UserError("INT8 lands with the quantization work")
+    if ctx.precision not in ("fp32", "fp16"):
+        raise UserError(f"OpenVINO export supports fp32 and fp16, not '{ctx.precision}'")
+    fp16 = ctx.precision == "fp16"
+    ov_model = convert(model, ctx.input_shape)
+    blocks = bra_blocks(model)
+    if fp16 and all(b.router_fp32 for b in blocks):
+        ov_model = keep_router_fp32(ov_model)
+        ctx.log(f"openvino: {len(marked_nodes(ov_model))} router nodes kept FP32")
+    workdir = Path(ctx.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov_model, str(workdir / XML_NAME), compress_to_fp16=fp16)
+    return [XML_NAME, BIN_NAME]
+
+
+# -------------------------------------------------------------------------------------------------------- session
+
+
+def _model_path(artifact: str | Path) -> Path:
+    path = Path(artifact)
+    xml = path / XML_NAME if path.is_dir() else path
+    if not xml.is_file():
+        raise UserError(f"no OpenVINO model at {xml}: export one with 'biformer-export --target openvino'")
+    return xml
+
+
+class OpenVINOSession(Session):
+    """Runs ``model.xml`` on the CPU plugin with ``INFERENCE_PRECISION_HINT`` set explicitly (f32 for parity; f16 or
+    bf16 to measure what those modes do), ``PERFORMANCE_HINT=LATENCY`` and optionally ``INFERENCE_NUM_THREADS``."""
+
+    backend = "openvino"
+    device = "cpu"
+
+    def __init__(self, artifact_dir: str | Path, manifest: dict | None = None, precision_hint: str = "f32",
+                 threads: int | None = None):
+        ov = _openvino()
+        hint = PRECISION_HINTS.get(str(precision_hint).lower())
+        if hint is None:
+            raise UserError(f"unknown OpenVINO precision hint '{precision_hint}': use f32, f16 or bf16")
+        self.manifest = manifest or {}
+        self.precision_hint = hint
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        self.compiled = core.compile_model(str(_model_path(artifact_dir)), "CPU", config)
+        # What the plugin actually uses: f32 where the CPU lacks the requested low-precision ISA.
+        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.request = self.compiled.create_infer_request()
+        self.input_shape = tuple(self.compiled.inputs[0].get_shape())
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+
+    def run(self, x: np.ndarray):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if tuple(x.shape) != self.input_shape:
+            raise UserError(f"input shape {tuple(x.shape)} does not match the OpenVINO model's {self.input_shape}")
+        result = self.request.infer({0: x})
+        values = [np.array(result[o]) for o in self.compiled.outputs]
+        return self.split_outputs(self.output_names, values)

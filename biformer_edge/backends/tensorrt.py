@@ -1,0 +1,355 @@
+"""TensorRT (10.x and 11.x): an ONNX that TensorRT's parser accepts, the scripts that build the engine on the device,
+an in-process build where TensorRT and a GPU are present, and a Session that runs ``model.engine``.
+
+TensorRT cannot be installed on CPU machines (reference/toolchain.md 3.6), so everything here except the build and
+the Session works with onnx alone: :func:`check_onnx` catches what the onnx-tensorrt parser would reject or mis-run
+before anyone copies the artifact to a Jetson.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import stat
+import string
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .base import INPUT_NAME, ExportContext, Session
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+ONNX_FILE, ENGINE_FILE = "model.onnx", "model.engine"
+DEFAULT_WORKSPACE_MIB = 2048
+
+# Opset range of the TensorRT 10.0 ONNX parser ("opset 9 to opset 20", onnx-tensorrt docs/operators.md), the oldest
+# TensorRT 10 a Jetson may carry (JetPack 6 ships 10.x). Newer parsers go further (10.15: 24; 11.x: 25).
+MIN_OPSET, MAX_OPSET = 9, 20
+TOPK_MAX_K = 3840         # "K input must be less than 3840" (operators.md); ITopKLayer: k <= 3840, axis in last four
+MAX_RANK = 8              # nvinfer1::Dims::MAX_DIMS
+
+# Operators with "Y" in onnx-tensorrt docs/operators.md (TensorRT 10.15 matrix). Ops of opset > 20 in this list
+# (Attention, RMSNormalization, RotaryEmbedding, TensorScatter) only parse on newer TensorRT; the opset check
+# catches graphs that use them.
+SUPPORTED_OPS = frozenset("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool BatchNormalization BlackmanWindow
+Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DeformConv
+DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather
+GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample
+GroupNormalization GRU HammingWindow HannWindow HardSigmoid HardSwish Hardmax Identity If ImageScaler
+InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN LSTM
+LpNormalization LpPool MatMul Max MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression
+NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform
+RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin
+ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RMSNormalization RNN RoiAlign
+RotaryEmbedding Round STFT ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh
+Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh TensorScatter ThresholdedRelu
+Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
+""".split())
+
+# Operators with "N" in the same matrix: named so the message can say "not supported" rather than "not listed".
+UNSUPPORTED_OPS = frozenset("""
+AffineGrid Bernoulli BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor CenterCropPad Col2Im Compress
+ConcatFromSequence ConvInteger DFT Det DynamicQuantizeLinear ImageDecoder MatMulInteger MaxRoiPool MaxUnpool
+MelWeightMatrix Multinomial NegativeLogLikelihoodLoss Optional OptionalGetElement OptionalHasElement QLinearConv
+QLinearMatMul RegexFullMatch SequenceAt SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength
+SequenceMap SoftmaxCrossEntropyLoss SplitToSequence StringConcat StringNormalizer StringSplit TfIdfVectorizer Unique
+""".split())
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+GATHER_OPS = ("Gather", "GatherElements", "GatherND")
+# Ops that only move data: a Q/DQ behind them still reaches the consumer after TensorRT's Q/DQ propagation.
+_DATA_MOVEMENT_OPS = ("Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _default_opset(model) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _nodes(graph):
+    """Every node, including those in If/Loop/Scan bodies."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from _nodes(sub)
+
+
+def check_onnx(proto_or_path, dla: bool = False, max_opset: int = MAX_OPSET) -> list[str]:
+    """What would make TensorRT 10/11's ONNX parser reject this graph, or run its routing differently from the
+    reference. Returns one line per problem, naming the node; empty when the graph is fine.
+
+    Sources: onnx-tensorrt docs/operators.md (opsets, supported operators, TopK limits, no INT8 on TopK/Gather*),
+    TensorRT ITopKLayer docs (axis in the last four dims), DLA docs (no dynamic dims), DESIGN.md QAR 1 (no Q/DQ into
+    the router's TopK).
+    """
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.load(str(proto_or_path)) if isinstance(proto_or_path, (str, os.PathLike)) else proto_or_path
+    problems: list[str] = []
+
+    opset = _default_opset(model)
+    if opset is None:
+        problems.append("the model imports no default-domain ('ai.onnx') opset")
+    elif not MIN_OPSET <= opset <= max_opset:
+        problems.append(f"opset {opset} is outside {MIN_OPSET}..{max_opset}, the range TensorRT's ONNX parser "
+                        f"supports: export with opset {min(max(opset, MIN_OPSET), max_opset)}")
+
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # a broken graph still gets the checks that need no shapes
+        inferred = model
+    graph = inferred.graph
+    value_infos = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+    for init in graph.initializer:
+        value_infos.setdefault(init.name, onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+    constants = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def elem_type(name):
+        vi = value_infos.get(name)
+        return vi.type.tensor_type.elem_type if vi is not None else 0
+
+    def rank(name):
+        vi = value_infos.get(name)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            return None
+        return len(vi.type.tensor_type.shape.dim)
+
+    def qdq_source(name):
+        """The Q/DQ node feeding ``name`` directly or through data-movement ops, else None."""
+        node = producer.get(name)
+        while node is not None and node.op_type in _DATA_MOVEMENT_OPS:
+            node = producer.get(node.input[0])
+        return node if node is not None and node.op_type in QDQ_OPS else None
+
+    int8 = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    for index, node in enumerate(_nodes(model.graph)):
+        label = f"{node.op_type} '{node.name or f'#{index}'}'"
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(f"{label}: custom op of domain '{node.domain}' needs a TensorRT plugin")
+            continue
+        if node.op_type in UNSUPPORTED_OPS:
+            problems.append(f"{label}: not supported by TensorRT's ONNX parser")
+            continue
+        if node.op_type not in SUPPORTED_OPS:
+            problems.append(f"{label}: not in TensorRT's ONNX operator support list")
+            continue
+
+        if node.op_type == "TopK":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("sorted", 1) != 1:
+                problems.append(f"{label}: sorted={attrs['sorted']}; TensorRT requires sorted=1")
+            k_name = node.input[1] if len(node.input) > 1 else None
+            if k_name is None:
+                k = attrs.get("k")          # opset < 10: K is an attribute
+            elif k_name in constants:
+                k = int(numpy_helper.to_array(constants[k_name]).reshape(-1)[0])
+            else:
+                k = None
+                problems.append(f"{label}: K ('{k_name}') is computed at run time; TensorRT needs a constant K "
+                                f"(an initializer or Constant)")
+            if k is not None and k >= TOPK_MAX_K:
+                problems.append(f"{label}: K={k}; TensorRT requires K < {TOPK_MAX_K}")
+            r = rank(node.input[0])
+            axis = attrs.get("axis", -1)
+            if r is not None and (axis + r if axis < 0 else axis) < r - 4:
+                problems.append(f"{label}: axis {axis} of a rank-{r} input; TensorRT's TopK reduces one of the last "
+                                f"four dims only")
+
+        if node.op_type == "TopK" or node.op_type in GATHER_OPS:
+            what = "input" if node.op_type == "TopK" else "data input"
+            source = qdq_source(node.input[0])
+            if source is not None:
+                problems.append(f"{label}: its {what} comes from {source.op_type} '{source.name}'; TensorRT has no "
+                                f"INT8 {node.op_type}, and the router must stay FP32 (keep Q/DQ off this path)")
+            elif elem_type(node.input[0]) in int8:
+                problems.append(f"{label}: its {what} '{node.input[0]}' is 8-bit; TensorRT's {node.op_type} has no "
+                                f"INT8 support")
+
+        if node.op_type in QDQ_OPS and len(node.input) > 2 and node.input[2] in constants:
+            if np.any(numpy_helper.to_array(constants[node.input[2]]) != 0):
+                problems.append(f"{label}: non-zero zero point; TensorRT supports symmetric quantization only")
+
+    for name, vi in value_infos.items():
+        r = rank(name)
+        if r is not None and r > MAX_RANK:
+            source = producer.get(name)
+            where = f" (output of {source.op_type} '{source.name}')" if source is not None else ""
+            problems.append(f"tensor '{name}'{where} has rank {r}; TensorRT supports at most {MAX_RANK} dims")
+
+    if dla:
+        initializers = {i.name for i in graph.initializer}
+        for inp in graph.input:
+            if inp.name in initializers:
+                continue
+            dims = inp.type.tensor_type.shape.dim
+            if not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+                shape = "x".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
+                problems.append(f"input '{inp.name}' has dynamic dims ({shape}); DLA needs static shapes")
+    return problems
+
+
+def assert_tensorrt_ready(path, dla: bool = False, max_opset: int = MAX_OPSET) -> None:
+    """Raise UserError naming the first problems :func:`check_onnx` finds in ``path``."""
+    problems = check_onnx(path, dla=dla, max_opset=max_opset)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UserError(f"{path} would not build with TensorRT: {'; '.join(problems[:3])}{more}")
+
+
+# --- artifact -------------------------------------------------------------------------------------------------------
+
+class _Template(string.Template):
+    delimiter = "@@"  # '$' belongs to bash and would need escaping all over the script
+
+
+def render_template(name: str, **values) -> str:
+    text = _Template((TEMPLATES / name).read_text()).substitute({k: str(v) for k, v in values.items()})
+    assert "@@" not in text, f"unrendered placeholder left in {name}"
+    return text
+
+
+def load_build_module():
+    """The template build_engine.py as a module: the one implementation of the engine build."""
+    spec = importlib.util.spec_from_file_location("biformer_edge_build_engine", TEMPLATES / "build_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tensorrt_gpu_missing() -> str | None:
+    """Why an engine cannot be built here, or None when TensorRT can create a builder (it needs a CUDA device)."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return "the tensorrt Python package is not installed"
+    try:
+        if trt.Builder(trt.Logger(trt.Logger.ERROR)) is None:
+            return "TensorRT found no usable NVIDIA GPU"
+    except Exception as exc:
+        return f"TensorRT found no usable NVIDIA GPU ({exc})"
+    return None
+
+
+def export(model, ctx: ExportContext) -> list[str]:
+    """Write model.onnx (checked for TensorRT), build_engine.sh and build_engine.py into ``ctx.workdir``, plus
+    model.engine when ``ctx.options['build']`` is set. Options read: build, dla_core, workspace_mib, timing_cache."""
+    from .onnx import export_onnx
+
+    if ctx.precision == "int8":
+        raise UserError("INT8 TensorRT export lands with the quantization work (explicit Q/DQ ONNX): use --fp16 or "
+                        "--fp32 for now")
+    if ctx.precision not in ("fp32", "fp16"):
+        raise UserError(f"unknown precision '{ctx.precision}': choose fp32 or fp16")
+    options = ctx.options or {}
+    dla_core = options.get("dla_core")
+    dla_core = None if dla_core in (None, "") else int(dla_core)
+    workspace_mib = int(options.get("workspace_mib") or ctx.profile.get("workspace_mib") or DEFAULT_WORKSPACE_MIB)
+    if options.get("build"):
+        why = _tensorrt_gpu_missing()
+        if why:
+            raise UserError(f"--build needs TensorRT and an NVIDIA GPU ({why}); copy the artifact to the device and "
+                            f"run ./build_engine.sh there")
+
+    workdir = Path(ctx.workdir)
+    onnx_path = workdir / ONNX_FILE
+    ctx.log(f"exporting {ONNX_FILE} ({ctx.precision}, opset {ctx.opset}, input {tuple(ctx.input_shape)})")
+    proto = export_onnx(model, onnx_path, tuple(ctx.input_shape), ctx.opset, fp16=ctx.precision == "fp16")
+    problems = check_onnx(proto, dla=dla_core is not None)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UserError(f"the exported graph would not build with TensorRT: {'; '.join(problems[:3])}{more}")
+
+    values = dict(model_name=getattr(model, "name", type(model).__name__), precision=ctx.precision,
+                  input_name=INPUT_NAME, input_shape="x".join(str(int(d)) for d in ctx.input_shape),
+                  dla_core="" if dla_core is None else dla_core, workspace_mib=workspace_mib)
+    written = [ONNX_FILE]
+    for name in ("build_engine.sh", "build_engine.py"):
+        path = workdir / name
+        path.write_text(render_template(name, **values))
+        written.append(name)
+    sh = workdir / "build_engine.sh"
+    sh.chmod(sh.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+    if options.get("build"):
+        ctx.log("building model.engine with TensorRT")
+        try:
+            load_build_module().build_engine(onnx_path, workdir / ENGINE_FILE, ctx.precision, dla_core, workspace_mib,
+                                             options.get("timing_cache"), log=ctx.log)
+        except RuntimeError as exc:
+            raise UserError(f"TensorRT engine build failed: {exc}") from None
+        written.append(ENGINE_FILE)
+    return written
+
+
+# --- runtime --------------------------------------------------------------------------------------------------------
+
+class TensorRTSession(Session):
+    """Runs ``model.engine`` with the TensorRT 10/11 named-tensor API; torch CUDA tensors are the I/O buffers."""
+
+    backend = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, artifact_dir, manifest: dict | None = None):
+        artifact_dir = Path(artifact_dir)
+        engine_path = artifact_dir / ENGINE_FILE
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise UserError("TensorRT is not installed: on a Jetson 'sudo apt install python3-libnvinfer', on a GPU "
+                            "host install TensorRT from NVIDIA; or check the ONNX with --backend onnxruntime") from None
+        if not engine_path.is_file():
+            raise UserError(f"{engine_path} not found: run ./build_engine.sh in {artifact_dir} on this device first")
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError("TensorRT needs a CUDA GPU that torch can use (torch.cuda.is_available() is False): install "
+                            "a CUDA build of torch on this device")
+
+        self.manifest = manifest
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self.engine is None:
+            raise UserError(f"cannot load {engine_path}: it was built by another TensorRT version or for another GPU; "
+                            f"rebuild it here with ./build_engine.sh")
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+
+        torch_dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+                        trt.int64: torch.int64, trt.int8: torch.int8, trt.bool: torch.bool, trt.uint8: torch.uint8}
+        if hasattr(trt, "bfloat16"):
+            torch_dtypes[trt.bfloat16] = torch.bfloat16
+        self.buffers, self.input_name, self.output_names = {}, None, []
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            shape = tuple(self.engine.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise UserError(f"{engine_path} has dynamic dims on '{name}' {shape}; biformer-edge builds static "
+                                f"engines: rebuild with ./build_engine.sh")
+            buf = torch.empty(shape, dtype=torch_dtypes[self.engine.get_tensor_dtype(name)], device="cuda")
+            self.context.set_tensor_address(name, buf.data_ptr())
+            self.buffers[name] = buf
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.input_name = name
+            else:
+                self.output_names.append(name)
+
+    def run(self, x: np.ndarray):
+        import torch
+
+        inp = self.buffers[self.input_name]
+        x = np.asarray(x)
+        if tuple(x.shape) != tuple(inp.shape):
+            raise ValueError(f"input shape {x.shape} != engine input shape {tuple(inp.shape)}")
+        with torch.cuda.stream(self.stream):
+            inp.copy_(torch.from_numpy(np.ascontiguousarray(x)).to(device="cuda", dtype=inp.dtype))
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed")
+        self.stream.synchronize()
+        arrays = [self.buffers[n].cpu().numpy() for n in self.output_names]
+        return self.split_outputs(self.output_names, arrays)

@@ -1,0 +1,139 @@
+"""Console entry points: biformer-export, biformer-parity, biformer-bench, biformer-zoo.
+
+Exit status: 0 ok / parity passed, 1 artifact written but parity failed, 2 bad input or environment (one line on
+stderr, no traceback, nothing left behind), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import UserError
+
+
+def cli_errors(main):
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        try:
+            code = main(argv)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = exc.exit_code
+        except KeyboardInterrupt:
+            print("interrupted: nothing was written", file=sys.stderr)
+            code = 130
+        sys.exit(code or 0)
+    return wrapper
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but usage errors also exit 2 with one line that says what to do."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def export_parser() -> argparse.ArgumentParser:
+    from .exporter import DEFAULT_MODEL, TARGETS
+    p = OneLineParser(prog="biformer-export", description="Export BiFormer to an edge runtime and measure its drift.")
+    p.add_argument("--target", required=True, help=f"one of {', '.join(TARGETS)}")
+    prec = p.add_mutually_exclusive_group()
+    for name in ("int8", "fp16", "fp32"):
+        prec.add_argument(f"--{name}", dest="precision", action="store_const", const=name,
+                          help=f"{name.upper()} (default: the target profile's)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
+    p.add_argument("--checkpoint", help="weights to load strictly (official, mmseg or biformer-edge)")
+    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="static input size")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--calib", nargs="+", help="INT8 calibration: image folders or videos")
+    p.add_argument("--calib-samples", type=int)
+    p.add_argument("--routing", default="qar", choices=("qar", "naive"))
+    p.add_argument("--reference", default="auto", choices=("auto", "cuda", "cpu"), help="where FP32 runs")
+    p.add_argument("--data", help="images or a video for the parity check (default: synthetic scenes)")
+    p.add_argument("--output", help="artifact directory (default artifacts/<model>-<target>-<precision>)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing artifact directory")
+    p.add_argument("--no-parity", dest="parity", action="store_false")
+    g = p.add_argument_group("target options")
+    g.add_argument("--dla-core", type=int, help="jetson: build for DLA core N (Orin) with GPU fallback")
+    g.add_argument("--workspace-mib", type=int, help="jetson/tensorrt: builder workspace")
+    g.add_argument("--build", action="store_true", help="jetson/tensorrt: build model.engine here (needs TensorRT)")
+    g.add_argument("--ios", type=int, help="coreml: minimum iOS (16, 17, 18)")
+    g.add_argument("--weights-8bit", action="store_true", help="coreml: int8 per-channel weights")
+    return p
+
+
+@cli_errors
+def export_main(argv=None):
+    from .exporter import ExportRequest, export, summary_lines
+    a = export_parser().parse_args(argv)
+    req = ExportRequest(
+        target=a.target, precision=a.precision, model=a.model, checkpoint=a.checkpoint,
+        input_size=tuple(a.input_size) if a.input_size else None, batch=a.batch, calib=a.calib,
+        calib_samples=a.calib_samples, routing=a.routing, reference=a.reference, output=a.output, force=a.force,
+        parity=a.parity, data=a.data,
+        options={"dla_core": a.dla_core, "workspace_mib": a.workspace_mib, "build": a.build or None,
+                 "ios": a.ios, "weights_8bit": a.weights_8bit or None})
+    out, manifest = export(req, log=lambda msg: print(msg, flush=True))
+    print("\n".join(summary_lines(out, manifest, req)))
+    return 1 if manifest["parity"]["verdict"] == "fail" else 0
+
+
+@cli_errors
+def parity_main(argv=None):
+    from .artifact import read_manifest
+    from .parity.check import check_parity, render_markdown, write_junit
+    p = OneLineParser(prog="biformer-parity", description="Re-check an exported artifact where it is deployed.")
+    p.add_argument("artifact", help="artifact directory written by biformer-export")
+    p.add_argument("--backend", action="append", help="backend(s) to run (default: the profile's, where available)")
+    p.add_argument("--data", help="images folder, image or video to check on (default: the stored reference)")
+    p.add_argument("--checkpoint", help="with --data: the checkpoint the artifact was exported from")
+    p.add_argument("--samples", type=int, help="with --data: how many images/frames")
+    p.add_argument("--reference", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--junit", help="also write a JUnit XML report to this file")
+    a = p.parse_args(argv)
+    manifest = read_manifest(a.artifact)
+    report = check_parity(a.artifact, backends=a.backend, data=a.data, checkpoint=a.checkpoint, samples=a.samples,
+                          reference=a.reference)
+    print(render_markdown(manifest, report))
+    if a.junit:
+        write_junit(Path(a.junit), manifest, report)
+    return 1 if report["verdict"] == "fail" else 0
+
+
+@cli_errors
+def bench_main(argv=None):
+    from .bench import main
+    return main(argv)
+
+
+@cli_errors
+def zoo_main(argv=None):
+    """Build every registered model, run one forward pass, print params / MACs / latency."""
+    import time
+
+    import torch
+
+    from .models import create_model, get_spec, list_models
+    p = OneLineParser(prog="biformer-zoo")
+    p.add_argument("--models", nargs="+", default=list_models())
+    a = p.parse_args(argv)
+    print(f"{'model':22s} {'params M':>9s} {'input':>9s} {'output':>18s} {'ms':>8s}")
+    for name in a.models:
+        spec = get_spec(name)
+        model = create_model(name, pretrained=False)
+        x = torch.randn(1, 3, *spec.input_size)
+        with torch.no_grad():
+            model(x)
+            t0 = time.perf_counter()
+            y = model(x)
+            ms = (time.perf_counter() - t0) * 1e3
+        params = sum(t.numel() for t in model.parameters()) / 1e6
+        print(f"{name:22s} {params:9.2f} {'x'.join(map(str, spec.input_size)):>9s} {str(tuple(y.shape)):>18s} "
+              f"{ms:8.1f}")
+    return 0

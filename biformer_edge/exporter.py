@@ -1,0 +1,208 @@
+"""biformer-export: one entry point, one backend module per format, arguments validated per target.
+
+Flow: validate -> build model -> export into a temp dir -> structural checks -> FP32 reference -> parity on every
+backend that runs here -> manifest -> rename into place. Any failure or Ctrl-C leaves nothing behind.
+"""
+from __future__ import annotations
+
+import difflib
+import platform
+import time
+import tomllib
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from . import __version__
+from .artifact import MANIFEST, SCHEMA_VERSION, atomic_directory, check_output_dir, file_table, save_npz, write_json
+from .backends import backend_module
+from .backends.base import ExportContext, bra_blocks
+from .errors import UserError
+from .models import create_model, get_spec
+from .models.biformer import MIN_INPUT_SIZE
+from .models.checkpoint import sha256_file
+
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+TARGETS = ("jetson", "tensorrt", "openvino", "coreml", "onnx")
+DEFAULT_MODEL = "biformer_seg_demo"
+TARGET_ALIASES = {"trt": "tensorrt", "engine": "tensorrt", "ov": "openvino", "mlpackage": "coreml", "ios": "coreml",
+                  "ort": "onnx", "onnxruntime": "onnx"}
+LIBRARIES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "openvino", "coremltools", "tensorrt",
+             "nvidia-modelopt")
+
+
+def resolve_target(target: str) -> str:
+    target = TARGET_ALIASES.get(target, target)
+    if target not in TARGETS:
+        close = difflib.get_close_matches(target, TARGETS, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unsupported target '{target}': {hint}choose one of {', '.join(TARGETS)}")
+    return target
+
+
+def load_profile(target: str) -> dict:
+    path = PROFILES_DIR / f"{resolve_target(target)}.toml"
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"target profile {path} is unreadable ({exc}): reinstall biformer-edge") from None
+
+
+@dataclass
+class ExportRequest:
+    target: str
+    precision: str | None = None
+    model: str = DEFAULT_MODEL
+    checkpoint: str | None = None
+    input_size: tuple[int, int] | None = None
+    batch: int = 1
+    calib: list[str] | None = None
+    calib_samples: int | None = None
+    routing: str = "qar"
+    reference: str = "auto"
+    output: str | None = None
+    force: bool = False
+    parity: bool = True
+    data: str | None = None
+    options: dict | None = None       # target-specific: dla_core, workspace_mib, build, ios, weights_8bit
+
+
+def validate(req: ExportRequest) -> tuple[dict, dict]:
+    """Check every argument against the target profile before any work starts. Returns (profile, options)."""
+    req.target = resolve_target(req.target)
+    profile = load_profile(req.target)
+    t = profile["target"]
+    req.precision = req.precision or t["default_precision"]
+    if req.precision not in t["precisions"]:
+        raise UserError(f"--{req.precision} is not available for --target {req.target}: choose "
+                        + " or ".join(f"--{p}" for p in t["precisions"]))
+    if req.precision == "int8":
+        raise UserError("--int8 is not available yet: INT8 with quantization-aware routing lands with the "
+                        "quantization work; export --fp16 or --fp32 for now")
+    if (req.calib or req.calib_samples) and req.precision != "int8":
+        raise UserError("--calib/--calib-samples only apply to --int8 exports")
+    if req.routing not in ("qar", "naive"):
+        raise UserError(f"--routing must be qar or naive, not '{req.routing}'")
+    if req.routing == "naive" and req.precision != "int8":
+        raise UserError("--routing naive only changes INT8 exports (FP32/FP16 always keep the router in FP32)")
+    get_spec(req.model)
+    if req.batch < 1:
+        raise UserError(f"--batch must be >= 1, got {req.batch}")
+    if req.input_size is not None:
+        h, w = req.input_size
+        if h < MIN_INPUT_SIZE or w < MIN_INPUT_SIZE:
+            raise UserError(f"--input-size {h} {w} is below the minimum {MIN_INPUT_SIZE} {MIN_INPUT_SIZE}")
+    options = {**profile.get("defaults", {}), **{k: v for k, v in (req.options or {}).items() if v is not None}}
+    unsupported = sorted(k for k, v in (req.options or {}).items()
+                         if v not in (None, False) and k not in t.get("options", []))
+    if unsupported:
+        flag = unsupported[0].replace("_", "-")
+        raise UserError(f"--{flag} does not apply to --target {req.target} (its options: "
+                        f"{', '.join('--' + o.replace('_', '-') for o in t.get('options', [])) or 'none'})")
+    if req.target == "coreml" and options.get("ios") not in (16, 17, 18):
+        raise UserError(f"--ios must be 16, 17 or 18, not {options.get('ios')}")
+    if "dla_core" in (req.options or {}) and req.options["dla_core"] is not None:
+        if req.options["dla_core"] not in (0, 1):
+            raise UserError(f"--dla-core must be 0 or 1 (Orin has two DLA cores), not {req.options['dla_core']}")
+        if req.precision == "fp32":
+            raise UserError("DLA runs only FP16/INT8: use --fp16 with --dla-core")
+    return profile, options
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "biformer-edge": __version__}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def default_output(req: ExportRequest) -> Path:
+    return Path("artifacts") / f"{req.model}-{req.target}-{req.precision}"
+
+
+def next_steps(req: ExportRequest, out: Path, manifest: dict) -> list[str]:
+    name = out.name
+    if req.target == "jetson":
+        return [f"scp -r {out} jetson:~/ && ssh jetson 'cd ~/{name} && ./build_engine.sh && biformer-parity .'",
+                f"on the Jetson: python apps/video_segmentation.py --artifact ~/{name} --input csi --output out.mp4"]
+    if req.target == "tensorrt":
+        return [f"cd {out} && ./build_engine.sh && biformer-parity .   (on the GPU host)"]
+    if req.target == "coreml":
+        return [f"on a Mac: biformer-parity {out} --backend coreml",
+                f"open {out}/model.mlpackage in Xcode to profile it on a device"]
+    demo = f"python apps/video_segmentation.py --artifact {out} --input synthetic --output demo.mp4"
+    lines = [f"biformer-parity {out}", f"biformer-bench --artifact {out}"]
+    return lines + ([demo] if manifest["task"] == "segmentation" else [])
+
+
+def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
+    """Run one export. Returns (artifact directory, manifest)."""
+    from .parity.check import evaluate, reference_device, run_reference, write_reports
+    from .parity.inputs import parity_inputs
+
+    profile, options = validate(req)
+    out = Path(req.output) if req.output else default_output(req)
+    check_output_dir(out, req.force)
+    ref_device = reference_device(req.reference)
+    spec = get_spec(req.model)
+    model = create_model(req.model, checkpoint=req.checkpoint)
+    weights = "checkpoint" if req.checkpoint else ("shipped" if model.checkpoint_path else "random")
+    if weights == "random":
+        log(f"note: {req.model} has no weights here (random init): parity still compares runtimes, but pass "
+            f"--checkpoint for numbers that mean something")
+    h, w = req.input_size or spec.input_size
+    input_shape = (req.batch, 3, h, w)
+    module = backend_module(req.target)
+    started = time.perf_counter()
+
+    with atomic_directory(out) as work:
+        ctx = ExportContext(workdir=work, target=req.target, precision=req.precision, input_shape=input_shape,
+                            opset=profile["target"].get("opset", 17), profile=profile, options=options, log=log)
+        log(f"exporting {req.model} {h}x{w} batch {req.batch} -> {req.target} {req.precision}")
+        files = module.export(model, ctx)
+        manifest = {
+            "schema_version": SCHEMA_VERSION, "model": req.model, "task": spec.task,
+            "num_classes": getattr(model, "num_classes", None) if spec.task == "segmentation" else None,
+            "weights": weights, "checkpoint_path": model.checkpoint_path,
+            "checkpoint_sha256": sha256_file(model.checkpoint_path) if model.checkpoint_path else None,
+            "target": req.target, "backend": module.__name__.rsplit(".", 1)[-1], "precision": req.precision,
+            "routing": req.routing, "router_precision": "fp32", "input_name": "images",
+            "input_shape": list(input_shape), "opset": ctx.opset if "model.onnx" in files else None,
+            "routing_blocks": len(bra_blocks(model)), "options": options, "versions": library_versions(),
+            "reference_device": None, "checks": ctx.checks, "artifacts": files,
+        }
+        if req.parity:
+            samples = profile.get("parity", {}).get("samples", 4)
+            inputs, source = parity_inputs(input_shape, req.data, samples)
+            log(f"FP32 reference on {ref_device} over {inputs.shape[0] * inputs.shape[1]} inputs ({source})")
+            ref = run_reference(model, inputs, ref_device)
+            save_npz(work / "reference.npz", ref)
+            manifest["reference_device"] = str(ref["device"])
+            manifest["parity_data"] = source
+            report = evaluate(work, manifest, profile, ref)
+            write_reports(work, manifest, report)
+            manifest["parity"] = {"verdict": report["verdict"],
+                                  "backends": {k: v["verdict"] for k, v in report["backends"].items()}}
+        else:
+            manifest["parity"] = {"verdict": "not-run"}
+        manifest["files"] = file_table(work)
+        write_json(work / MANIFEST, manifest)
+    manifest["export_seconds"] = round(time.perf_counter() - started, 1)
+    return out, manifest
+
+
+def summary_lines(out: Path, manifest: dict, req: ExportRequest) -> list[str]:
+    lines = [f"wrote {out}/ ({', '.join(manifest['artifacts'])}) in {manifest['export_seconds']} s"]
+    parity = manifest["parity"]
+    if parity["verdict"] != "not-run":
+        lines.append(f"parity: {parity['verdict']} ({', '.join(f'{k} {v}' for k, v in parity['backends'].items())})"
+                     f" -> {out}/parity.md")
+        if parity["verdict"] == "fail":
+            lines.append(f"see {out}/parity.md for the metrics that missed their thresholds")
+    lines.append("next:")
+    lines += [f"  {step}" for step in next_steps(req, out, manifest)]
+    return lines

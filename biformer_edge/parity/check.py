@@ -1,0 +1,219 @@
+"""Reference runs and parity reports: compare every backend that can run an artifact here with FP32 PyTorch."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+import numpy as np
+
+from ..artifact import read_manifest, save_npz, verify_files, write_json
+from ..backends import SESSIONS, open_session, run_torch, unavailable_reason
+from ..errors import UserError
+from . import metrics
+
+PARITY_JSON, PARITY_MD, REFERENCE = "parity.json", "parity.md", "reference.npz"
+
+
+def reference_device(preference: str = "auto") -> str:
+    import torch
+    if preference not in ("auto", "cuda", "cpu"):
+        raise UserError(f"--reference must be auto, cuda or cpu, not '{preference}'")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise UserError("--reference cuda: no CUDA GPU is visible here; use --reference cpu (or auto)")
+    return "cuda" if preference != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+def run_reference(model, inputs: np.ndarray, device: str) -> dict[str, np.ndarray]:
+    """FP32 PyTorch outputs for batches (B, N, 3, H, W): logits (B, N, ...) and routing_i (B, N, R, k)."""
+    import torch
+    model = model.float().to(device).eval()
+    runs = [run_torch(model, torch.from_numpy(batch)) for batch in inputs]
+    arrays = {"inputs": inputs, "logits": np.stack([r.logits for r in runs])}
+    for i in range(len(runs[0].routing)):
+        arrays[f"routing_{i}"] = np.stack([r.routing[i] for r in runs])
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+    else:
+        import platform
+        name = platform.processor() or platform.machine()
+    arrays["device"] = np.array(f"{device} ({name})")
+    return arrays
+
+
+def routing_of(arrays: dict) -> list[np.ndarray]:
+    keys = sorted((k for k in arrays if k.startswith("routing_")), key=lambda k: int(k.split("_")[1]))
+    return [np.asarray(arrays[k]) for k in keys]
+
+
+def measure_backend(session, ref: dict, task: str, num_classes: int | None) -> dict:
+    """Run every reference batch through ``session`` and compare logits, labels and routing."""
+    logits, routing = [], []
+    for batch in ref["inputs"]:
+        out = session.run(batch)
+        logits.append(out.logits)
+        routing.append(out.routing)
+    test_routing = [np.stack([r[i] for r in routing]) for i in range(len(routing[0]))] if routing[0] else []
+    return metrics.compare(ref["logits"].reshape(-1, *ref["logits"].shape[2:]),
+                           [r.reshape(-1, *r.shape[2:]) for r in routing_of(ref)],
+                           np.stack(logits).reshape(-1, *ref["logits"].shape[2:]),
+                           [r.reshape(-1, *r.shape[2:]) for r in test_routing], task, num_classes)
+
+
+def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backends: list[str] | None = None,
+             thresholds: dict | None = None, require: bool = False) -> dict:
+    """Parity of each backend against ``ref``. ``require``: a named backend that cannot run is an error."""
+    precision = manifest["precision"]
+    thresholds = {**profile.get("thresholds", {}).get(precision, {}), **(thresholds or {})}
+    hints = profile.get("parity", {}).get("hint", {})
+    names = backends or profile.get("parity", {}).get("backends", [])
+    report = {"reference": {"device": str(ref["device"]), "samples": int(np.prod(ref["inputs"].shape[:2])),
+                            "data": manifest.get("parity_data", "synthetic")},
+              "thresholds": thresholds, "backends": {}}
+    for name in names:
+        reason = unavailable_reason(name, artifact_dir) if name in SESSIONS else f"unknown backend '{name}'"
+        if reason:
+            if require:
+                raise UserError(f"cannot run {name} here: {reason}")
+            report["backends"][name] = {"verdict": "skipped", "reason": reason}
+            continue
+        options = {"precision_hint": hints[precision]} if name == "openvino" and precision in hints else {}
+        session = open_session(name, artifact_dir, manifest, **options)
+        result = measure_backend(session, ref, manifest["task"], manifest.get("num_classes"))
+        bad = metrics.failures(result, thresholds)
+        entry = {"metrics": {k: round(v, 9) for k, v in result.items()}, "failures": bad,
+                 "verdict": "fail" if bad else "pass", "device": getattr(session, "device", "cpu")}
+        if options:
+            entry["precision_hint"] = options["precision_hint"]
+        report["backends"][name] = entry
+    measured = [b for b in report["backends"].values() if b["verdict"] != "skipped"]
+    checks_ok = all(c.get("ok", True) for c in manifest.get("checks", {}).values())
+    if any(b["verdict"] == "fail" for b in measured) or not checks_ok:
+        report["verdict"] = "fail"
+    else:
+        report["verdict"] = "pass" if measured else "not-measured"
+    return report
+
+
+def render_markdown(manifest: dict, report: dict) -> str:
+    lines = [f"# Parity: {manifest['model']} -> {manifest['target']} ({manifest['precision']})", "",
+             f"Reference: FP32 PyTorch on {report['reference']['device']}, {report['reference']['samples']} "
+             f"samples ({report['reference']['data']}). Verdict: **{report['verdict']}**.", ""]
+    names = sorted({k for b in report["backends"].values() for k in b.get("metrics", {})})
+    lines += ["| backend | " + " | ".join(names) + " | verdict |", "|---" * (len(names) + 2) + "|"]
+    for backend, entry in report["backends"].items():
+        if entry["verdict"] == "skipped":
+            lines.append(f"| {backend} | " + " | ".join("-" for _ in names) + f" | skipped: {entry['reason']} |")
+            continue
+        cells = [f"{entry['metrics'][n]:.6g}" if n in entry["metrics"] else "-" for n in names]
+        label = backend + (f" (hint {entry['precision_hint']})" if "precision_hint" in entry else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {entry['verdict']} |")
+    th = report["thresholds"]
+    lines += ["", "Thresholds: " + ", ".join(f"{k} {'>=' if metrics.HIGHER_IS_BETTER.get(k, True) else '<='} {v}"
+                                             for k, v in sorted(th.items()))]
+    for name, check in manifest.get("checks", {}).items():
+        lines.append(f"- check {name}: {'ok' if check.get('ok') else 'FAILED'} {check.get('summary', '')}".rstrip())
+    for backend, entry in report["backends"].items():
+        for failure in entry.get("failures", []):
+            lines.append(f"- {backend}: {failure}")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(artifact_dir: Path, manifest: dict, report: dict) -> None:
+    write_json(artifact_dir / PARITY_JSON, report)
+    (artifact_dir / PARITY_MD).write_text(render_markdown(manifest, report))
+
+
+def write_junit(path: Path, manifest: dict, report: dict) -> None:
+    cases = []
+    for backend, entry in report["backends"].items():
+        name = quoteattr(f"{manifest['model']}.{manifest['target']}.{manifest['precision']}.{backend}")
+        if entry["verdict"] == "skipped":
+            cases.append(f'  <testcase name={name}><skipped message={quoteattr(entry["reason"])}/></testcase>')
+        elif entry["failures"]:
+            msg = "; ".join(entry["failures"])
+            cases.append(f'  <testcase name={name}><failure message={quoteattr(msg)}>{escape(msg)}</failure>'
+                         f'</testcase>')
+        else:
+            cases.append(f"  <testcase name={name}/>")
+    failures = sum(1 for e in report["backends"].values() if e.get("failures"))
+    skipped = sum(1 for e in report["backends"].values() if e["verdict"] == "skipped")
+    path.write_text(f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="biformer-parity" '
+                    f'tests="{len(cases)}" failures="{failures}" skipped="{skipped}">\n' + "\n".join(cases)
+                    + "\n</testsuite>\n")
+
+
+def reference_model(manifest: dict, checkpoint: str | Path | None):
+    """The FP32 model an artifact was exported from: shipped weights, or the checkpoint (hash-checked)."""
+    from ..models import create_model
+    from ..models.checkpoint import sha256_file
+
+    weights = manifest.get("weights")
+    if weights == "shipped":
+        return create_model(manifest["model"])
+    if weights == "random":
+        raise UserError(f"{manifest['model']} was exported with random weights, so there is no FP32 model to "
+                        f"recompute a reference from: re-export with --checkpoint, or drop --data")
+    ckpt = checkpoint or manifest.get("checkpoint_path")
+    if not ckpt or not Path(ckpt).is_file():
+        raise UserError(f"--data needs the FP32 model: pass --checkpoint (the file {manifest['model']} was exported "
+                        f"from, sha256 {manifest['checkpoint_sha256'][:12]}...)")
+    if sha256_file(ckpt) != manifest["checkpoint_sha256"]:
+        raise UserError(f"--checkpoint {ckpt} is not the checkpoint this artifact was exported from (sha256 "
+                        f"differs): pass the original file")
+    return create_model(manifest["model"], checkpoint=ckpt)
+
+
+def load_reference(artifact_dir: Path) -> dict:
+    path = artifact_dir / REFERENCE
+    if not path.is_file():
+        raise UserError(f"{path} is missing: re-export the artifact (it holds the FP32 reference)")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, data: str | Path | None = None,
+                 checkpoint: str | Path | None = None, samples: int | None = None, reference: str = "auto",
+                 thresholds: dict | None = None, write: bool = True) -> dict:
+    """Re-check an artifact where it is deployed. Without ``data`` it reuses the stored reference; with ``data`` the
+    FP32 reference is recomputed from the model (the shipped weights, or ``checkpoint``)."""
+    from ..exporter import load_profile
+    from .inputs import parity_inputs
+
+    artifact_dir = Path(artifact_dir)
+    manifest = read_manifest(artifact_dir)
+    changed = verify_files(artifact_dir, manifest)
+    if changed:
+        raise UserError(f"{artifact_dir}: {changed[0]}: copy the whole artifact directory again")
+    profile = load_profile(manifest["target"])
+    if data is None:
+        ref = load_reference(artifact_dir)
+    else:
+        model = reference_model(manifest, checkpoint)
+        inputs, source = parity_inputs(tuple(manifest["input_shape"]), data,
+                                       samples or profile.get("parity", {}).get("samples", 4))
+        ref = run_reference(model, inputs, reference_device(reference))
+        manifest = {**manifest, "parity_data": source}
+    report = evaluate(artifact_dir, manifest, profile, ref, backends, thresholds, require=bool(backends))
+    if write and data is None and not backends:
+        write_reports(artifact_dir, manifest, report)
+    return report
+
+
+def assert_parity(artifact: str | Path, data: str | Path | None = None, backends: list[str] | None = None,
+                  **thresholds) -> dict:
+    """For users' own pytest suites: fail with the metric table when any backend misses a threshold.
+
+    ``assert_parity("artifacts/x", data="val_images/", pixel=0.999, routing=0.99)``
+    """
+    report = check_parity(artifact, backends=backends, data=data, thresholds=thresholds, write=False)
+    if report["verdict"] == "fail":
+        raise AssertionError("parity failed\n" + render_markdown(read_manifest(artifact), report))
+    if report["verdict"] == "not-measured":
+        reasons = "; ".join(f"{k}: {v.get('reason')}" for k, v in report["backends"].items())
+        raise AssertionError(f"no backend could run {artifact} here ({reasons})")
+    return report
+
+
+def load_report(artifact_dir: str | Path) -> dict:
+    return json.loads((Path(artifact_dir) / PARITY_JSON).read_text())

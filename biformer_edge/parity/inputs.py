@@ -1,0 +1,92 @@
+"""Inputs parity runs on: synthetic scenes by default (deterministic), or the user's images / video (--data)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise UserError("reading images or video needs OpenCV: pip install 'biformer-edge[apps]'") from None
+    return cv2
+
+
+def preprocess(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 RGB -> 3xHxW float32, resized to ``size`` (H, W) and normalised like the training data.
+    The one preprocessing used by parity, the benchmark and the video demo."""
+    from ..data.synthetic import normalize
+    if rgb.shape[:2] != tuple(size):
+        rgb = _cv2().resize(rgb, (size[1], size[0]), interpolation=_cv2().INTER_LINEAR)
+    return normalize(rgb)[0]
+
+
+def _read_images(paths: list[Path], limit: int) -> list[np.ndarray]:
+    cv2 = _cv2()
+    images = []
+    for p in paths[:limit]:
+        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise UserError(f"cannot decode image {p}: remove it or convert it to PNG/JPEG")
+        images.append(bgr[..., ::-1])
+    return images
+
+
+def read_video_frames(path: Path, limit: int) -> list[np.ndarray]:
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(path))
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    if not cap.isOpened() or total <= 0:
+        raise UserError(f"cannot decode video {path}: check the file, or convert it to H.264 MP4")
+    frames, wanted = [], set(np.linspace(0, total - 1, min(limit, total)).astype(int).tolist())
+    for i in range(total):
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if i in wanted:
+            frames.append(bgr[..., ::-1])
+    cap.release()
+    if not frames:
+        raise UserError(f"cannot decode video {path}: no frame could be read")
+    return frames
+
+
+def collect_images(data: str | Path, limit: int) -> list[np.ndarray]:
+    """RGB uint8 images from a folder of images, one image, or a video file."""
+    path = Path(data)
+    if not path.exists():
+        raise UserError(f"--data {path} does not exist: pass an image folder, an image or a video file")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"--data {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return _read_images(files, limit)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return _read_images([path], 1)
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return read_video_frames(path, limit)
+    raise UserError(f"--data {path}: unknown file type (use images {', '.join(sorted(IMAGE_SUFFIXES))} or a video)")
+
+
+def parity_inputs(input_shape: tuple[int, int, int, int], data: str | Path | None = None,
+                  samples: int = 4) -> tuple[np.ndarray, str]:
+    """Batches of the artifact's static shape: (B, N, 3, H, W) float32, and a description of their source."""
+    from ..data.synthetic import render_scene
+    N, _, H, W = input_shape
+    n_batches = max(1, -(-samples // N))
+    if data is None:
+        images = [render_scene(seed, (H, W))[0] for seed in range(n_batches * N)]
+        source = f"synthetic scenes 0..{n_batches * N - 1}"
+    else:
+        images = collect_images(data, n_batches * N)
+        images = (images * (n_batches * N))[: n_batches * N]  # repeat a short set to fill the static batch
+        source = str(data)
+    x = np.stack([preprocess(im, (H, W)) for im in images]).astype(np.float32)
+    return x.reshape(n_batches, N, 3, H, W), source
