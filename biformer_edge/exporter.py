@@ -95,7 +95,7 @@ def validate(req: ExportRequest) -> tuple[dict, dict]:
             raise UserError(f"--input-size {h} {w} is below the minimum {MIN_INPUT_SIZE} {MIN_INPUT_SIZE}")
     options = {**profile.get("defaults", {}), **{k: v for k, v in (req.options or {}).items() if v is not None}}
     unsupported = sorted(k for k, v in (req.options or {}).items()
-                         if v not in (None, False) and k not in t.get("options", []))
+                         if v is not None and v is not False and k not in t.get("options", []))
     if unsupported:
         flag = unsupported[0].replace("_", "-")
         raise UserError(f"--{flag} does not apply to --target {req.target} (its options: "

@@ -15,6 +15,7 @@ model back.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 import warnings
 import xml.etree.ElementTree as ET
@@ -162,7 +163,21 @@ def convert(model: nn.Module, input_shape: tuple[int, int, int, int]):
     ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
     for output, name in zip(ov_model.outputs, names):
         output.get_tensor().set_names({name})
+    _stable_names(ov_model)
     return ov_model
+
+
+_AUTO_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*_\d+")
+
+
+def _stable_names(ov_model) -> None:
+    """OpenVINO names the nodes it creates ``<Type>_<process-wide counter>`` (and models ``Model<counter>``), so a
+    second export in the same process would write a different XML. Renumber them by topological position so that
+    equal inputs give byte-identical IRs (DESIGN.md: same inputs, same hashes)."""
+    ov_model.set_friendly_name("biformer")
+    for i, op in enumerate(ov_model.get_ordered_ops()):
+        if _AUTO_NAME.fullmatch(op.get_friendly_name()):
+            op.set_friendly_name(f"{op.get_type_name()}_{i}")
 
 
 def export(model: nn.Module, ctx: ExportContext) -> list[str]:

@@ -238,7 +238,8 @@ def _tensorrt_gpu_missing() -> str | None:
 
 def export(model, ctx: ExportContext) -> list[str]:
     """Write model.onnx (checked for TensorRT), build_engine.sh and build_engine.py into ``ctx.workdir``, plus
-    model.engine when ``ctx.options['build']`` is set. Options read: build, dla_core, workspace_mib, timing_cache."""
+    model.engine when ``ctx.options['build']`` is set. Options read: build, dla_core, workspace_mib, timing_cache,
+    tf32."""
     from .onnx import export_onnx
 
     if ctx.precision == "int8":
@@ -280,7 +281,7 @@ def export(model, ctx: ExportContext) -> list[str]:
         ctx.log("building model.engine with TensorRT")
         try:
             load_build_module().build_engine(onnx_path, workdir / ENGINE_FILE, ctx.precision, dla_core, workspace_mib,
-                                             options.get("timing_cache"), log=ctx.log)
+                                             options.get("timing_cache"), bool(options.get("tf32")), log=ctx.log)
         except RuntimeError as exc:
             raise UserError(f"TensorRT engine build failed: {exc}") from None
         written.append(ENGINE_FILE)
@@ -307,8 +308,8 @@ class TensorRTSession(Session):
             raise UserError(f"{engine_path} not found: run ./build_engine.sh in {artifact_dir} on this device first")
         import torch
         if not torch.cuda.is_available():
-            raise UserError("TensorRT needs a CUDA GPU that torch can use (torch.cuda.is_available() is False): install "
-                            "a CUDA build of torch on this device")
+            raise UserError("TensorRT needs a CUDA GPU that torch can use (torch.cuda.is_available() is False): "
+                            "install a CUDA build of torch on this device")
 
         self.manifest = manifest
         self.logger = trt.Logger(trt.Logger.WARNING)

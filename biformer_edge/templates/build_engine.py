@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-# Filled in by biformer-edge when it writes the artifact (string.Template, delimiter '@@').
+# Filled in by biformer-edge when it writes the artifact (string.Template with a double-at delimiter).
 PRECISION = "@@precision"
 DLA_CORE = "@@dla_core"            # "" = GPU only
 WORKSPACE_MIB = "@@workspace_mib"
@@ -109,7 +109,7 @@ def build_engine(onnx_path, engine_path, precision: str, dla_core: int | None = 
 
 
 def _default(value: str, fallback: str) -> str:
-    return fallback if value.startswith("@@") else value  # unrendered template
+    return fallback if value.startswith("@") else value  # unrendered template: no value starts with '@'
 
 
 def main(argv=None) -> int:

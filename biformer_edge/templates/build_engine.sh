@@ -39,7 +39,8 @@ done
 
 if [ -z "$TRTEXEC" ]; then
     TRTEXEC="$(command -v trtexec || true)"
-    if [ -z "$TRTEXEC" ] && [ -x /usr/src/tensorrt/bin/trtexec ]; then TRTEXEC=/usr/src/tensorrt/bin/trtexec; fi  # JetPack
+    JETPACK_TRTEXEC=/usr/src/tensorrt/bin/trtexec
+    if [ -z "$TRTEXEC" ] && [ -x "$JETPACK_TRTEXEC" ]; then TRTEXEC="$JETPACK_TRTEXEC"; fi
 fi
 [ -n "$TRTEXEC" ] && [ -x "$TRTEXEC" ] || die "trtexec not found: install TensorRT (JetPack ships it in" \
     "/usr/src/tensorrt/bin), pass --trtexec PATH, or run: python3 build_engine.py"
@@ -71,12 +72,14 @@ fi
 [ "$TF32" = 1 ] || ARGS+=(--noTF32)
 
 if [ -n "$DLA_CORE" ]; then
-    # NVIDIA 'Working with DLA': 10.7 was the last 10.x with DLA; none in 11.0-11.3; 11.4.1+ on AGX Orin (JetPack 7.2.2+).
+    # NVIDIA 'Working with DLA': 10.7 was the last 10.x with DLA; none in 11.0-11.3; 11.4.1+ on AGX Orin
+    # (JetPack 7.2.2+).
     if { [ "$MAJOR" -eq 10 ] && [ "$MINOR" -gt 7 ]; } || { [ "$MAJOR" -eq 11 ] && { [ "$MINOR" -lt 4 ] ||
             { [ "$MINOR" -eq 4 ] && [ "$PATCH" -lt 1 ]; }; }; }; then
         echo "warning: TensorRT $MAJOR.$MINOR.$PATCH has no DLA support on Jetson; building for the GPU only" >&2
     elif [ "$PRECISION" = fp32 ]; then
-        echo "warning: DLA runs FP16/INT8 only and this artifact is FP32 (export with --fp16); building for the GPU only" >&2
+        echo "warning: DLA runs FP16/INT8 only and this artifact is FP32 (export with --fp16);" \
+             "building for the GPU only" >&2
     else
         ARGS+=(--useDLACore="$DLA_CORE" --allowGPUFallback)
         echo "DLA core $DLA_CORE, GPU fallback for layers DLA cannot run (TopK, Gather, Softmax, ...)"

@@ -1,0 +1,306 @@
+"""TensorRT backend: the ONNX checker on small hand-built graphs, the artifact (ONNX + build scripts) of a real export,
+and, where TensorRT and a GPU exist, the engine itself against onnxruntime."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper, shape_inference  # noqa: E402
+
+import biformer_edge as be  # noqa: E402
+from biformer_edge.backends.base import ExportContext  # noqa: E402
+from biformer_edge.backends.tensorrt import assert_tensorrt_ready, check_onnx, export, load_build_module  # noqa: E402
+
+INPUT_SHAPE = (1, 3, 128, 128)   # biformer_seg_demo has n_win=8: 128 keeps every stage divisible and the test fast
+
+
+def topk_model(k=4, sorted_=1, axis=-1, k_const=True, feed=None, opset=17, op="TopK"):
+    """x (1, 16, 16) -> [feed] -> TopK(k) -> values, indices."""
+    nodes, inits, inputs = [], [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16])]
+    src = "x"
+    if feed == "dq":
+        inits += [numpy_helper.from_array(np.ones((1, 16, 16), np.int8), "xq"),
+                  numpy_helper.from_array(np.array(0.1, np.float32), "s")]
+        nodes.append(helper.make_node("DequantizeLinear", ["xq", "s"], ["xdq"], name="dq"))
+        src = "xdq"
+    if k_const:
+        inits.append(numpy_helper.from_array(np.array([k], np.int64), "k"))
+    else:
+        inputs.append(helper.make_tensor_value_info("k", TensorProto.INT64, [1]))
+    nodes.append(helper.make_node(op, [src, "k"], ["values", "indices"], name="router/TopK", axis=axis,
+                                  sorted=sorted_))
+    outputs = [helper.make_tensor_value_info("values", TensorProto.FLOAT, None),
+               helper.make_tensor_value_info("indices", TensorProto.INT64, None)]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def one_line(problems, *words):
+    assert problems, "expected a problem"
+    assert any(all(w in p for w in words) for p in problems), problems
+
+
+# --- check_onnx on hand-built graphs -----------------------------------------------------------------------------
+
+def test_clean_topk_graph_passes():
+    assert check_onnx(topk_model()) == []
+
+
+def test_non_constant_k_is_rejected():
+    one_line(check_onnx(topk_model(k_const=False)), "router/TopK", "constant K")
+
+
+def test_k_above_trt_limit_is_rejected():
+    big = topk_model(k=4000)
+    big.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 8000
+    one_line(check_onnx(big), "router/TopK", "K=4000", "3840")
+
+
+def test_unsorted_topk_is_rejected():
+    one_line(check_onnx(topk_model(sorted_=0)), "router/TopK", "sorted=0")
+
+
+def test_topk_axis_outside_last_four_dims_is_rejected():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 5, 6, 7])
+    k = numpy_helper.from_array(np.array([1], np.int64), "k")
+    node = helper.make_node("TopK", ["x", "k"], ["v", "i"], name="deep", axis=1)
+    graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("v", TensorProto.FLOAT, None)], [k])
+    one_line(check_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])), "deep", "last")
+
+
+def test_dequantize_into_topk_is_rejected():
+    one_line(check_onnx(topk_model(feed="dq")), "router/TopK", "DequantizeLinear 'dq'")
+
+
+@pytest.mark.parametrize("through_reshape", [False, True])
+def test_dequantize_into_gather_data_is_rejected(through_reshape):
+    data = numpy_helper.from_array(np.ones((8, 4), np.int8), "wq")
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    idx = helper.make_tensor_value_info("idx", TensorProto.INT64, [3])
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "s"], ["w"], name="dq"),
+             helper.make_node("Reshape", ["w", "shape"], ["w2"], name="reshape"),
+             helper.make_node("Gather", ["w2" if through_reshape else "w", "idx"], ["rows"], name="kv_gather", axis=0)]
+    shape = numpy_helper.from_array(np.array([8, 4], np.int64), "shape")
+    graph = helper.make_graph(nodes, "g", [idx], [helper.make_tensor_value_info("rows", TensorProto.FLOAT, None)],
+                              [data, scale, shape])
+    problems = check_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    one_line(problems, "kv_gather", "DequantizeLinear 'dq'")
+
+
+def test_int8_gather_input_is_rejected():
+    data = helper.make_tensor_value_info("data", TensorProto.INT8, [8, 4])
+    idx = numpy_helper.from_array(np.array([0, 2], np.int64), "idx")
+    node = helper.make_node("Gather", ["data", "idx"], ["rows"], name="g8", axis=0)
+    graph = helper.make_graph([node], "g", [data], [helper.make_tensor_value_info("rows", TensorProto.INT8, None)],
+                              [idx])
+    one_line(check_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])), "g8", "8-bit")
+
+
+def test_unsupported_op_is_rejected():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])
+    node = helper.make_node("Unique", ["x"], ["y"], name="uniq")
+    graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    one_line(check_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])), "uniq", "not supported")
+
+
+def test_custom_domain_op_needs_a_plugin():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])
+    node = helper.make_node("FusedGelu", ["x"], ["y"], name="fg", domain="com.microsoft")
+    graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    one_line(check_onnx(model), "fg", "plugin")
+
+
+def test_opset_22_is_rejected():
+    one_line(check_onnx(topk_model(opset=22)), "opset 22")
+    assert check_onnx(topk_model(opset=22), max_opset=24) == []
+
+
+def test_rank_above_8_is_rejected():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [512])
+    shape = numpy_helper.from_array(np.full(9, 2, np.int64), "shape")
+    node = helper.make_node("Reshape", ["x", "shape"], ["y"], name="to9d")
+    graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [shape])
+    one_line(check_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])), "to9d", "rank 9")
+
+
+def test_einsum_is_allowed_and_dla_needs_static_inputs():
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4, 8])
+    b = numpy_helper.from_array(np.ones((8, 5), np.float32), "b")
+    node = helper.make_node("Einsum", ["a", "b"], ["y"], name="ein", equation="nij,jk->nik")
+    graph = helper.make_graph([node], "g", [a], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert check_onnx(model) == []
+    one_line(check_onnx(model, dla=True), "input 'a'", "dynamic", "Nx4x8")
+
+
+def test_assert_tensorrt_ready_raises_user_error(tmp_path):
+    path = tmp_path / "bad.onnx"
+    onnx.save(topk_model(sorted_=0), str(path))
+    with pytest.raises(be.UserError, match="sorted=0"):
+        assert_tensorrt_ready(path)
+
+
+# --- a real export -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model():
+    return be.create_model("biformer_seg_demo", pretrained=False)
+
+
+@pytest.fixture(scope="module", params=["fp32", "fp16"])
+def artifact(request, model, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp(f"trt-{request.param}")
+    ctx = ExportContext(workdir=workdir, target="jetson", precision=request.param, input_shape=INPUT_SHAPE,
+                        options={"dla_core": 0, "workspace_mib": 1024}, log=lambda *a: None)
+    return request.param, workdir, export(model, ctx)
+
+
+def test_export_writes_checked_onnx_and_scripts(artifact):
+    precision, workdir, files = artifact
+    assert files == ["model.onnx", "build_engine.sh", "build_engine.py"]
+    assert sorted(p.name for p in workdir.iterdir()) == sorted(files)
+    assert check_onnx(workdir / "model.onnx", dla=True) == []
+    assert os.access(workdir / "build_engine.sh", os.X_OK)
+    for name in ("build_engine.sh", "build_engine.py"):
+        text = (workdir / name).read_text()
+        assert "@@" not in text and f'PRECISION="{precision}"' in text.replace(" = ", "=")
+        assert "images' 1x3x128x128" in text
+
+
+def test_fp16_export_keeps_the_router_fp32(artifact):
+    precision, workdir, _ = artifact
+    model = shape_inference.infer_shapes(onnx.load(str(workdir / "model.onnx")))
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]}
+    producer = {o: n for n in g.node for o in n.output}
+    topks = [n for n in g.node if n.op_type == "TopK"]
+    assert len(topks) == 4                                             # one per BRA block
+    assert types["images"] == (TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT)
+    for topk in topks:
+        assert types[topk.input[0]] == TensorProto.FLOAT, topk.name
+        if precision == "fp16":                                        # the island starts at a Cast to FLOAT
+            seen, stack, casts = set(), [topk.input[0]], []
+            while stack:
+                node = producer.get(stack.pop())
+                if node is None or node.name in seen:
+                    continue
+                seen.add(node.name)
+                if node.op_type == "Cast":
+                    casts.append(helper.get_attribute_value(node.attribute[0]))
+                    continue
+                stack.extend(node.input)
+            assert casts and set(casts) == {TensorProto.FLOAT}, topk.name
+
+
+def test_build_sh_parses_and_py_help_runs_without_tensorrt(artifact, tmp_path):
+    _, workdir, _ = artifact
+    subprocess.run(["bash", "-n", str(workdir / "build_engine.sh")], check=True)
+    out = subprocess.run([sys.executable, str(workdir / "build_engine.py"), "--help"], check=True,
+                         capture_output=True, text=True).stdout
+    assert "--dla-core" in out and "--workspace" in out and "default: 1024" in out
+    probe = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('b', sys.argv[1]); "
+             "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print('tensorrt' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe, str(workdir / "build_engine.py")], check=True,
+                          capture_output=True, text=True).stdout.strip() == "False"
+
+
+FAKE_TRTEXEC = """#!/usr/bin/env bash
+echo "&&&& RUNNING TensorRT.trtexec [TensorRT v{banner}] [b1] # trtexec $*"
+[ "$1" = --version ] && exit 0
+printf '%s\\n' "$@" > "{log}"
+for a in "$@"; do case "$a" in --saveEngine=*) echo plan > "${{a#--saveEngine=}}";; esac; done
+"""
+
+
+@pytest.mark.parametrize("banner, strongly, dla", [("100300", True, True), ("101300", True, False),
+                                                   ("110300", False, False), ("110401", False, True)])
+def test_build_sh_flags_per_tensorrt_version(artifact, tmp_path, banner, strongly, dla):
+    precision, workdir, _ = artifact
+    log = tmp_path / "args"
+    fake = tmp_path / "trtexec"
+    fake.write_text(FAKE_TRTEXEC.format(banner=banner, log=log))
+    fake.chmod(0o755)
+    import shutil
+    art = tmp_path / "art"
+    shutil.copytree(workdir, art)
+    run = subprocess.run([str(art / "build_engine.sh"), "--trtexec", str(fake), "--workspace", "512"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    args = log.read_text().split()
+    assert f"--onnx={art}/model.onnx" in args and f"--saveEngine={art}/model.engine" in args
+    assert "--memPoolSize=workspace:512" in args and f"--timingCacheFile={art}/timing.cache" in args
+    assert not any(a in args for a in ("--fp16", "--int8", "--best"))
+    assert ("--stronglyTyped" in args) == (strongly and precision == "fp16")
+    assert ("--useDLACore=0" in args) == (dla and precision == "fp16")
+    if not dla:
+        assert "no DLA support" in run.stderr
+    assert "biformer-parity" in run.stdout and (art / "model.engine").is_file()
+
+
+def test_build_logic_helpers():
+    mod = load_build_module()
+    assert mod.parse_version("10.3.0.26") == (10, 3, 0)
+    assert mod.parse_version("100300") == (10, 3, 0) and mod.parse_version("8601") == (8, 6, 0)
+    assert mod.dla_supported((10, 3, 0)) and not mod.dla_supported((10, 8, 0))
+    assert not mod.dla_supported((11, 3, 0)) and mod.dla_supported((11, 4, 1))
+    assert mod.strongly_typed((11, 0, 0), "fp32") and mod.strongly_typed((10, 3, 0), "fp16")
+    assert not mod.strongly_typed((10, 3, 0), "fp32")
+
+
+def test_build_without_tensorrt_is_a_user_error(model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)   # import tensorrt -> ImportError, even where it exists
+    ctx = ExportContext(workdir=tmp_path, target="jetson", precision="fp32", input_shape=INPUT_SHAPE,
+                        options={"build": True}, log=lambda *a: None)
+    with pytest.raises(be.UserError, match="--build needs TensorRT and an NVIDIA GPU.*build_engine.sh"):
+        export(model, ctx)
+    assert list(tmp_path.iterdir()) == []                # failed before writing anything
+
+
+def test_int8_is_not_handled_yet(model, tmp_path):
+    ctx = ExportContext(workdir=tmp_path, target="jetson", precision="int8", input_shape=INPUT_SHAPE)
+    with pytest.raises(be.UserError, match="INT8.*quantization"):
+        export(model, ctx)
+
+
+def test_session_without_tensorrt_is_a_user_error(tmp_path, monkeypatch):
+    from biformer_edge.backends.tensorrt import TensorRTSession
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(be.UserError, match="TensorRT is not installed"):
+        TensorRTSession(tmp_path)
+
+
+# --- engine build and run: only where TensorRT and a CUDA GPU exist ------------------------------------------------
+
+def cosine(a, b):
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+# Routing floors are first guesses (random weights make near-tied affinities): tighten once measured on a GPU.
+@pytest.mark.parametrize("precision, min_cosine, min_routing", [("fp32", 0.9999, 0.99), ("fp16", 0.999, 0.9)])
+def test_engine_matches_onnxruntime(model, tmp_path, precision, min_cosine, min_routing):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installable from PyPI (toolchain.md 3.6)")
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA GPU")
+    from biformer_edge.backends.onnx import OnnxSession
+    from biformer_edge.backends.tensorrt import TensorRTSession
+
+    ctx = ExportContext(workdir=tmp_path, target="tensorrt", precision=precision, input_shape=INPUT_SHAPE,
+                        options={"build": True}, log=lambda *a: None)
+    assert "model.engine" in export(model, ctx)
+    x = np.random.default_rng(0).standard_normal(INPUT_SHAPE).astype(np.float32)
+    ref = OnnxSession(tmp_path / "model.onnx", providers=["CPUExecutionProvider"]).run(x)
+    got = TensorRTSession(tmp_path).run(x)
+    assert got.logits.shape == ref.logits.shape and len(got.routing) == len(ref.routing) == 4
+    assert cosine(got.logits, ref.logits) >= min_cosine
+    agreement = np.mean([np.mean(np.sort(g, -1) == np.sort(r, -1)) for g, r in zip(got.routing, ref.routing)])
+    assert agreement >= min_routing
