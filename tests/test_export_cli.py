@@ -158,3 +158,15 @@ def test_console_script_runs_as_a_process(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "from biformer_edge.cli import export_main; export_main()",
                            "--target", "nope", "--output", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: unsupported target 'nope'")
+
+
+def test_jetson_fp16_artifact(checkpoint, tmp_path):
+    out = tmp_path / "jetson"
+    assert run_cli(export_main, export_args(checkpoint, out, "jetson", "--dla-core", "0")) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["precision"] == "fp16" and m["checks"]["tensorrt_onnx"]["ok"]
+    assert {"model.onnx", "build_engine.sh", "build_engine.py"} <= set(m["files"])
+    assert "--useDLACore" in (out / "build_engine.sh").read_text()
+    report = json.loads((out / "parity.json").read_text())
+    assert report["backends"]["onnxruntime"]["verdict"] == "pass"
+    assert report["backends"]["tensorrt"]["verdict"] == "skipped"

@@ -244,3 +244,73 @@ class OpenVINOSession(Session):
         result = self.request.infer({0: x})
         values = [np.array(result[o]) for o in self.compiled.outputs]
         return self.split_outputs(self.output_names, values)
+
+
+# ---------------------------------------------------------------------------------------------------- measurement
+
+
+def _routing_agreement(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """Mean over blocks of mean over query regions of |topk_ref & topk| / k (sets, order ignored)."""
+    per_block = []
+    for a, b in zip(ref, got):
+        k = a.shape[-1]
+        a, b = a.reshape(-1, k), b.reshape(-1, k)
+        per_block.append(np.mean([len(set(p.tolist()) & set(q.tolist())) / k for p, q in zip(a, b)]))
+    return float(np.mean(per_block))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def measure_hints(model: nn.Module, input_shape: tuple[int, int, int, int], images: int = 4,
+                  hints: tuple[str, ...] = ("f32", "f16", "bf16"), threads: int | None = None, seed: int = 0,
+                  log=print) -> list[dict]:
+    """Export FP32, FP16 and FP16-without-router-marks IRs of ``model`` and run each under each hint on
+    ``images`` seeded random inputs; routing agreement and logits cosine against the FP32 PyTorch run.
+    ``inference_precision`` says what the CPU actually used (f32 where it lacks bf16/f16 hardware)."""
+    from .base import run_torch
+
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal(input_shape).astype(np.float32) for _ in range(images)]
+    refs = [run_torch(model, x) for x in xs]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="biformer-ov-measure-") as tmp:
+        variants = {"fp32": ("fp32", True), "fp16": ("fp16", True), "fp16-unmarked": ("fp16", False)}
+        flags = [b.router_fp32 for b in bra_blocks(model)]
+        for label, (precision, island) in variants.items():
+            for b in bra_blocks(model):
+                b.router_fp32 = island
+            try:
+                export(model, ExportContext(Path(tmp) / label, "openvino", precision, tuple(input_shape),
+                                            log=lambda *a: None))
+            finally:
+                for b, f in zip(bra_blocks(model), flags):
+                    b.router_fp32 = f
+            for hint in hints:
+                sess = OpenVINOSession(Path(tmp) / label, precision_hint=hint, threads=threads)
+                outs = [sess.run(x) for x in xs]
+                row = {"ir": label, "hint": hint, "inference_precision": sess.inference_precision,
+                       "routing_agreement": float(np.mean([_routing_agreement(r.routing, o.routing)
+                                                          for r, o in zip(refs, outs)])),
+                       "cosine": float(np.mean([_cosine(r.logits, o.logits) for r, o in zip(refs, outs)]))}
+                log(f"{row['ir']:>14} hint={hint:<5} ran={row['inference_precision']:<5} "
+                    f"routing={row['routing_agreement']:.4f} cosine={row['cosine']:.7f}")
+                rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":  # python -m biformer_edge.backends.openvino biformer_tiny 224
+    import argparse
+
+    from .. import create_model
+
+    parser = argparse.ArgumentParser(description="OpenVINO FP16 IR routing/cosine under f32/f16/bf16 hints")
+    parser.add_argument("model")
+    parser.add_argument("size", type=int)
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--pretrained", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    measure_hints(create_model(args.model, pretrained=args.pretrained), (1, 3, args.size, args.size), args.images)

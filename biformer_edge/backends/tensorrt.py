@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import UserError
 from .base import INPUT_NAME, ExportContext, Session
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = Path(__file__).resolve().parent.parent / "profiles" / "templates"  # export/templates in a checkout
 ONNX_FILE, ENGINE_FILE = "model.onnx", "model.engine"
 DEFAULT_WORKSPACE_MIB = 2048
 
@@ -265,6 +265,9 @@ def export(model, ctx: ExportContext) -> list[str]:
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise UserError(f"the exported graph would not build with TensorRT: {'; '.join(problems[:3])}{more}")
+    ctx.checks["tensorrt_onnx"] = {"ok": True, "summary": f"TensorRT 10/11 parser limits (opset {MIN_OPSET}-{MAX_OPSET}, "
+                                   f"TopK constant K < {TOPK_MAX_K} sorted, no INT8 on TopK/Gather, rank <= {MAX_RANK}"
+                                   f"{', static shapes for DLA' if dla_core is not None else ''}): no problems"}
 
     values = dict(model_name=getattr(model, "name", type(model).__name__), precision=ctx.precision,
                   input_name=INPUT_NAME, input_shape="x".join(str(int(d)) for d in ctx.input_shape),

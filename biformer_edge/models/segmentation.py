@@ -134,7 +134,7 @@ def biformer_base_sfpn(**overrides) -> BiFormerSegmentor:
 DEMO = BiFormerConfig(depth=(1, 1, 2, 1), embed_dim=(32, 64, 128, 256), n_win=8, num_classes=6)
 
 
-@register_model("biformer_seg_demo", input_size=(256, 256), task="segmentation",
+@register_model("biformer_seg_demo", input_size=(128, 128), task="segmentation",
                 shipped_weights="biformer_seg_demo.pt")
 def biformer_seg_demo(**overrides) -> BiFormerSegmentor:
     """Small BiFormer-SFPN trained on biformer_edge.data's synthetic scenes (``python -m biformer_edge.train_demo``)."""

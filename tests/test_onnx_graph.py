@@ -1,0 +1,118 @@
+"""Facts about our exported ONNX graphs (DESIGN.md, "Export-clean BRA"): TopK with a constant k and sorted=1, no
+Expand / GatherElements (the official formulation's export has both, so these checks can fail), rank <= 5 after
+shape inference, onnxruntime equal to PyTorch, and routing outputs equal to PyTorch's top-k indices."""
+import copy
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from biformer_edge.backends import run_torch
+from biformer_edge.backends.base import bra_blocks
+from biformer_edge.backends.onnx import OnnxSession, export_onnx
+from biformer_edge.models import create_model
+from tests.official_bra import use_official_bra
+
+pytest.importorskip("onnxruntime")
+
+CASES = {"seg_demo_128": ("biformer_seg_demo", 128), "tiny_224": ("biformer_tiny", 224)}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """exported(case, official=False): the case's model (random weights, seed 0), or its official-formulation copy,
+    exported once per module at opset 17, with its shape-inferred graph."""
+    cache = {}
+    root = tmp_path_factory.mktemp("onnx-graph")
+
+    def get(case: str, official: bool = False) -> dict:
+        if (case, official) not in cache:
+            name, size = CASES[case]
+            torch.manual_seed(0)
+            model = create_model(name, pretrained=False)
+            if official:
+                model = use_official_bra(copy.deepcopy(model))
+            path = root / f"{case}{'-official' if official else ''}.onnx"
+            proto = export_onnx(model, path, (1, 3, size, size), opset=17)
+            cache[case, official] = {"model": model, "proto": proto, "path": path, "size": size,
+                                     "inferred": onnx.shape_inference.infer_shapes(proto)}
+        return cache[case, official]
+    return get
+
+
+def constant_values(graph) -> dict[str, np.ndarray]:
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            attr = next(a for a in node.attribute if a.name == "value")
+            values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def ops(proto) -> Counter:
+    return Counter(n.op_type for n in proto.graph.node)
+
+
+def all_tensor_ranks(inferred) -> dict[str, int]:
+    g = inferred.graph
+    ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in [*g.input, *g.value_info, *g.output]}
+    ranks.update({t.name: len(t.dims) for t in g.initializer})
+    return ranks
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_topk_has_constant_k_and_is_sorted(exported, case):
+    art = exported(case)
+    graph = art["proto"].graph
+    consts = constant_values(graph)
+    topks = [n for n in graph.node if n.op_type == "TopK"]
+    assert len(topks) == len(bra_blocks(art["model"])) > 0
+    ks = []
+    for node in topks:
+        assert node.input[1] in consts, f"{node.name}: K comes from {node.input[1]}, not an initializer/Constant"
+        ks.append(int(consts[node.input[1]].reshape(-1)[0]))
+        attrs = {a.name: a.i for a in node.attribute}
+        assert attrs.get("sorted", 1) == 1 and attrs.get("largest", 1) == 1, node.name
+    assert Counter(ks) == Counter(b.topk for b in bra_blocks(art["model"]))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_no_expand_and_no_gather_elements(exported, case):
+    counts = ops(exported(case)["proto"])
+    assert counts["Expand"] == 0 and counts["GatherElements"] == 0, counts
+    assert counts["Gather"] >= counts["TopK"]  # one flat-index region gather per BRA block
+
+
+def test_official_formulation_export_has_expand_and_gather_elements(exported):
+    """The checks above can fail: the official expand+gather BRA exports exactly what they forbid."""
+    official = exported("seg_demo_128", official=True)
+    counts = ops(official["proto"])
+    assert counts["Expand"] > 0 and counts["GatherElements"] > 0, counts
+    assert max(all_tensor_ranks(official["inferred"]).values()) > 5
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_tensor_has_rank_at_most_5(exported, case):
+    ranks = all_tensor_ranks(exported(case)["inferred"])
+    too_big = {k: r for k, r in ranks.items() if r > 5}
+    assert not too_big, too_big
+    # shape inference resolved every intermediate (static shapes, no Shape/Gather chains left unresolved)
+    assert len(exported(case)["inferred"].graph.value_info) > 0
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_onnxruntime_equals_pytorch_logits_and_routing(exported, case):
+    art = exported(case)
+    size = art["size"]
+    x = np.random.default_rng(1).standard_normal((1, 3, size, size)).astype(np.float32)
+    ref = run_torch(art["model"], x)
+    got = OnnxSession(art["path"], threads=2, providers=["CPUExecutionProvider"]).run(x)
+    assert got.logits.shape == ref.logits.shape
+    assert np.abs(got.logits - ref.logits).max() <= 1e-4
+    assert len(got.routing) == len(ref.routing) == len(bra_blocks(art["model"]))
+    for i, (a, b) in enumerate(zip(got.routing, ref.routing)):
+        assert a.shape == b.shape, i
+        assert np.array_equal(a, b), f"routing_{i}: {np.mean(a != b):.1%} of indices differ"
