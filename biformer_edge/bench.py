@@ -464,8 +464,10 @@ def write_plot(path: Path, rows: list[Row], meta: dict) -> str | None:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(measured) + 2), 4.8))
     ax.bar(range(len(measured)), med, color=colors,
            yerr=[[0] * len(med), [max(p - m, 0) for p, m in zip(p90, med)]], capsize=4)
-    for i, m in enumerate(med):
-        ax.text(i, m / 2, f"{m:.1f}", ha="center", va="center", color="white", fontsize=8)
+    for i, (m, p) in enumerate(zip(med, p90)):
+        ax.annotate(f"{m:.1f}", (i, max(m, p)), xytext=(0, 3), textcoords="offset points", ha="center",
+                    va="bottom", fontsize=8)
+    ax.margins(y=0.12)
     ax.set_xticks(range(len(measured)), labels, fontsize=7)
     ax.set_ylabel("latency ms (bar: median, whisker: p90)")
     ax.set_title(f"biformer-bench, {meta['threads']} threads, {meta['cpu']}", fontsize=9)

@@ -86,7 +86,7 @@ def validate(req: ExportRequest) -> tuple[dict, dict]:
         raise UserError(f"--routing must be qar or naive, not '{req.routing}'")
     if req.routing == "naive" and req.precision != "int8":
         raise UserError("--routing naive only changes INT8 exports (FP32/FP16 always keep the router in FP32)")
-    get_spec(req.model)
+    get_spec(model_name(req.model))
     if req.batch < 1:
         raise UserError(f"--batch must be >= 1, got {req.batch}")
     if req.input_size is not None:
@@ -110,6 +110,10 @@ def validate(req: ExportRequest) -> tuple[dict, dict]:
     return profile, options
 
 
+def model_name(model) -> str:
+    return model if isinstance(model, str) else getattr(model, "name", None) or type(model).__name__
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "biformer-edge": __version__}
     for lib in LIBRARIES:
@@ -121,7 +125,7 @@ def library_versions() -> dict[str, str]:
 
 
 def default_output(req: ExportRequest) -> Path:
-    return Path("artifacts") / f"{req.model}-{req.target}-{req.precision}"
+    return Path("artifacts") / f"{model_name(req.model)}-{req.target}-{req.precision}"
 
 
 def next_steps(req: ExportRequest, out: Path, manifest: dict) -> list[str]:
@@ -148,11 +152,16 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
     out = Path(req.output) if req.output else default_output(req)
     check_output_dir(out, req.force)
     ref_device = reference_device(req.reference)
-    spec = get_spec(req.model)
-    model = create_model(req.model, checkpoint=req.checkpoint)
-    weights = "checkpoint" if req.checkpoint else ("shipped" if model.checkpoint_path else "random")
+    name = model_name(req.model)
+    spec = get_spec(name)
+    if isinstance(req.model, str):
+        model = create_model(name, checkpoint=req.checkpoint)
+        ckpt = model.checkpoint_path
+        weights = "checkpoint" if req.checkpoint else ("shipped" if ckpt else "random")
+    else:  # a module from create_model, possibly fine-tuned in this process: its weights live only in memory
+        model, ckpt, weights = req.model.eval(), None, "in-memory"
     if weights == "random":
-        log(f"note: {req.model} has no weights here (random init): parity still compares runtimes, but pass "
+        log(f"note: {name} has no weights here (random init): parity still compares runtimes, but pass "
             f"--checkpoint for numbers that mean something")
     h, w = req.input_size or spec.input_size
     input_shape = (req.batch, 3, h, w)
@@ -162,13 +171,12 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
     with atomic_directory(out) as work:
         ctx = ExportContext(workdir=work, target=req.target, precision=req.precision, input_shape=input_shape,
                             opset=profile["target"].get("opset", 17), profile=profile, options=options, log=log)
-        log(f"exporting {req.model} {h}x{w} batch {req.batch} -> {req.target} {req.precision}")
+        log(f"exporting {name} {h}x{w} batch {req.batch} -> {req.target} {req.precision}")
         files = module.export(model, ctx)
         manifest = {
-            "schema_version": SCHEMA_VERSION, "model": req.model, "task": spec.task,
+            "schema_version": SCHEMA_VERSION, "model": name, "task": spec.task,
             "num_classes": getattr(model, "num_classes", None) if spec.task == "segmentation" else None,
-            "weights": weights, "checkpoint_path": model.checkpoint_path,
-            "checkpoint_sha256": sha256_file(model.checkpoint_path) if model.checkpoint_path else None,
+            "weights": weights, "checkpoint_path": ckpt, "checkpoint_sha256": sha256_file(ckpt) if ckpt else None,
             "target": req.target, "backend": module.__name__.rsplit(".", 1)[-1], "precision": req.precision,
             "routing": req.routing, "router_precision": "fp32", "input_name": "images",
             "input_shape": list(input_shape), "opset": ctx.opset if "model.onnx" in files else None,

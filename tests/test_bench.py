@@ -17,6 +17,7 @@ def read_rows(out):
 
 
 def test_bench_torch_and_onnxruntime(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
     assert main(TINY + ["--backends", "torch", "onnxruntime", "--output", str(tmp_path)]) == 0
     rows = read_rows(tmp_path)
     assert [(r["model"], r["backend"], r["precision"], r["status"]) for r in rows] == [

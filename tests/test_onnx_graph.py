@@ -5,10 +5,8 @@ import copy
 from collections import Counter
 
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 
 from biformer_edge.backends import run_torch
 from biformer_edge.backends.base import bra_blocks
@@ -16,7 +14,10 @@ from biformer_edge.backends.onnx import OnnxSession, export_onnx
 from biformer_edge.models import create_model
 from tests.official_bra import use_official_bra
 
+onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxsim")
+numpy_helper = onnx.numpy_helper
 
 CASES = {"seg_demo_128": ("biformer_seg_demo", 128), "tiny_224": ("biformer_tiny", 224)}
 

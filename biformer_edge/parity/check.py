@@ -151,8 +151,8 @@ def reference_model(manifest: dict, checkpoint: str | Path | None):
     weights = manifest.get("weights")
     if weights == "shipped":
         return create_model(manifest["model"])
-    if weights == "random":
-        raise UserError(f"{manifest['model']} was exported with random weights, so there is no FP32 model to "
+    if weights in ("random", "in-memory"):
+        raise UserError(f"{manifest['model']} was exported with {weights} weights, so there is no FP32 model to "
                         f"recompute a reference from: re-export with --checkpoint, or drop --data")
     ckpt = checkpoint or manifest.get("checkpoint_path")
     if not ckpt or not Path(ckpt).is_file():

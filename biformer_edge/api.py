@@ -1,0 +1,42 @@
+"""The thin Python API of DESIGN.md; the CLIs call the same functions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .artifact import read_manifest
+from .backends import SESSIONS, Session, open_session, unavailable_reason
+from .errors import UserError
+
+# Most specific runtime first: the one the artifact was made for, where it can run.
+PREFERENCE = ("tensorrt", "coreml", "openvino", "onnxruntime")
+
+
+def export(model: str | nn.Module, target: str, precision: str | None = None, output: str | Path | None = None,
+           **kwargs) -> Path:
+    """Export ``model`` (a registered name or a module from create_model) and return the artifact directory.
+    Keyword arguments are those of ``biformer_edge.exporter.ExportRequest`` (checkpoint, input_size, batch, calib,
+    force, parity, data, options, ...)."""
+    from .exporter import ExportRequest
+    from .exporter import export as run_export
+    out, _ = run_export(ExportRequest(target=target, precision=precision, model=model,
+                                      output=str(output) if output else None, **kwargs), log=lambda _msg: None)
+    return out
+
+
+def load(artifact: str | Path, backend: str | None = None, **options) -> Session:
+    """A Session for the best runtime that can run ``artifact`` here (or the one named)."""
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    if backend:
+        return open_session(backend, artifact, manifest, **options)
+    reasons = {}
+    for name in PREFERENCE:
+        reasons[name] = unavailable_reason(name, artifact)
+        if reasons[name] is None:
+            return open_session(name, artifact, manifest, **options)
+    raise UserError(f"no runtime here can run {artifact}: " + "; ".join(f"{k}: {v}" for k, v in reasons.items()))
+
+
+__all__ = ["export", "load", "SESSIONS"]
