@@ -1,6 +1,6 @@
 """Training / demo data: deterministic synthetic scenes and clips (``biformer_edge.data.synthetic``)."""
-from .synthetic import (CLASSES, MEAN, NUM_CLASSES, PALETTE, SEED_STRIDE, STD, SceneClip, colorize, denormalize,
-                        draw_legend, normalize, overlay, render_clip, render_scene, scene_seed)
+from .synthetic import (CLASSES, MEAN, NUM_CLASSES, PALETTE, SEED_STRIDE, STD, SceneClip, SyntheticScenes, colorize,
+                        denormalize, draw_legend, normalize, overlay, render_clip, render_scene, scene_seed)
 
 __all__ = [
     "CLASSES", "NUM_CLASSES", "PALETTE", "MEAN", "STD", "SEED_STRIDE",
@@ -8,10 +8,3 @@ __all__ = [
     "normalize", "denormalize", "colorize", "overlay", "draw_legend",
 ]
 
-
-def __getattr__(name: str):
-    # SyntheticScenes subclasses torch's Dataset; built on first access so importing this package stays light.
-    if name == "SyntheticScenes":
-        from . import synthetic
-        return synthetic.SyntheticScenes
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

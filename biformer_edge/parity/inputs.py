@@ -3,33 +3,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from ..data.synthetic import normalize, render_scene
 from ..errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
-def _cv2():
-    try:
-        import cv2
-    except ImportError:
-        raise UserError("reading images or video needs OpenCV: pip install 'biformer-edge[apps]'") from None
-    return cv2
-
-
 def preprocess(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """HxWx3 uint8 RGB -> 3xHxW float32, resized to ``size`` (H, W) and normalised like the training data.
     The one preprocessing used by parity, the benchmark and the video demo."""
-    from ..data.synthetic import normalize
     if rgb.shape[:2] != tuple(size):
-        rgb = _cv2().resize(rgb, (size[1], size[0]), interpolation=_cv2().INTER_LINEAR)
+        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     return normalize(rgb)[0]
 
 
 def _read_images(paths: list[Path], limit: int) -> list[np.ndarray]:
-    cv2 = _cv2()
     images = []
     for p in paths[:limit]:
         bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
@@ -40,7 +32,6 @@ def _read_images(paths: list[Path], limit: int) -> list[np.ndarray]:
 
 
 def read_video_frames(path: Path, limit: int) -> list[np.ndarray]:
-    cv2 = _cv2()
     cap = cv2.VideoCapture(str(path))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
     if not cap.isOpened() or total <= 0:
@@ -78,7 +69,6 @@ def collect_images(data: str | Path, limit: int) -> list[np.ndarray]:
 def parity_inputs(input_shape: tuple[int, int, int, int], data: str | Path | None = None,
                   samples: int = 4) -> tuple[np.ndarray, str]:
     """Batches of the artifact's static shape: (B, N, 3, H, W) float32, and a description of their source."""
-    from ..data.synthetic import render_scene
     N, _, H, W = input_shape
     n_batches = max(1, -(-samples // N))
     if data is None:
