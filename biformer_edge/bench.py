@@ -541,7 +541,8 @@ def validate(a) -> None:
     for prec in a.precisions:
         if prec not in PRECISIONS:
             raise UserError(f"unknown precision '{prec}': choose from {', '.join(PRECISIONS[:2])}")
-    a.backends = [resolve_backend(b) for b in a.backends] if a.backends else None
+    a.backends = list(dict.fromkeys(resolve_backend(b) for b in a.backends)) if a.backends else None
+    a.models = list(dict.fromkeys(a.models)) if a.models else None
     if a.artifact is not None:
         if a.models:
             raise UserError("--artifact benches the artifact's own model: drop --models")

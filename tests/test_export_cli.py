@@ -108,6 +108,9 @@ def test_tampered_artifact_is_rejected(onnx_artifact, tmp_path):
     (["--target", "onnx", "--calib", "x"], "only apply to --int8"),
     (["--target", "onnx", "--batch", "0"], "--batch must be >= 1"),
     (["--target", "coreml", "--ios", "12"], "--ios must be 16, 17 or 18"),
+    (["--target", "onnx", "--fp16", "--routing", "naive"], "--routing naive only changes INT8 exports"),
+    pytest.param(["--target", "onnx", "--reference", "cuda"], "no CUDA GPU is visible",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
     out = tmp_path / "out"

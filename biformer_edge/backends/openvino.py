@@ -6,10 +6,17 @@ Why explicit: the CPU plugin picks bf16 by default on AVX512-BF16/AMX CPUs and f
 requested precision the plugin silently falls back to f32; the Session records both what was asked
 (``precision_hint``) and what the compiled model reports (``inference_precision``).
 
+CPU plugin defect worked around here: in OpenVINO 2026.4.1 the CPU plugin's Snippets MHA fusion computes wrong
+results (5-40 % relative error in FP32) when a BRA block has as many heads as tokens per region (e.g.
+``biformer_seg_demo`` at 256x256: stage 3 has 4 heads and 2x2-token regions), i.e. when the head-merging Transpose
+after attention keeps the shape unchanged. The Session detects that pattern in the IR and compiles with
+``SNIPPETS_MODE=DISABLE`` (then correct to 1e-6; not slower on the AVX2 CPU measured). Code that deploys the IR
+with its own OpenVINO calls must set the same property.
+
 Router precision island (DESIGN.md, QAR 1): OpenVINO 2026's ``DisablePrecisionConversion`` runtime attribute
-(``dynamic:f16``; the IR reader also maps the older ``precise`` attribute onto it) keeps a node in its original
-precision: the CPU plugin gives such nodes ``keepOrigPrecision`` and skips them when it lowers the graph to f16/bf16,
-and ``compress_to_fp16`` leaves their constants in f32. The Python API cannot create that attribute (string values in
+(written as ``dynamic:bf16,f16``; the IR reader also maps the older ``precise`` attribute onto it) keeps a node in its
+original precision: the CPU plugin gives such nodes ``keepOrigPrecision`` and skips them when it lowers the graph to
+f16/bf16, and ``compress_to_fp16`` leaves their constants in f32. The Python API cannot create that attribute (string values in
 ``rt_info`` are neither serialized nor understood), so :func:`keep_router_fp32` writes it into the IR and reads the
 model back.
 """
@@ -194,6 +201,9 @@ def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     if fp16 and all(b.router_fp32 for b in blocks):
         ov_model = keep_router_fp32(ov_model)
         ctx.log(f"openvino: {len(marked_nodes(ov_model))} router nodes kept FP32")
+    if snippets_hazard(ov_model):
+        ctx.log("openvino: a BRA block has as many heads as tokens per region; OpenVINO's CPU plugin needs "
+                "SNIPPETS_MODE=DISABLE for this IR (OpenVINOSession sets it)")
     workdir = Path(ctx.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, str(workdir / XML_NAME), compress_to_fp16=fp16)
@@ -211,26 +221,49 @@ def _model_path(artifact: str | Path) -> Path:
     return xml
 
 
+def snippets_hazard(ov_model) -> bool:
+    """True when the model holds a Transpose that permutes axes of equal size (input shape == output shape, order not
+    the identity): the pattern that the CPU plugin's Snippets MHA fusion gets wrong after attention (module doc)."""
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() != "Transpose":
+            continue
+        order_node = op.input_value(1).get_node()
+        if order_node.get_type_name() != "Constant":
+            continue
+        order = [int(v) for v in order_node.get_data().ravel()]
+        in_shape, out_shape = op.get_input_partial_shape(0), op.get_output_partial_shape(0)
+        if order != sorted(order) and in_shape.is_static and in_shape == out_shape:
+            return True
+    return False
+
+
 class OpenVINOSession(Session):
     """Runs ``model.xml`` on the CPU plugin with ``INFERENCE_PRECISION_HINT`` set explicitly (f32 for parity; f16 or
-    bf16 to measure what those modes do), ``PERFORMANCE_HINT=LATENCY`` and optionally ``INFERENCE_NUM_THREADS``."""
+    bf16 to measure what those modes do), ``PERFORMANCE_HINT=LATENCY`` and optionally ``INFERENCE_NUM_THREADS``.
+
+    ``snippets``: None (default) disables the CPU plugin's Snippets fusion only for models with the pattern it
+    miscomputes (:func:`snippets_hazard`); True/False force it on/off. ``config`` records what was compiled with."""
 
     backend = "openvino"
     device = "cpu"
 
     def __init__(self, artifact_dir: str | Path, manifest: dict | None = None, precision_hint: str = "f32",
-                 threads: int | None = None):
-        ov = _openvino()
+                 threads: int | None = None, snippets: bool | None = None):
         hint = PRECISION_HINTS.get(str(precision_hint).lower())
         if hint is None:
             raise UserError(f"unknown OpenVINO precision hint '{precision_hint}': use f32, f16 or bf16")
+        ov = _openvino()
+        core = ov.Core()
         self.manifest = manifest or {}
         self.precision_hint = hint
+        ov_model = core.read_model(str(_model_path(artifact_dir)))
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        core = ov.Core()
-        self.compiled = core.compile_model(str(_model_path(artifact_dir)), "CPU", config)
+        if snippets is False or (snippets is None and snippets_hazard(ov_model)):
+            config["SNIPPETS_MODE"] = "DISABLE"
+        self.config = config
+        self.compiled = core.compile_model(ov_model, "CPU", config)
         # What the plugin actually uses: f32 where the CPU lacks the requested low-precision ISA.
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self.request = self.compiled.create_infer_request()

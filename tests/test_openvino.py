@@ -1,0 +1,210 @@
+"""OpenVINO backend: IR export, router FP32 marks, explicit inference precision, parity with PyTorch.
+
+Small inputs on purpose (shared 2-core CI machines): biformer_seg_demo at 128x128 with random weights, a bare BRA
+module for the cheap cases; biformer_tiny at 224 (FP32 parity only) runs with BIFORMER_EDGE_SLOW_TESTS=1.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ov = pytest.importorskip("openvino")
+
+import biformer_edge as be  # noqa: E402
+from biformer_edge.backends import openvino as bov  # noqa: E402
+from biformer_edge.backends.base import ExportContext, RoutingOutputs, run_torch  # noqa: E402
+from biformer_edge.models.bra import BiLevelRoutingAttention  # noqa: E402
+
+SEG_SHAPE = (1, 3, 128, 128)
+
+
+def cosine(a, b) -> float:
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def export_to(model, path, precision, shape):
+    ctx = ExportContext(workdir=path, target="openvino", precision=precision, input_shape=shape, log=lambda *a: None)
+    return bov.export(model, ctx)
+
+
+def cpu_can(precision: str) -> bool:
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return {"f16": "FP16", "bf16": "BF16"}[precision] in caps
+
+
+def bare_bra(heads: int = 4, router_fp32: bool = True) -> BiLevelRoutingAttention:
+    torch.manual_seed(0)
+    bra = BiLevelRoutingAttention(32, num_heads=heads, n_win=8, qk_dim=32, topk=4).eval()
+    bra.router_fp32 = router_fp32
+    return bra
+
+
+BRA_SHAPE = (1, 16, 16, 32)  # NHWC; 2x2-token regions
+
+
+@pytest.fixture(scope="module")
+def seg_model():
+    torch.manual_seed(0)
+    return be.create_model("biformer_seg_demo", pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def seg_input():
+    return np.random.default_rng(0).standard_normal(SEG_SHAPE).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def seg_irs(seg_model, tmp_path_factory):
+    dirs = {}
+    for precision in ("fp32", "fp16"):
+        path = tmp_path_factory.mktemp(f"ov-{precision}")
+        assert export_to(seg_model, path, precision, SEG_SHAPE) == ["model.xml", "model.bin"]
+        dirs[precision] = path
+    return dirs
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_export_writes_named_ir(seg_irs, seg_model, precision):
+    model = ov.Core().read_model(str(seg_irs[precision] / "model.xml"))
+    assert model.inputs[0].get_any_name() == "images"
+    assert tuple(model.inputs[0].get_shape()) == SEG_SHAPE
+    assert [o.get_any_name() for o in model.outputs] == RoutingOutputs(seg_model).output_names()
+
+
+def test_fp32_ir_matches_torch(seg_irs, seg_model, seg_input):
+    ref = run_torch(seg_model, seg_input)
+    sess = bov.OpenVINOSession(seg_irs["fp32"], precision_hint="f32")
+    got = sess.run(seg_input)
+    assert sess.precision_hint == "f32" and sess.inference_precision == "f32"
+    assert got.logits.shape == ref.logits.shape
+    assert cosine(got.logits, ref.logits) >= 0.99999
+    assert len(got.routing) == len(ref.routing) == 4
+    for a, b in zip(got.routing, ref.routing):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fp16_ir_runs(seg_irs, seg_model, seg_input):
+    ref = run_torch(seg_model, seg_input)
+    for hint in ("f32", "f16"):
+        got = bov.OpenVINOSession(seg_irs["fp16"], precision_hint=hint).run(seg_input)
+        assert np.isfinite(got.logits).all()
+        assert cosine(got.logits, ref.logits) >= 0.999
+        assert bov._routing_agreement(ref.routing, got.routing) >= 0.9   # random weights: near-ties flip
+
+
+def test_fp16_bin_is_half(seg_irs):
+    fp32 = (seg_irs["fp32"] / "model.bin").stat().st_size
+    fp16 = (seg_irs["fp16"] / "model.bin").stat().st_size
+    assert 0.45 <= fp16 / fp32 <= 0.55
+
+
+@pytest.mark.parametrize("hint", ["f32", "f16", "bf16"])
+def test_precision_hint_is_set_explicitly(seg_irs, hint):
+    sess = bov.OpenVINOSession(seg_irs["fp16"], precision_hint=hint, threads=1)
+    assert sess.precision_hint == hint
+    assert sess.config["INFERENCE_PRECISION_HINT"] == hint
+    assert str(sess.compiled.get_property("PERFORMANCE_HINT")).endswith("LATENCY")
+    assert sess.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    # The plugin honours the hint where the CPU has the ISA and falls back to f32 elsewhere; never its own default.
+    expected = "f32" if hint == "f32" or not cpu_can(hint) else hint
+    assert sess.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == expected
+    assert sess.inference_precision == expected
+
+
+def test_router_nodes_marked_in_fp16_ir(seg_irs):
+    fp16 = bov._core().read_model(str(seg_irs["fp16"] / "model.xml"))
+    router = bov.router_nodes(fp16)
+    kinds = [n.get_type_name() for n in router]
+    assert kinds.count("TopK") == 4 and kinds.count("ReduceMean") == 8 and kinds.count("MatMul") == 4
+    assert all(bov.KEEP_PRECISION_KEY in n.get_rt_info() for n in router)
+    # the scale constant feeding each router stays f32 in the compressed IR
+    assert all(n.get_output_element_type(0) == ov.Type.f32 for n in router if n.get_type_name() == "Constant")
+    fp32 = bov._core().read_model(str(seg_irs["fp32"] / "model.xml"))
+    assert not any(bov.KEEP_PRECISION_KEY in n.get_rt_info() for n in bov.router_nodes(fp32))
+
+
+def test_router_not_marked_when_router_fp32_off(tmp_path):
+    export_to(bare_bra(router_fp32=False), tmp_path, "fp16", BRA_SHAPE)
+    model = bov._core().read_model(str(tmp_path / "model.xml"))
+    router = bov.router_nodes(model)
+    assert router and not any(bov.KEEP_PRECISION_KEY in n.get_rt_info() for n in router)
+
+
+def test_keep_router_fp32_leaves_input_model_alone(seg_irs):
+    model = bov._core().read_model(str(seg_irs["fp32"] / "model.xml"))
+    marked = bov.keep_router_fp32(model)
+    assert not bov.marked_nodes(model)
+    assert {n.get_friendly_name() for n in bov.marked_nodes(marked)} == \
+        {n.get_friendly_name() for n in bov.router_nodes(model)}
+
+
+@pytest.mark.skipif(not cpu_can("f16"), reason="this CPU cannot run OpenVINO in f16 (no AVX512-FP16/AMX-FP16)")
+def test_router_runs_fp32_under_f16_hint(seg_irs):
+    sess = bov.OpenVINOSession(seg_irs["fp16"], precision_hint="f16")
+    precisions = {}
+    for op in sess.compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "aten::topk" in info["originalLayersNames"].astype(str):
+            precisions[info["layerType"].astype(str)] = info["runtimePrecision"].astype(str)
+    assert precisions.get("TopK") == "f32"
+
+
+def test_heads_equal_region_tokens_workaround(tmp_path):
+    """4 heads and 2x2-token regions: the CPU plugin's Snippets MHA fusion miscomputes this (OpenVINO 2026.4.1);
+    the Session must detect the pattern and still match PyTorch."""
+    bra = bare_bra(heads=4)
+    export_to(bra, tmp_path, "fp32", BRA_SHAPE)
+    x = np.random.default_rng(1).standard_normal(BRA_SHAPE).astype(np.float32)
+    sess = bov.OpenVINOSession(tmp_path)
+    assert sess.config.get("SNIPPETS_MODE") == "DISABLE"
+    got, ref = sess.run(x), run_torch(bra, x)
+    np.testing.assert_allclose(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
+    np.testing.assert_array_equal(got.routing[0], ref.routing[0])
+
+
+def test_export_is_deterministic(tmp_path):
+    bra = bare_bra()
+    hashes = []
+    for name in ("a", "b"):
+        export_to(bra, tmp_path / name, "fp16", BRA_SHAPE)
+        hashes.append([hashlib.sha256((tmp_path / name / f).read_bytes()).hexdigest()
+                       for f in ("model.xml", "model.bin")])
+    assert hashes[0] == hashes[1]
+
+
+def test_int8_is_not_yet_supported(tmp_path):
+    with pytest.raises(be.UserError, match="INT8 lands with the quantization work"):
+        export_to(bare_bra(), tmp_path, "int8", BRA_SHAPE)
+
+
+def test_bad_hint_and_missing_artifact(tmp_path, seg_irs):
+    with pytest.raises(be.UserError, match="precision hint"):
+        bov.OpenVINOSession(seg_irs["fp32"], precision_hint="int4")
+    with pytest.raises(be.UserError, match="no OpenVINO model"):
+        bov.OpenVINOSession(tmp_path)
+
+
+def test_missing_openvino_is_a_user_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(be.UserError, match=r"openvino is not installed: pip install 'biformer-edge\[openvino\]'"):
+        bov.OpenVINOSession(tmp_path)
+
+
+@pytest.mark.skipif(not os.environ.get("BIFORMER_EDGE_SLOW_TESTS"),
+                    reason="biformer_tiny export takes ~15-60 s here: set BIFORMER_EDGE_SLOW_TESTS=1")
+def test_biformer_tiny_fp32_matches_torch(tmp_path):
+    torch.manual_seed(0)
+    model = be.create_model("biformer_tiny", pretrained=False)
+    shape = (1, 3, 224, 224)
+    export_to(model, tmp_path, "fp32", shape)
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    got, ref = bov.OpenVINOSession(tmp_path).run(x), run_torch(model, x)
+    assert cosine(got.logits, ref.logits) >= 0.99999
+    for a, b in zip(got.routing, ref.routing):
+        np.testing.assert_array_equal(a, b)
