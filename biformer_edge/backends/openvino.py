@@ -16,9 +16,9 @@ with its own OpenVINO calls must set the same property.
 Router precision island (DESIGN.md, QAR 1): OpenVINO 2026's ``DisablePrecisionConversion`` runtime attribute
 (written as ``dynamic:bf16,f16``; the IR reader also maps the older ``precise`` attribute onto it) keeps a node in its
 original precision: the CPU plugin gives such nodes ``keepOrigPrecision`` and skips them when it lowers the graph to
-f16/bf16, and ``compress_to_fp16`` leaves their constants in f32. The Python API cannot create that attribute (string values in
-``rt_info`` are neither serialized nor understood), so :func:`keep_router_fp32` writes it into the IR and reads the
-model back.
+f16/bf16, and ``compress_to_fp16`` leaves their constants in f32. The Python API cannot create that attribute
+(string values in ``rt_info`` are neither serialized nor understood), so :func:`keep_router_fp32` writes it into the
+IR and reads the model back.
 """
 from __future__ import annotations
 

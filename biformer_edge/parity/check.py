@@ -85,6 +85,8 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
                  "verdict": "fail" if bad else "pass", "device": getattr(session, "device", "cpu")}
         if options:
             entry["precision_hint"] = options["precision_hint"]
+            # What the runtime actually computes in: OpenVINO ignores f16/bf16 hints on CPUs without those units.
+            entry["inference_precision"] = str(getattr(session, "inference_precision", options["precision_hint"]))
         report["backends"][name] = entry
     measured = [b for b in report["backends"].values() if b["verdict"] != "skipped"]
     checks_ok = all(c.get("ok", True) for c in manifest.get("checks", {}).values())
@@ -106,7 +108,8 @@ def render_markdown(manifest: dict, report: dict) -> str:
             lines.append(f"| {backend} | " + " | ".join("-" for _ in names) + f" | skipped: {entry['reason']} |")
             continue
         cells = [f"{entry['metrics'][n]:.6g}" if n in entry["metrics"] else "-" for n in names]
-        label = backend + (f" (hint {entry['precision_hint']})" if "precision_hint" in entry else "")
+        label = backend + (f" (hint {entry['precision_hint']}, computes {entry['inference_precision']})"
+                           if "precision_hint" in entry else "")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {entry['verdict']} |")
     th = report["thresholds"]
     lines += ["", "Thresholds: " + ", ".join(f"{k} {'>=' if metrics.HIGHER_IS_BETTER.get(k, True) else '<='} {v}"
