@@ -5,7 +5,8 @@ one runtime's allocator, thread pools or caches never leak into another's number
 records its RSS, resets the kernel's RSS high-water mark, runs ``--warmup`` + ``--runs`` inferences and reports the
 per-run latencies plus:
 
-* peak RSS: the child's ``ru_maxrss`` over its whole life (Python + imports + session + runs);
+* peak RSS: the child's RSS high-water mark over its whole life (Python + imports + session + runs), read from
+  VmHWM; ``ru_maxrss`` only where /proc is missing, because a child's ``ru_maxrss`` starts at its parent's RSS;
 * loaded RSS: VmRSS right after the session was created (before the first inference);
 * activation: the RSS high-water mark during the runs minus the loaded RSS, i.e. what inference itself adds.
 
@@ -302,6 +303,7 @@ def run_worker(spec: dict) -> dict:
     baseline_kib = _proc_status_kib("VmRSS")  # interpreter + imports (biformer_edge imports torch everywhere)
     session, size, precision = open_worker_session(spec)
     loaded_kib = _proc_status_kib("VmRSS")
+    load_hwm_kib = _proc_status_kib("VmHWM")
     load_peak_kib = _maxrss_kib()
     hwm_reset = _reset_hwm()
     for _ in range(spec["warmup"]):
@@ -311,10 +313,14 @@ def run_worker(spec: dict) -> dict:
         t0 = time.perf_counter()
         session.run(x)
         latencies.append((time.perf_counter() - t0) * 1e3)
-    peak_kib = _maxrss_kib()
-    if hwm_reset and loaded_kib is not None:
-        activation_kib = max(_proc_status_kib("VmHWM") - loaded_kib, 0)
+    if hwm_reset and loaded_kib is not None and load_hwm_kib is not None:
+        runs_hwm_kib = _proc_status_kib("VmHWM")
+        activation_kib = max(runs_hwm_kib - loaded_kib, 0)
+        # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS (the pre-exec address space is
+        # folded into it), so it would report the bench process's own peak.
+        peak_kib = max(load_hwm_kib, runs_hwm_kib)
     else:  # no resettable high-water mark: what the runs added on top of the peak of loading (a lower bound)
+        peak_kib = _maxrss_kib()
         activation_kib = max(peak_kib - load_peak_kib, 0)
     return {"latencies_ms": latencies, "peak_rss_mib": peak_kib / 1024,
             "loaded_rss_mib": (loaded_kib if loaded_kib is not None else load_peak_kib) / 1024,
@@ -398,8 +404,9 @@ def header_lines(meta: dict) -> list[str]:
             f"machine: {meta['cpu']}, {meta['cores']} cores; load average at start {meta['load_start']}, "
             f"at end {meta['load_end']}",
             f"versions: {meta['versions']}; weights: {meta['weights']}",
-            "each configuration runs in a fresh process: peak = its ru_maxrss (interpreter + imports + session + "
-            "runs; every worker imports torch, since biformer_edge does: see baseline_rss_mib in bench.csv); "
+            "each configuration runs in a fresh process: peak = its RSS high-water mark, VmHWM (interpreter + "
+            "imports + session + runs; every worker imports torch, since biformer_edge does: see baseline_rss_mib "
+            "in bench.csv); "
             "loaded = RSS once the session is created; act. = RSS high-water mark during the runs - loaded; "
             "size = artifact files (torch: parameters and buffers)"]
 
