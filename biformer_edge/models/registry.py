@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..errors import UserError
@@ -54,7 +55,10 @@ def create_model(name: str, checkpoint: str | Path | None = None, pretrained: bo
 
     spec = get_spec(name)
     try:
-        model = spec.factory(**overrides)
+        # Random init is seeded so that exports without weights are reproducible (same hashes, same reference).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = spec.factory(**overrides)
     except (TypeError, ValueError) as exc:
         raise UserError(f"cannot build {name}: {exc}") from None
     model.name, model.task, model.default_input_size = name, spec.task, spec.input_size
