@@ -16,7 +16,6 @@ count (``--threads``, default: every core this process may use).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import difflib

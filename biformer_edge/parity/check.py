@@ -7,7 +7,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from ..artifact import read_manifest, save_npz, verify_files, write_json
+from ..artifact import read_manifest, verify_files, write_json
 from ..backends import SESSIONS, open_session, run_torch, unavailable_reason
 from ..errors import UserError
 from . import metrics
