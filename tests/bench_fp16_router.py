@@ -16,7 +16,6 @@ import copy
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import biformer_edge as be
