@@ -6,7 +6,6 @@ module for the cheap cases; biformer_tiny at 224 (FP32 parity only) runs with BI
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 
 import numpy as np
@@ -196,8 +195,6 @@ def test_missing_openvino_is_a_user_error(monkeypatch, tmp_path):
         bov.OpenVINOSession(tmp_path)
 
 
-@pytest.mark.skipif(not os.environ.get("BIFORMER_EDGE_SLOW_TESTS"),
-                    reason="biformer_tiny export takes ~15-60 s here: set BIFORMER_EDGE_SLOW_TESTS=1")
 def test_biformer_tiny_fp32_matches_torch(tmp_path):
     torch.manual_seed(0)
     model = be.create_model("biformer_tiny", pretrained=False)
