@@ -39,26 +39,29 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     return proto
 
 
-def ort_session_options(threads: int | None = None):
+def ort_session_options(threads: int | None = None, config: dict | None = None):
     import onnxruntime as ort
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    for key, value in (config or {}).items():  # e.g. {"session.intra_op.allow_spinning": "0"}
+        opts.add_session_config_entry(key, value)
     return opts
 
 
 class OnnxSession(Session):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+                 config: dict | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
             raise UserError("onnxruntime is not installed: pip install 'biformer-edge[onnx]'") from None
         available = ort.get_available_providers()
         providers = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
-        self.sess = ort.InferenceSession(str(path), ort_session_options(threads), providers=providers)
+        self.sess = ort.InferenceSession(str(path), ort_session_options(threads, config), providers=providers)
         self.device = "cuda" if self.sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.input = self.sess.get_inputs()[0]
         self.output_names = [o.name for o in self.sess.get_outputs()]
