@@ -108,10 +108,10 @@ class BiLevelRoutingAttention(nn.Module):
         h, w = Hp // S, Wp // S
         T, R = h * w, S * S
 
-        q, kv = self.qkv(x)                                                   # (N, Hp, Wp, Cq), (N, Hp, Wp, Ckv)
-        lepe = self.lepe(kv[..., Cq:].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (N, Hp, Wp, C)
-        q = partition_regions(q, S)                                           # (N*R, T, Cq)
-        kv = partition_regions(kv, S)                                         # (N*R, T, Ckv)
+        qkv = self.qkv.qkv(x)                                                 # (N, Hp, Wp, 2Cq + C)
+        lepe = self.lepe(qkv[..., 2 * Cq:].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (N, Hp, Wp, C)
+        qkv = partition_regions(qkv, S)                    # one partition for q, k and v: (N*R, T, 2Cq + C)
+        q, kv = qkv[..., :Cq], qkv[..., Cq:]                                  # (N*R, T, Cq), (N*R, T, Ckv)
 
         # Routing is gradient-free in every released config (official detach()).
         q_router, k_router = q.detach(), kv[..., :Cq].detach()
@@ -125,10 +125,11 @@ class BiLevelRoutingAttention(nn.Module):
         kv_sel = self.gather_regions(kv, index)                               # (N*R, k*T, Ckv)
 
         kT = self.topk * T
-        k_sel = kv_sel[..., :Cq].reshape(N * R, kT, m, Cq // m).permute(0, 2, 3, 1)       # (N*R, m, c, kT)
+        k_sel = kv_sel[..., :Cq].reshape(N * R, kT, m, Cq // m).permute(0, 2, 1, 3)       # (N*R, m, kT, c)
         v_sel = kv_sel[..., Cq:].reshape(N * R, kT, m, C // m).permute(0, 2, 1, 3)        # (N*R, m, kT, c)
         q = q.reshape(N * R, T, m, Cq // m).permute(0, 2, 1, 3)                           # (N*R, m, T, c)
-        attn = torch.softmax((q * self.scale) @ k_sel, dim=-1)                            # (N*R, m, T, kT)
+        # k transposed inside the matmul: runtimes fuse it (onnxruntime FusedMatMul transB) instead of copying k
+        attn = torch.softmax((q * self.scale) @ k_sel.transpose(-2, -1), dim=-1)          # (N*R, m, T, kT)
         out = (attn @ v_sel).permute(0, 2, 1, 3).reshape(N * R, T, C)                     # (N*R, T, C)
         out = merge_regions(out, N, S, h, w) + lepe                                       # (N, Hp, Wp, C)
         out = self.wo(out)
