@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .backends import runtime_unavailable
 
 RESULT_MARKER = "BIFORMER_BENCH_RESULT "
 DEFAULT_MODELS = ["biformer_tiny"]
@@ -104,25 +105,7 @@ def resolve_backend(name: str) -> str:
 
 def runtime_missing(backend: str) -> str | None:
     """Why ``backend`` cannot run on this machine at all (before anything is exported), or None."""
-    import importlib.util
-    if backend == "torch":
-        return None
-    if backend == "coreml":
-        if sys.platform != "darwin":
-            return "Core ML runs only on macOS"
-        if importlib.util.find_spec("coremltools") is None:
-            return "coremltools is not installed"
-        if importlib.util.find_spec("biformer_edge.backends.coreml") is None:
-            return "this biformer-edge build has no Core ML backend"
-        return None
-    runtime = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}[backend]
-    if importlib.util.find_spec(runtime) is None:
-        return f"{runtime} is not installed"
-    if backend == "tensorrt":
-        import torch
-        if not torch.cuda.is_available():
-            return "no CUDA GPU"
-    return None
+    return None if backend == "torch" else runtime_unavailable(backend)
 
 
 def openvino_default_hint() -> str | None:

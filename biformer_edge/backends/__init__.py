@@ -26,13 +26,9 @@ def backend_module(target: str):
     return importlib.import_module(f"{__name__}.{TARGET_BACKENDS[target]}")
 
 
-def unavailable_reason(name: str, artifact_dir: Path) -> str | None:
-    """Why session ``name`` cannot run this artifact here, or None when it can."""
-    module, _, filename, runtime = SESSIONS[name]
-    if not (artifact_dir / filename).exists():
-        if name == "tensorrt":
-            return "no model.engine: build it on the device with ./build_engine.sh"
-        return f"no {filename} in the artifact"
+def runtime_unavailable(name: str) -> str | None:
+    """Why session ``name`` cannot run on this machine at all (whatever the artifact), or None."""
+    runtime = SESSIONS[name][3]
     if name == "coreml" and sys.platform != "darwin":
         return "Core ML runs only on macOS (the program was checked structurally here)"
     if importlib.util.find_spec(runtime) is None:
@@ -42,6 +38,16 @@ def unavailable_reason(name: str, artifact_dir: Path) -> str | None:
         if not torch.cuda.is_available():
             return "no CUDA GPU"
     return None
+
+
+def unavailable_reason(name: str, artifact_dir: Path) -> str | None:
+    """Why session ``name`` cannot run this artifact here, or None when it can."""
+    filename = SESSIONS[name][2]
+    if not (artifact_dir / filename).exists():
+        if name == "tensorrt":
+            return "no model.engine: build it on the device with ./build_engine.sh"
+        return f"no {filename} in the artifact"
+    return runtime_unavailable(name)
 
 
 def open_session(name: str, artifact_dir: str | Path, manifest: dict | None = None, **options) -> Session:
