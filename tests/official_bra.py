@@ -33,7 +33,7 @@ class OfficialBRA(BiLevelRoutingAttention):
         h, w = H // S, W // S
 
         x = _to_regions(x, S)                                              # (n, p2, h, w, c)
-        q, kv = self.qkv(x)
+        q, kv = self.qkv.qkv(x).split([Cq, Cq + C], dim=-1)  # official QKVLinear.forward
         q_pix = q.reshape(N, S * S, h * w, Cq)
         kv_pix = kv.reshape(N, S * S, h * w, Cq + C)
         q_win, k_win = q.mean([2, 3]), kv[..., 0:Cq].mean([2, 3])

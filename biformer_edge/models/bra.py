@@ -21,15 +21,12 @@ from torch import nn
 
 
 class QKVLinear(nn.Module):
-    """One Linear producing q | k | v; a module of its own only to keep the official key ``attn.qkv.qkv.*``."""
+    """Holds the one Linear producing q | k | v, only to keep the official key ``attn.qkv.qkv.*``; BRA calls
+    ``.qkv`` directly so that the projection output is partitioned into regions once."""
 
     def __init__(self, dim: int, qk_dim: int, bias: bool = True):
         super().__init__()
-        self.dim, self.qk_dim = dim, qk_dim
         self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.qkv(x).split([self.qk_dim, self.qk_dim + self.dim], dim=-1)  # q, kv
 
 
 def partition_regions(x: torch.Tensor, n_win: int) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """Reference runs and parity reports: compare every backend that can run an artifact here with FP32 PyTorch."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
@@ -217,6 +216,3 @@ def assert_parity(artifact: str | Path, data: str | Path | None = None, backends
         raise AssertionError(f"no backend could run {artifact} here ({reasons})")
     return report
 
-
-def load_report(artifact_dir: str | Path) -> dict:
-    return json.loads((Path(artifact_dir) / PARITY_JSON).read_text())
