@@ -132,7 +132,7 @@ def next_steps(req: ExportRequest, out: Path, manifest: dict) -> list[str]:
     name = out.name
     if req.target == "jetson":
         return [f"scp -r {out} jetson:~/ && ssh jetson 'cd ~/{name} && ./build_engine.sh && biformer-parity .'",
-                f"on the Jetson: python apps/video_segmentation.py --artifact ~/{name} --input csi --output out.mp4"]
+                f"on the Jetson (with this repo's apps/): apps/jetson_camera.sh ~/{name} camera.mp4"]
     if req.target == "tensorrt":
         return [f"cd {out} && ./build_engine.sh && biformer-parity .   (on the GPU host)"]
     if req.target == "coreml":
