@@ -28,17 +28,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2  # a core dependency of biformer_edge
 import numpy as np
 
+from biformer_edge.backends import AUTO_ORDER
+from biformer_edge.data import overlay
 from biformer_edge.errors import UserError
 
-try:
-    import cv2
-except ImportError:  # reported as a one-line error by main()
-    cv2 = None
-
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
-AUTO_ORDER = ("tensorrt", "openvino", "onnxruntime", "coreml")   # first one that can run the artifact here
 BACKENDS = AUTO_ORDER + ("torch",)
 BACKEND_ALIASES = {"trt": "tensorrt", "ov": "openvino", "ort": "onnxruntime", "onnx": "onnxruntime",
                    "pytorch": "torch"}
@@ -220,8 +217,6 @@ def open_source(args) -> FrameSource:
         fps = args.fps or DEFAULT_FPS
         n = max(1, round((args.seconds or SYNTHETIC_SECONDS) * fps))
         return SyntheticSource(args.seed, tuple(args.size), n, fps)
-    if cv2 is None:
-        raise UserError("reading video needs OpenCV: pip install 'biformer-edge[apps]'")
     if spec == "csi" or "!" in spec:
         if spec == "csi":
             w, h = args.csi_size
@@ -316,17 +311,12 @@ def default_precision_hint(manifest: dict) -> str | None:
 def open_deployed(artifact: Path, manifest: dict, backend: str | None, precision_hint: str | None,
                   checkpoint: str | None) -> Deployed:
     """The artifact's runtime session: ``backend`` or the first of AUTO_ORDER that can run it here, else PyTorch."""
-    from biformer_edge.backends import open_session, unavailable_reason
+    from biformer_edge.backends import first_runnable, open_session
 
     notes = []
     if backend is None:
-        reasons = {}
-        for name in AUTO_ORDER:
-            reasons[name] = unavailable_reason(name, artifact)
-            if reasons[name] is None:
-                backend = name
-                break
-        else:
+        backend, reasons = first_runnable(artifact)
+        if backend is None:
             backend = "torch"
             why = "; ".join(f"{k}: {v}" for k, v in reasons.items())
             notes.append(f"no runtime can run this artifact here ({why}): running the FP32 PyTorch model")
@@ -422,16 +412,6 @@ class Upsampler:
 
     def __call__(self, labels: np.ndarray) -> np.ndarray:
         return labels[self.rows[:, None], self.cols[None, :]]
-
-
-def blend(rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray, skip_background: bool,
-          alpha: float = 0.5) -> np.ndarray:
-    """Class colours blended into ``rgb`` (uint8) with opacity ``alpha``; background (class 0) left unpainted when
-    ``skip_background``. Returns a new array."""
-    mixed = cv2.addWeighted(rgb, 1.0 - alpha, np.take(palette, labels, axis=0), alpha, 0.0)
-    if not skip_background:
-        return mixed
-    return cv2.copyTo(mixed, (labels > 0).view(np.uint8), np.array(rgb, copy=True))
 
 
 def legend(image: np.ndarray, labels: np.ndarray, names: list[str], palette: np.ndarray) -> np.ndarray:
@@ -594,12 +574,12 @@ def contact_sheet(rows: list[dict], titles: list[str], names: list[str], palette
         up = Upsampler(row["deployed"].shape, thumb.shape[:2])
         cells = [thumb.copy()]
         if row["reference"] is not None:
-            cells.append(blend(thumb, up(row["reference"]), palette, skip_bg))
+            cells.append(overlay(thumb, up(row["reference"]), palette=palette, skip_background=skip_bg))
         else:
             blank = np.full_like(thumb, 48)
             _text(blank, "no FP32 model", (8, SHEET_CELL // 2), box=False)
             cells.append(blank)
-        cells.append(blend(thumb, up(row["deployed"]), palette, skip_bg))
+        cells.append(overlay(thumb, up(row["deployed"]), palette=palette, skip_background=skip_bg))
         _text(cells[0], f"frame {row['index']}", (4, SHEET_CELL - 8))
         if row.get("agreement") is not None:
             _text(cells[2], f"agree {100 * row['agreement']:.2f}%", (4, SHEET_CELL - 8))
@@ -697,8 +677,6 @@ def open_writer(path: Path, fps: float, size_hw: tuple[int, int], final: Path):
 
 def run(args, log=print) -> dict:
     """The whole demo; returns the summary written to OUT.json."""
-    if cv2 is None:
-        raise UserError("the video demo needs OpenCV: pip install 'biformer-edge[apps]'")
     out = Path(args.output)
     sheet_path = Path(args.sheet) if args.sheet else out.with_suffix(".png")
     json_path = out.with_suffix(".json")
@@ -769,8 +747,8 @@ def process(args, source: FrameSource, artifact: Path, manifest: dict, deployed:
     upsample = Upsampler(out_hw, frame_hw)
     label_dtype = np.uint8 if num_classes <= 256 else np.int32
     # first use of OpenCV's drawing code (fonts, kernels) is slow: not part of the per-frame numbers either
-    warm = blend(np.zeros((*frame_hw, 3), np.uint8), upsample(to_labels(probe)[0].astype(label_dtype)), palette,
-                 skip_bg)
+    warm = overlay(np.zeros((*frame_hw, 3), np.uint8), upsample(to_labels(probe)[0].astype(label_dtype)),
+                   palette=palette, skip_background=skip_bg)
     hud(legend(warm, to_labels(probe)[0], names, palette), "warm-up")
 
     notes = list(deployed.notes)
@@ -821,7 +799,7 @@ def process(args, source: FrameSource, artifact: Path, manifest: dict, deployed:
 
                 t3 = time.perf_counter()
                 labels = to_labels(logits)[0].astype(label_dtype)   # argmax at the model's output resolution
-                shown = blend(rgb, upsample(labels), palette, skip_bg)
+                shown = overlay(rgb, upsample(labels), palette=palette, skip_background=skip_bg)
                 if args.legend:
                     shown = legend(shown, labels, names, palette)
                 fps_now = len(recent) / sum(recent) if recent and sum(recent) > 0 else 0.0

@@ -6,11 +6,8 @@ from pathlib import Path
 from torch import nn
 
 from .artifact import read_manifest
-from .backends import SESSIONS, Session, open_session, unavailable_reason
+from .backends import SESSIONS, Session, first_runnable, open_session
 from .errors import UserError
-
-# Most specific runtime first: the one the artifact was made for, where it can run.
-PREFERENCE = ("tensorrt", "coreml", "openvino", "onnxruntime")
 
 
 def export(model: str | nn.Module, target: str, precision: str | None = None, output: str | Path | None = None,
@@ -31,11 +28,9 @@ def load(artifact: str | Path, backend: str | None = None, **options) -> Session
     manifest = read_manifest(artifact)
     if backend:
         return open_session(backend, artifact, manifest, **options)
-    reasons = {}
-    for name in PREFERENCE:
-        reasons[name] = unavailable_reason(name, artifact)
-        if reasons[name] is None:
-            return open_session(name, artifact, manifest, **options)
+    name, reasons = first_runnable(artifact)
+    if name:
+        return open_session(name, artifact, manifest, **options)
     raise UserError(f"no runtime here can run {artifact}: " + "; ".join(f"{k}: {v}" for k, v in reasons.items()))
 
 

@@ -50,6 +50,21 @@ def unavailable_reason(name: str, artifact_dir: Path) -> str | None:
     return runtime_unavailable(name)
 
 
+# Most specific runtime first: the one the artifact was made for, where it can run.
+AUTO_ORDER = ("tensorrt", "coreml", "openvino", "onnxruntime")
+
+
+def first_runnable(artifact_dir: Path) -> tuple[str | None, dict[str, str]]:
+    """The first session of AUTO_ORDER that can run the artifact here, and why each one before it cannot."""
+    reasons = {}
+    for name in AUTO_ORDER:
+        reason = unavailable_reason(name, Path(artifact_dir))
+        if reason is None:
+            return name, reasons
+        reasons[name] = reason
+    return None, reasons
+
+
 def open_session(name: str, artifact_dir: str | Path, manifest: dict | None = None, **options) -> Session:
     if name not in SESSIONS:
         raise UserError(f"unknown backend '{name}': choose from {', '.join(SESSIONS)}")

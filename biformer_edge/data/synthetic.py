@@ -623,17 +623,18 @@ def colorize(label: np.ndarray) -> np.ndarray:
     return PALETTE[label]
 
 
-def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend the class colours into ``image`` (uint8 RGB) with opacity ``alpha`` on non-background pixels.
-    Returns a new array."""
+def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5, palette: np.ndarray = PALETTE,
+            skip_background: bool = True) -> np.ndarray:
+    """Blend the class colours (``palette[label]``) into ``image`` (uint8 RGB) with opacity ``alpha``; background
+    (class 0) stays unpainted when ``skip_background``. Returns a new array."""
     image = np.asarray(image)
     if image.shape[:2] != np.shape(label):
         raise ValueError(f"image {image.shape[:2]} and label {np.shape(label)} sizes differ")
-    out = image.copy()
-    fg = np.asarray(label) > 0
-    blended = cv2.addWeighted(image, 1.0 - alpha, colorize(label), alpha, 0.0)
-    out[fg] = blended[fg]
-    return out
+    label = np.asarray(label)
+    mixed = cv2.addWeighted(image, 1.0 - alpha, np.take(palette, label, axis=0), alpha, 0.0)
+    if not skip_background:
+        return mixed
+    return cv2.copyTo(mixed, (label > 0).view(np.uint8), np.array(image, copy=True))
 
 
 def draw_legend(image: np.ndarray, classes: Sequence[str] = CLASSES, palette: np.ndarray = PALETTE,
