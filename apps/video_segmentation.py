@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2  # a core dependency of biformer_edge
 import numpy as np
 
-from biformer_edge.backends import AUTO_ORDER
+from biformer_edge.targets import AUTO_ORDER
 from biformer_edge.data import overlay
 from biformer_edge.errors import UserError
 
@@ -53,7 +53,7 @@ REFERENCE_BATCH = 8          # --compare: frames per FP32 reference run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from biformer_edge.cli import OneLineParser
+    from biformer_edge.console import OneLineParser
 
     p = OneLineParser(prog="video_segmentation.py",
                       description="Segment a video with an exported BiFormer artifact; write an annotated MP4, a "
@@ -294,13 +294,13 @@ def fp32_model(manifest: dict, checkpoint: str | None, why: str):
 
 
 def torch_session(manifest: dict, checkpoint: str | None, why: str):
-    from biformer_edge.backends import TorchSession
+    from biformer_edge.backends.tracing import TorchSession
     return TorchSession(fp32_model(manifest, checkpoint, why))
 
 
 def default_precision_hint(manifest: dict) -> str | None:
     """The OpenVINO hint the artifact's parity check used for its precision (export profile), if any."""
-    from biformer_edge.exporter import load_profile
+    from biformer_edge.targets import load_profile
     try:
         hints = load_profile(manifest.get("target", "openvino")).get("parity", {}).get("hint", {})
     except UserError:
@@ -311,7 +311,7 @@ def default_precision_hint(manifest: dict) -> str | None:
 def open_deployed(artifact: Path, manifest: dict, backend: str | None, precision_hint: str | None,
                   checkpoint: str | None) -> Deployed:
     """The artifact's runtime session: ``backend`` or the first of AUTO_ORDER that can run it here, else PyTorch."""
-    from biformer_edge.backends import first_runnable, open_session
+    from biformer_edge.targets import first_runnable, open_session
 
     notes = []
     if backend is None:
@@ -390,7 +390,7 @@ def class_names_and_palette(num_classes: int) -> tuple[list[str], np.ndarray]:
 def infer(session, rgb: np.ndarray, input_hw: tuple[int, int], batch: int, timer: dict):
     """preprocess() to the artifact's input size, then Session.run. Returns (the 1x3xHxW input, logits of the first
     image); fills timer["preprocess"] and timer["inference"]. A batch > 1 artifact gets the frame repeated."""
-    from biformer_edge.parity.inputs import preprocess
+    from biformer_edge.preprocess import preprocess
 
     t0 = time.perf_counter()
     x = preprocess(rgb, input_hw)[None]

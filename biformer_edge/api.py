@@ -1,17 +1,16 @@
-"""The thin Python API of DESIGN.md; the CLIs call the same functions."""
+"""The thin Python API; the CLIs call the same functions. ``load`` and ``check_parity`` on a stored reference need
+no torch (a Jetson or a Mac runs them with the runtime alone); ``export`` does."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
-
-from .artifact import read_manifest
-from .backends import SESSIONS, Session, first_runnable, open_session
+from .artifact import read_manifest, verify_files
+from .backends.base import Session
 from .errors import UserError
+from .targets import first_runnable, open_session
 
 
-def export(model: str | nn.Module, target: str, precision: str | None = None, output: str | Path | None = None,
-           **kwargs) -> Path:
+def export(model, target: str, precision: str | None = None, output: str | Path | None = None, **kwargs) -> Path:
     """Export ``model`` (a registered name or a module from create_model) and return the artifact directory.
     Keyword arguments are those of ``biformer_edge.exporter.ExportRequest`` (checkpoint, input_size, batch, calib,
     force, parity, data, options, ...)."""
@@ -23,9 +22,13 @@ def export(model: str | nn.Module, target: str, precision: str | None = None, ou
 
 
 def load(artifact: str | Path, backend: str | None = None, **options) -> Session:
-    """A Session for the best runtime that can run ``artifact`` here (or the one named)."""
+    """A Session for the best runtime that can run ``artifact`` here (or the one named), after verifying the
+    artifact's files against its manifest."""
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
+    changed = verify_files(artifact, manifest)
+    if changed:
+        raise UserError(f"{artifact}: {changed[0]}: copy the whole artifact directory again")
     if backend:
         return open_session(backend, artifact, manifest, **options)
     name, reasons = first_runnable(artifact)
@@ -34,4 +37,4 @@ def load(artifact: str | Path, backend: str | None = None, **options) -> Session
     raise UserError(f"no runtime here can run {artifact}: " + "; ".join(f"{k}: {v}" for k, v in reasons.items()))
 
 
-__all__ = ["export", "load", "SESSIONS"]
+__all__ = ["export", "load"]

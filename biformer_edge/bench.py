@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .backends import runtime_unavailable
+from .targets import runtime_unavailable
 
 RESULT_MARKER = "BIFORMER_BENCH_RESULT "
 DEFAULT_MODELS = ["biformer_tiny"]
@@ -186,9 +186,9 @@ class Artifacts:
         return path
 
     def export(self, config: Config, log) -> Path:
-        from .backends import backend_module
+        from .targets import backend_module
         from .backends.base import ExportContext
-        from .exporter import load_profile
+        from .targets import load_profile
 
         target = EXPORT_TARGET[config.backend]
         key = (config.model, target, config.precision, config.input_shape)
@@ -255,7 +255,7 @@ def open_worker_session(spec: dict):
     if backend == "torch":
         import torch
 
-        from .backends.base import TorchSession
+        from .backends.tracing import TorchSession
         from .models import create_model
         model = create_model(spec["model"], pretrained=False)
         model.load_state_dict(torch.load(spec["weights"], map_location="cpu", weights_only=True))
@@ -263,7 +263,7 @@ def open_worker_session(spec: dict):
             model = model.half()
         size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         return TorchSession(model.eval()), size, spec["precision"].replace("fp", "f")
-    from .backends import open_session
+    from .targets import open_session
     options = {}
     if backend == "onnxruntime":
         options = {"threads": threads}
@@ -498,7 +498,7 @@ def load_average() -> str:
 
 
 def parser():
-    from .cli import OneLineParser
+    from .console import OneLineParser
     p = OneLineParser(prog="biformer-bench",
                       description="Latency / throughput / memory of BiFormer across backends and precisions.")
     p.add_argument("--models", nargs="+", help=f"registered model names (default {' '.join(DEFAULT_MODELS)})")
@@ -547,7 +547,7 @@ def validate(a) -> None:
 def artifact_configs(a) -> tuple[list[Config], dict, Path]:
     """Configurations for ``--artifact DIR``: every backend whose file is in it (or that was asked for)."""
     from .artifact import read_manifest
-    from .backends import SESSIONS, unavailable_reason
+    from .targets import RUNTIMES as SESSIONS, unavailable_reason
     path = Path(a.artifact)
     manifest = read_manifest(path)
     shape = tuple(int(s) for s in manifest["input_shape"])

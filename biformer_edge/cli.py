@@ -1,46 +1,22 @@
 """Console entry points: biformer-export, biformer-parity, biformer-bench, biformer-zoo.
 
-Exit status: 0 ok / parity passed, 1 artifact written but parity failed, 2 bad input or environment (one line on
-stderr, no traceback, nothing left behind), 130 interrupted.
+Exit status (``biformer_edge.console``): 0 ok / parity passed, 1 artifact written but parity failed, 2 bad input
+or environment (one line on stderr, no traceback, nothing left behind), 3 internal error, 130 Ctrl-C, 143 SIGTERM.
+``--debug`` (or BIFORMER_EDGE_DEBUG=1) shows tracebacks of internal errors. Torch is imported only by the commands
+that need it (export, zoo, and parity with --data).
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import os
-import sys
-import warnings
 from pathlib import Path
 
+from .console import OneLineParser, error_boundary, positive_int
 from .errors import UserError
-
-
-def cli_errors(main):
-    @functools.wraps(main)
-    def wrapper(argv=None):
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        try:
-            code = main(argv)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            code = exc.exit_code
-        except KeyboardInterrupt:
-            print("interrupted: nothing was written", file=sys.stderr)
-            code = 130
-        sys.exit(code or 0)
-    return wrapper
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but usage errors also exit 2 with one line that says what to do."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+from .targets import DEFAULT_MODEL, TARGETS
 
 
 def export_parser() -> argparse.ArgumentParser:
-    from .exporter import DEFAULT_MODEL, TARGETS
     p = OneLineParser(prog="biformer-export", description="Export BiFormer to an edge runtime and measure its drift.")
     p.add_argument("--target", required=True, help=f"one of {', '.join(TARGETS)}")
     prec = p.add_mutually_exclusive_group()
@@ -49,10 +25,10 @@ def export_parser() -> argparse.ArgumentParser:
                           help=f"{name.upper()} (default: the target profile's)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
     p.add_argument("--checkpoint", help="weights to load strictly (official, mmseg or biformer-edge)")
-    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="static input size")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--input-size", nargs=2, type=positive_int, metavar=("H", "W"), help="static input size")
+    p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--calib", nargs="+", help="INT8 calibration: image folders or videos")
-    p.add_argument("--calib-samples", type=int)
+    p.add_argument("--calib-samples", type=positive_int)
     p.add_argument("--routing", default="qar", choices=("qar", "naive"))
     p.add_argument("--reference", default="auto", choices=("auto", "cuda", "cpu"), help="where FP32 runs")
     p.add_argument("--data", help="images or a video for the parity check (default: synthetic scenes)")
@@ -61,17 +37,17 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-parity", dest="parity", action="store_false")
     g = p.add_argument_group("target options")
     g.add_argument("--dla-core", type=int, help="jetson: build for DLA core N (Orin) with GPU fallback")
-    g.add_argument("--workspace-mib", type=int, help="jetson/tensorrt: builder workspace")
+    g.add_argument("--workspace-mib", type=positive_int, help="jetson/tensorrt: builder workspace")
     g.add_argument("--build", action="store_true", help="jetson/tensorrt: build model.engine here (needs TensorRT)")
     g.add_argument("--ios", type=int, help="coreml: minimum iOS (16, 17, 18)")
     g.add_argument("--weights-8bit", action="store_true", help="coreml: int8 per-channel weights")
     return p
 
 
-@cli_errors
+@error_boundary
 def export_main(argv=None):
-    from .exporter import ExportRequest, export, summary_lines
     a = export_parser().parse_args(argv)
+    from .exporter import ExportRequest, export, summary_lines  # torch: only once the arguments parsed
     req = ExportRequest(
         target=a.target, precision=a.precision, model=a.model, checkpoint=a.checkpoint,
         input_size=tuple(a.input_size) if a.input_size else None, batch=a.batch, calib=a.calib,
@@ -84,7 +60,7 @@ def export_main(argv=None):
     return 1 if manifest["parity"]["verdict"] == "fail" else 0
 
 
-@cli_errors
+@error_boundary
 def parity_main(argv=None):
     from .artifact import read_manifest
     from .parity.check import check_parity, render_markdown, write_junit
@@ -93,10 +69,18 @@ def parity_main(argv=None):
     p.add_argument("--backend", action="append", help="backend(s) to run (default: the profile's, where available)")
     p.add_argument("--data", help="images folder, image or video to check on (default: the stored reference)")
     p.add_argument("--checkpoint", help="with --data: the checkpoint the artifact was exported from")
-    p.add_argument("--samples", type=int, help="with --data: how many images/frames")
+    p.add_argument("--samples", type=positive_int, help="with --data: how many images/frames")
     p.add_argument("--reference", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--junit", help="also write a JUnit XML report to this file")
     a = p.parse_args(argv)
+    if a.junit:  # refuse an unwritable report path before the check, not after it passed
+        junit_dir = Path(os.path.abspath(a.junit)).parent
+        if not junit_dir.is_dir():
+            raise UserError(f"--junit {a.junit}: folder {junit_dir} does not exist; create it or choose another path")
+        if Path(a.junit).is_symlink() or Path(a.junit).is_dir():
+            raise UserError(f"--junit {a.junit} is a link or a directory: choose a file path")
+        if not os.access(junit_dir, os.W_OK | os.X_OK):
+            raise UserError(f"--junit {a.junit}: cannot write to {junit_dir}")
     manifest = read_manifest(a.artifact)
     report = check_parity(a.artifact, backends=a.backend, data=a.data, checkpoint=a.checkpoint, samples=a.samples,
                           reference=a.reference)
@@ -106,15 +90,15 @@ def parity_main(argv=None):
     return 1 if report["verdict"] == "fail" else 0
 
 
-@cli_errors
+@error_boundary
 def bench_main(argv=None):
     from .bench import main
     return main(argv)
 
 
-@cli_errors
+@error_boundary
 def zoo_main(argv=None):
-    """Build every registered model, run one forward pass, print params / MACs / latency."""
+    """Build every registered model, run one forward pass, print params, output shape and latency."""
     import time
 
     import torch

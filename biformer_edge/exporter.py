@@ -5,48 +5,27 @@ backend that runs here -> manifest -> rename into place. Any failure or Ctrl-C l
 """
 from __future__ import annotations
 
-import difflib
 import platform
 import time
-import tomllib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from . import __version__
-from .artifact import MANIFEST, SCHEMA_VERSION, atomic_directory, check_output_dir, file_table, save_npz, write_json
-from .backends import backend_module
-from .backends.base import ExportContext, bra_blocks
+from .artifact import (GENERATOR, MANIFEST, SCHEMA_VERSION, atomic_directory, check_output_dir, file_table,
+                       save_npz, sha256_file, write_json)
+from .backends.base import ExportContext, QuantSettings
+from .backends.tracing import bra_blocks
 from .errors import UserError
+from .memory import check_fits
 from .models import create_model, get_spec
 from .models.biformer import MIN_INPUT_SIZE
-from .models.checkpoint import sha256_file
+from .parity.check import evaluate, reference_device, run_reference, write_reports
+from .parity.inputs import parity_inputs
+from .targets import DEFAULT_MODEL, backend_module, load_profile, resolve_target
 
-PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
-TARGETS = ("jetson", "tensorrt", "openvino", "coreml", "onnx")
-DEFAULT_MODEL = "biformer_seg_demo"
-TARGET_ALIASES = {"trt": "tensorrt", "engine": "tensorrt", "ov": "openvino", "mlpackage": "coreml", "ios": "coreml",
-                  "ort": "onnx", "onnxruntime": "onnx"}
 LIBRARIES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "openvino", "coremltools", "tensorrt",
              "nvidia-modelopt")
-
-
-def resolve_target(target: str) -> str:
-    target = TARGET_ALIASES.get(target, target)
-    if target not in TARGETS:
-        close = difflib.get_close_matches(target, TARGETS, n=1, cutoff=0.6)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise UserError(f"unsupported target '{target}': {hint}choose one of {', '.join(TARGETS)}")
-    return target
-
-
-def load_profile(target: str) -> dict:
-    path = PROFILES_DIR / f"{resolve_target(target)}.toml"
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"target profile {path} is unreadable ({exc}): reinstall biformer-edge") from None
 
 
 @dataclass
@@ -70,16 +49,14 @@ class ExportRequest:
 
 def validate(req: ExportRequest) -> tuple[dict, dict]:
     """Check every argument against the target profile before any work starts. Returns (profile, options)."""
-    req.target = resolve_target(req.target)
+    req.target = resolve_target(req.target).name
     profile = load_profile(req.target)
     t = profile["target"]
     req.precision = req.precision or t["default_precision"]
     if req.precision not in t["precisions"]:
         raise UserError(f"--{req.precision} is not available for --target {req.target}: choose "
                         + " or ".join(f"--{p}" for p in t["precisions"]))
-    if req.precision == "int8":
-        raise UserError("--int8 is not available yet: INT8 with quantization-aware routing lands with the "
-                        "quantization work; export --fp16 or --fp32 for now")
+    int8_gate(req)
     if (req.calib or req.calib_samples) and req.precision != "int8":
         raise UserError("--calib/--calib-samples only apply to --int8 exports")
     if req.routing not in ("qar", "naive"):
@@ -87,8 +64,8 @@ def validate(req: ExportRequest) -> tuple[dict, dict]:
     if req.routing == "naive" and req.precision != "int8":
         raise UserError("--routing naive only changes INT8 exports (FP32/FP16 always keep the router in FP32)")
     get_spec(model_name(req.model))
-    if req.batch < 1:
-        raise UserError(f"--batch must be >= 1, got {req.batch}")
+    if type(req.batch) is not int or req.batch < 1:
+        raise UserError(f"--batch must be a whole number >= 1, got {req.batch}")
     if req.input_size is not None:
         h, w = req.input_size
         if h < MIN_INPUT_SIZE or w < MIN_INPUT_SIZE:
@@ -100,6 +77,9 @@ def validate(req: ExportRequest) -> tuple[dict, dict]:
         flag = unsupported[0].replace("_", "-")
         raise UserError(f"--{flag} does not apply to --target {req.target} (its options: "
                         f"{', '.join('--' + o.replace('_', '-') for o in t.get('options', [])) or 'none'})")
+    if options.get("workspace_mib") is not None and not (type(options["workspace_mib"]) is int
+                                                         and options["workspace_mib"] >= 64):
+        raise UserError(f"--workspace-mib must be a whole number of MiB >= 64, not {options['workspace_mib']}")
     if req.target == "coreml" and options.get("ios") not in (16, 17, 18):
         raise UserError(f"--ios must be 16, 17 or 18, not {options.get('ios')}")
     if "dla_core" in (req.options or {}) and req.options["dla_core"] is not None:
@@ -108,6 +88,19 @@ def validate(req: ExportRequest) -> tuple[dict, dict]:
         if req.precision == "fp32":
             raise UserError("DLA runs only FP16/INT8: use --fp16 with --dla-core")
     return profile, options
+
+
+def int8_gate(req: ExportRequest) -> None:
+    """The one place that decides whether an INT8 export can run (backends trust ExportContext.quant)."""
+    if req.precision == "int8":
+        raise UserError("--int8 is not available yet: INT8 with quantization-aware routing lands with the "
+                        "quantization work; export --fp16 or --fp32 for now")
+
+
+def quant_settings(req: ExportRequest) -> QuantSettings | None:
+    if req.precision != "int8":
+        return None
+    return QuantSettings(calib=list(req.calib or []), samples=req.calib_samples, routing=req.routing)
 
 
 def model_name(model) -> str:
@@ -145,9 +138,6 @@ def next_steps(req: ExportRequest, out: Path, manifest: dict) -> list[str]:
 
 def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
     """Run one export. Returns (artifact directory, manifest)."""
-    from .parity.check import evaluate, reference_device, run_reference, write_reports
-    from .parity.inputs import parity_inputs
-
     profile, options = validate(req)
     out = Path(req.output) if req.output else default_output(req)
     check_output_dir(out, req.force)
@@ -165,19 +155,21 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
             f"--checkpoint for numbers that mean something")
     h, w = req.input_size or spec.input_size
     input_shape = (req.batch, 3, h, w)
+    check_fits(model, input_shape)
     module = backend_module(req.target)
     started = time.perf_counter()
 
-    with atomic_directory(out) as work:
+    with atomic_directory(out, req.force) as work:
         ctx = ExportContext(workdir=work, target=req.target, precision=req.precision, input_shape=input_shape,
-                            opset=profile["target"].get("opset", 17), profile=profile, options=options, log=log)
+                            opset=profile["target"].get("opset", 17), profile=profile, options=options, log=log,
+                            quant=quant_settings(req))
         log(f"exporting {name} {h}x{w} batch {req.batch} -> {req.target} {req.precision}")
         files = module.export(model, ctx)
         manifest = {
-            "schema_version": SCHEMA_VERSION, "model": name, "task": spec.task,
+            "schema_version": SCHEMA_VERSION, "generator": GENERATOR, "model": name, "task": spec.task,
             "num_classes": getattr(model, "num_classes", None) if spec.task == "segmentation" else None,
             "weights": weights, "checkpoint_path": ckpt, "checkpoint_sha256": sha256_file(ckpt) if ckpt else None,
-            "target": req.target, "backend": module.__name__.rsplit(".", 1)[-1], "precision": req.precision,
+            "target": req.target, "backend": resolve_target(req.target).backend, "precision": req.precision,
             "routing": req.routing, "router_precision": "fp32", "input_name": "images",
             "input_shape": list(input_shape), "opset": ctx.opset if "model.onnx" in files else None,
             "routing_blocks": len(bra_blocks(model)), "options": options, "versions": library_versions(),

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.synthetic import CLASSES, SyntheticScenes
+from .data.dataset import SyntheticScenes
+from .data.synthetic import CLASSES
 from .models import create_model
 from .models.registry import WEIGHTS_DIR
 from .parity.metrics import to_labels

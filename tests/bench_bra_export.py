@@ -133,7 +133,7 @@ def bench_case(name: str, size: int, tmp: Path, args) -> dict:
     import numpy as np
     import torch
 
-    from biformer_edge.backends import run_torch
+    from biformer_edge.backends.tracing import run_torch
     from biformer_edge.backends.onnx import OnnxSession, export_onnx
     from biformer_edge.models import create_model
     from biformer_edge.parity.inputs import parity_inputs

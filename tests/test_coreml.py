@@ -17,7 +17,8 @@ ct = pytest.importorskip("coremltools")
 
 import biformer_edge as be  # noqa: E402
 from biformer_edge.backends import coreml as bcm  # noqa: E402
-from biformer_edge.backends.base import ExportContext, RoutingOutputs, run_torch  # noqa: E402
+from biformer_edge.backends.base import ExportContext
+from biformer_edge.backends.tracing import RoutingOutputs, run_torch  # noqa: E402
 from biformer_edge.models.bra import BiLevelRoutingAttention  # noqa: E402
 
 SEG_SHAPE = (1, 3, 128, 128)

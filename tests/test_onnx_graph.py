@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from biformer_edge.backends import run_torch
-from biformer_edge.backends.base import bra_blocks
+from biformer_edge.backends.tracing import run_torch
+from biformer_edge.backends.tracing import bra_blocks
 from biformer_edge.backends.onnx import OnnxSession, export_onnx
 from biformer_edge.models import create_model
 from tests.official_bra import use_official_bra

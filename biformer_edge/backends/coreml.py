@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import INPUT_NAME, ExportContext, RoutingOutputs, Session, bra_blocks
+from .base import INPUT_NAME, ExportContext, Session
+from .tracing import RoutingOutputs, bra_blocks
 
 PACKAGE_NAME = "model.mlpackage"
 MAX_RANK = 5                                  # Core ML's tensor rank limit (DESIGN.md: export-clean BRA)
@@ -170,11 +171,6 @@ def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     Options read from ``ctx.options``: ``ios`` (16 default, 17, 18: minimum deployment target), ``weights_8bit``
     (int8 per-channel weights). FP16 keeps the BRA routers FP32 unless the model's blocks have ``router_fp32``
     switched off."""
-    if ctx.precision == "int8":
-        raise UserError("INT8 activations need Core ML's calibration, which runs only on macOS: export --fp16 "
-                        "(optionally with 8-bit weights) for Core ML")
-    if ctx.precision not in ("fp32", "fp16"):
-        raise UserError(f"Core ML export supports fp32 and fp16, not '{ctx.precision}'")
     _coremltools()  # fail fast, before the slow torch.export
     ios = int(ctx.options.get("ios") or 16)
     keep = all(b.router_fp32 for b in bra_blocks(model))

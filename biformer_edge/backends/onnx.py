@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import INPUT_NAME, RoutingOutputs, Session
+from .base import INPUT_NAME, Session
+from .tracing import RoutingOutputs
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int, int], opset: int = 17,
@@ -53,8 +54,9 @@ def ort_session_options(threads: int | None = None, config: dict | None = None):
 class OnnxSession(Session):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
-                 config: dict | None = None):
+    def __init__(self, artifact: str | Path, manifest: dict | None = None, threads: int | None = None,
+                 providers: list[str] | None = None, config: dict | None = None):
+        path = Path(artifact) / "model.onnx" if Path(artifact).is_dir() else Path(artifact)
         try:
             import onnxruntime as ort
         except ImportError:
@@ -80,8 +82,6 @@ def graph_summary(proto) -> str:
 
 
 def export(model: nn.Module, ctx) -> list[str]:
-    if ctx.precision == "int8":
-        raise UserError("--int8 is not available yet: INT8 lands with the quantization work")
     proto = export_onnx(model, ctx.workdir / "model.onnx", ctx.input_shape, ctx.opset, fp16=ctx.precision == "fp16")
     ctx.checks["onnx_checker"] = {"ok": True, "summary": f"onnx.checker full_check passed; {graph_summary(proto)}"}
     return ["model.onnx"]

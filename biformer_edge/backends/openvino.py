@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import INPUT_NAME, ExportContext, RoutingOutputs, Session, bra_blocks
+from .base import INPUT_NAME, ExportContext, Session
+from .tracing import RoutingOutputs, bra_blocks
 
 XML_NAME, BIN_NAME = "model.xml", "model.bin"
 
@@ -191,10 +192,6 @@ def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     """Write ``model.xml``/``model.bin`` into ``ctx.workdir``. FP32: plain IR. FP16: weights compressed to FP16 and,
     unless the model's BRA blocks have ``router_fp32`` switched off, the routers marked to stay FP32."""
     ov = _openvino()
-    if ctx.precision == "int8":
-        raise UserError("INT8 lands with the quantization work")
-    if ctx.precision not in ("fp32", "fp16"):
-        raise UserError(f"OpenVINO export supports fp32 and fp16, not '{ctx.precision}'")
     fp16 = ctx.precision == "fp16"
     ov_model = convert(model, ctx.input_shape)
     blocks = bra_blocks(model)
@@ -303,7 +300,7 @@ def measure_hints(model: nn.Module, input_shape: tuple[int, int, int, int], imag
     """Export FP32, FP16 and FP16-without-router-marks IRs of ``model`` and run each under each hint on
     ``images`` seeded random inputs; routing agreement and logits cosine against the FP32 PyTorch run.
     ``inference_precision`` says what the CPU actually used (f32 where it lacks bf16/f16 hardware)."""
-    from .base import run_torch
+    from .tracing import run_torch
 
     rng = np.random.default_rng(seed)
     xs = [rng.standard_normal(input_shape).astype(np.float32) for _ in range(images)]

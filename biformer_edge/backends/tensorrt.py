@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..targets import template_path
 from .base import INPUT_NAME, ExportContext, Session
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "profiles" / "templates"  # export/templates in a checkout
 ONNX_FILE, ENGINE_FILE = "model.onnx", "model.engine"
 DEFAULT_WORKSPACE_MIB = 2048
 
@@ -209,17 +209,26 @@ class _Template(string.Template):
 
 
 def render_template(name: str, **values) -> str:
-    text = _Template((TEMPLATES / name).read_text()).substitute({k: str(v) for k, v in values.items()})
+    text = _Template(template_path(name).read_text()).substitute({k: str(v) for k, v in values.items()})
     assert "@@" not in text, f"unrendered placeholder left in {name}"
     return text
 
 
 def load_build_module():
     """The template build_engine.py as a module: the one implementation of the engine build."""
-    spec = importlib.util.spec_from_file_location("biformer_edge_build_engine", TEMPLATES / "build_engine.py")
+    spec = importlib.util.spec_from_file_location("biformer_edge_build_engine", template_path("build_engine.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def cuda_unavailable() -> str | None:
+    """Why no CUDA GPU can run an engine here (TensorRT installed or not), or None."""
+    try:
+        import torch
+    except ImportError:
+        return None  # placeholder until the torch-free buffers land
+    return None if torch.cuda.is_available() else "no CUDA GPU"
 
 
 def _tensorrt_gpu_missing() -> str | None:
@@ -242,11 +251,6 @@ def export(model, ctx: ExportContext) -> list[str]:
     tf32."""
     from .onnx import export_onnx
 
-    if ctx.precision == "int8":
-        raise UserError("INT8 TensorRT export lands with the quantization work (explicit Q/DQ ONNX): use --fp16 or "
-                        "--fp32 for now")
-    if ctx.precision not in ("fp32", "fp16"):
-        raise UserError(f"unknown precision '{ctx.precision}': choose fp32 or fp16")
     options = ctx.options or {}
     dla_core = options.get("dla_core")
     dla_core = None if dla_core in (None, "") else int(dla_core)

@@ -1,6 +1,7 @@
-"""Training / demo data: deterministic synthetic scenes and clips (``biformer_edge.data.synthetic``)."""
-from .synthetic import (CLASSES, MEAN, NUM_CLASSES, PALETTE, SEED_STRIDE, STD, SceneClip, SyntheticScenes, colorize,
-                        denormalize, draw_legend, normalize, overlay, render_clip, render_scene, scene_seed)
+"""Training / demo data: deterministic synthetic scenes and clips (numpy + OpenCV). ``SyntheticScenes``, the PyTorch
+dataset over them, lives in ``biformer_edge.data.dataset`` (imported on first use, so this package needs no torch)."""
+from .synthetic import (CLASSES, MEAN, NUM_CLASSES, PALETTE, SEED_STRIDE, STD, SceneClip, colorize, denormalize,
+                        draw_legend, normalize, overlay, render_clip, render_scene, scene_seed)
 
 __all__ = [
     "CLASSES", "NUM_CLASSES", "PALETTE", "MEAN", "STD", "SEED_STRIDE",
@@ -8,3 +9,9 @@ __all__ = [
     "normalize", "denormalize", "colorize", "overlay", "draw_legend",
 ]
 
+
+def __getattr__(name):
+    if name == "SyntheticScenes":
+        from .dataset import SyntheticScenes
+        return SyntheticScenes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

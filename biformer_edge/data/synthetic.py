@@ -36,11 +36,12 @@ from typing import Iterator, Sequence, Tuple
 
 import cv2
 import numpy as np
-import torch
+
+from ..preprocess import MEAN, STD, denormalize, normalize  # noqa: F401  (re-exported)
 
 __all__ = [
     "CLASSES", "NUM_CLASSES", "PALETTE", "MEAN", "STD", "SEED_STRIDE",
-    "render_scene", "SceneClip", "render_clip", "scene_seed", "SyntheticScenes",
+    "render_scene", "SceneClip", "render_clip", "scene_seed", "check_size",
     "normalize", "denormalize", "colorize", "overlay", "draw_legend",
 ]
 
@@ -60,10 +61,6 @@ PALETTE = np.array([
 PALETTE.setflags(write=False)
 
 #: ImageNet mean / std, RGB order, in 0-255 units (``normalize`` takes uint8 images).
-MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
-STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
-MEAN.setflags(write=False)
-STD.setflags(write=False)
 
 #: Dataset item ``i`` with base seed ``s`` renders ``render_scene(s * SEED_STRIDE + i)``.
 SEED_STRIDE = 1_000_003
@@ -160,7 +157,7 @@ class _Scene:
         return int(min(max(round(ox), 0), 2 * m)), int(min(max(round(oy), 0), 2 * m))
 
 
-def _check_size(size) -> Size:
+def check_size(size) -> Size:
     try:
         h, w = (int(v) for v in size)
     except (TypeError, ValueError):
@@ -523,7 +520,7 @@ def _render(scene: _Scene, t: float, rng: np.random.Generator, instances: bool =
 def render_scene(seed: int, size: Size = (256, 256)) -> Tuple[np.ndarray, np.ndarray]:
     """Render one still scene. Returns ``(image uint8 HxWx3 RGB, label uint8 HxW)``; deterministic in
     ``(seed, size)``. ``seed`` is a non-negative int."""
-    scene, rng = _sample_scene(int(seed), _check_size(size), 1)
+    scene, rng = _sample_scene(int(seed), check_size(size), 1)
     return _render(scene, 0.0, rng, reuse=True)
 
 
@@ -547,7 +544,7 @@ class SceneClip:
     def __init__(self, seed: int, size: Size = (256, 256), n_frames: int = 90, fps: float = 30.0):
         if int(n_frames) < 2:
             raise ValueError(f"n_frames must be >= 2, got {n_frames}")
-        self.seed, self.size, self.n_frames, self.fps = int(seed), _check_size(size), int(n_frames), float(fps)
+        self.seed, self.size, self.n_frames, self.fps = int(seed), check_size(size), int(n_frames), float(fps)
         self._scene, _ = _sample_scene(self.seed, self.size, self.n_frames)
 
     @property
@@ -588,31 +585,6 @@ def scene_seed(base_seed: int, index: int) -> int:
     if base_seed < 0 or index < 0:
         raise ValueError(f"seeds must be non-negative, got base_seed={base_seed} index={index}")
     return int(base_seed) * SEED_STRIDE + int(index)
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``HxWx3`` -> float32 ``1x3xHxW``, ``(image - MEAN) / STD`` (0-255 units)."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
-    x = (image.astype(np.float32) - MEAN) * (1.0 / STD)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
-
-
-def denormalize(x) -> np.ndarray:
-    """Inverse of :func:`normalize`: ``1x3xHxW`` or ``3xHxW`` float (numpy array or torch tensor) -> uint8 RGB
-    ``HxWx3``."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 4:
-        if x.shape[0] != 1:
-            raise ValueError(f"expected a batch of one, got shape {x.shape}")
-        x = x[0]
-    if x.ndim != 3 or x.shape[0] != 3:
-        raise ValueError(f"expected 3xHxW or 1x3xHxW, got shape {x.shape}")
-    img = x.transpose(1, 2, 0) * STD + MEAN
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 def colorize(label: np.ndarray) -> np.ndarray:
@@ -664,33 +636,3 @@ def draw_legend(image: np.ndarray, classes: Sequence[str] = CLASSES, palette: np
         cv2.rectangle(out, (x0 + pad, y + 1), (x0 + pad + sw, y + sw - 1), (255, 255, 255), 1)
         cv2.putText(out, name, (x0 + pad * 2 + sw, y + th + 1), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return out
-
-
-class SyntheticScenes(torch.utils.data.Dataset):
-    """Map-style dataset of ``n`` still scenes: item ``i`` is ``(image float32 3xHxW normalised with MEAN/STD,
-    label int64 HxW)`` of ``render_scene(scene_seed(seed, i), size)``. Use different ``seed`` values for train / val
-    / test."""
-
-    def __init__(self, n: int, size: Size = (256, 256), seed: int = 0):
-        if int(n) < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        if int(n) >= SEED_STRIDE:
-            raise ValueError(f"n must be < {SEED_STRIDE} so sets with different seeds do not overlap")
-        if int(seed) < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
-        self.n, self.size, self.seed = int(n), _check_size(size), int(seed)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int):
-        i = int(index)
-        if i < 0:
-            i += self.n
-        if not 0 <= i < self.n:
-            raise IndexError(f"index {index} out of range for {self.n} scenes")
-        image, label = render_scene(scene_seed(self.seed, i), self.size)
-        return torch.from_numpy(normalize(image)[0]), torch.from_numpy(label.astype(np.int64))
-
-    def __repr__(self) -> str:
-        return f"SyntheticScenes(n={self.n}, size={self.size}, seed={self.seed})"

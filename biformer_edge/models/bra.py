@@ -46,11 +46,42 @@ def merge_regions(x: torch.Tensor, batch: int, n_win: int, h: int, w: int) -> to
     return x.reshape(batch, n_win * h, n_win * w, C)
 
 
+class RegionRouter(nn.Module):
+    """The router of BRA, parameter-free and named (``attn.router``) so that every exporter names its ops
+    ``.../router/...``: region pooling of q and k, the region affinity, and TopK. This is the router precision island
+    of quantization-aware routing (QAR): it runs in FP32 in every export (FP16 ones too) and INT8 exports put no
+    Q/DQ on any path into it; tools exclude it by that name (ModelOpt, NNCF, onnxruntime's quantizer).
+
+    ``last_affinity`` keeps the (N, R, R) region affinities of the latest forward when ``record`` is set: the FP32
+    reference stores them so parity can tell a real routing flip from a choice among exactly tied regions.
+    """
+
+    def __init__(self, topk: int, scale: float, fp32: bool = True):
+        super().__init__()
+        self.topk, self.scale = topk, scale
+        # False only to measure what the FP32 island buys (a flipped top-k choice is a discrete error).
+        self.fp32 = fp32
+        self.record = False
+        self.last_affinity: torch.Tensor | None = None
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, batch: int, regions: int) -> torch.Tensor:
+        """q, k (N*R, T, Cq) -> top-k region indices (N, R, k)."""
+        if self.fp32:
+            q, k = q.float(), k.float()
+        Cq = int(q.shape[-1])
+        q_region = q.mean(1).reshape(batch, regions, Cq)                      # (N, R, Cq)
+        k_region = k.mean(1).reshape(batch, regions, Cq)
+        affinity = (q_region * self.scale) @ k_region.transpose(-2, -1)       # (N, R, R)
+        if self.record:
+            self.last_affinity = affinity
+        return torch.topk(affinity, k=self.topk, dim=-1, sorted=True).indices
+
+
 class BiLevelRoutingAttention(nn.Module):
     """BRA on NHWC maps. Pads bottom/right to multiples of ``n_win`` before the projection, as the official auto-pad.
 
-    ``last_routing`` keeps the top-k region indices (N, R, k) of the latest forward when ``record_routing`` is set;
-    the parity tools read it to measure routing agreement.
+    ``last_routing`` keeps the top-k region indices (N, R, k) of the latest forward when ``record_routing`` is set
+    (and ``router.last_affinity`` the affinities); the parity tools read them to measure routing agreement.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, n_win: int = 7, qk_dim: int | None = None,
@@ -68,11 +99,17 @@ class BiLevelRoutingAttention(nn.Module):
         self.qkv = QKVLinear(dim, qk_dim)
         self.wo = nn.Linear(dim, dim)
         self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
+        self.router = RegionRouter(topk, self.scale)
         self.record_routing = False
         self.last_routing: torch.Tensor | None = None
-        # Router precision island: region pooling, affinity and TopK run in FP32 even in an FP16 model, because a
-        # flipped top-k choice is a discrete error (DESIGN.md, QAR 1). False only to measure what it buys.
-        self.router_fp32 = True
+
+    @property
+    def router_fp32(self) -> bool:
+        return self.router.fp32
+
+    @router_fp32.setter
+    def router_fp32(self, value: bool) -> None:
+        self.router.fp32 = bool(value)
 
     def pad_input(self, x: torch.Tensor) -> torch.Tensor:
         N, H, W, C = (int(s) for s in x.shape)
@@ -82,11 +119,6 @@ class BiLevelRoutingAttention(nn.Module):
                 raise ValueError(f"feature map {H}x{W} is not divisible by n_win={self.n_win}")
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))  # zeros, before the projection (official legacy order)
         return x
-
-    def route(self, q_region: torch.Tensor, k_region: torch.Tensor) -> torch.Tensor:
-        """Region affinity and top-k: (N, R, Cq) x2 -> indices (N, R, k). The router precision island."""
-        affinity = (q_region * self.scale) @ k_region.transpose(-2, -1)   # (N, R, R)
-        return torch.topk(affinity, k=self.topk, dim=-1, sorted=True).indices
 
     def gather_regions(self, kv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """kv (N*R, T, Ckv), index (N, R, k) -> (N*R, k*T, Ckv) by one flat-index gather of whole regions."""
@@ -111,12 +143,7 @@ class BiLevelRoutingAttention(nn.Module):
         q, kv = qkv[..., :Cq], qkv[..., Cq:]                                  # (N*R, T, Cq), (N*R, T, Ckv)
 
         # Routing is gradient-free in every released config (official detach()).
-        q_router, k_router = q.detach(), kv[..., :Cq].detach()
-        if self.router_fp32:
-            q_router, k_router = q_router.float(), k_router.float()
-        q_region = q_router.mean(1).reshape(N, R, Cq)
-        k_region = k_router.mean(1).reshape(N, R, Cq)
-        index = self.route(q_region, k_region)                                # (N, R, k)
+        index = self.router(q.detach(), kv[..., :Cq].detach(), N, R)          # (N, R, k)
         if self.record_routing:
             self.last_routing = index
         kv_sel = self.gather_regions(kv, index)                               # (N*R, k*T, Ckv)

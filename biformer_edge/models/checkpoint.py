@@ -6,36 +6,40 @@ shipped demo weights) are widened to the model's dtype.
 """
 from __future__ import annotations
 
-import hashlib
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..artifact import sha256_file  # noqa: F401  (re-exported)
 from ..errors import UserError
 
 WRAPPER_KEYS = ("model", "state_dict", "module")
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def short_reason(exc: BaseException, limit: int = 120) -> str:
+    """The first line of an exception's message, cut at a word boundary, for one-line errors."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if not text or text.isdigit() or len(text) < 3:
+        text = f"{type(exc).__name__}: {text}".rstrip(": ")
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory: pass the path of a .pth/.pt file")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: pass the path of a .pth/.pt file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {path} is not a readable PyTorch file ({reason}): re-download or re-save it")
+    except MemoryError:
+        raise
+    except Exception as exc:  # torch's unpickler raises anything from KeyError to RuntimeError on foreign bytes
+        raise UserError(f"checkpoint {path} is not a readable PyTorch file ({short_reason(exc)}): re-download or "
+                        f"re-save it") from None
     for _ in range(2):  # e.g. {"state_dict": {"module": {...}}}
         if isinstance(obj, dict):
             inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)

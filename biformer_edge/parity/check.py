@@ -6,12 +6,14 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from ..artifact import read_manifest, verify_files, write_json
-from ..backends import SESSIONS, open_session, run_torch, unavailable_reason
+from ..artifact import REPORT_FILES, read_manifest, sha256_file, verify_files, write_file, write_json
 from ..errors import UserError
+from ..targets import RUNTIMES, load_profile, open_session, unavailable_reason
 from . import metrics
+from .inputs import parity_inputs
 
-PARITY_JSON, PARITY_MD, REFERENCE = "parity.json", "parity.md", "reference.npz"
+PARITY_JSON, PARITY_MD = REPORT_FILES
+REFERENCE = "reference.npz"
 
 
 def reference_device(preference: str = "auto") -> str:
@@ -24,13 +26,17 @@ def reference_device(preference: str = "auto") -> str:
 
 
 def run_reference(model, inputs: np.ndarray, device: str) -> dict[str, np.ndarray]:
-    """FP32 PyTorch outputs for batches (B, N, 3, H, W): logits (B, N, ...) and routing_i (B, N, R, k)."""
+    """FP32 PyTorch outputs for batches (B, N, 3, H, W): logits (B, N, ...), routing_i (B, N, R, k) and the region
+    affinities affinity_i (B, N, R, R) that tell a real routing flip from a choice among exactly tied regions."""
     import torch
+
+    from ..backends.tracing import run_torch
     model = model.float().to(device).eval()
-    runs = [run_torch(model, torch.from_numpy(batch)) for batch in inputs]
+    runs = [run_torch(model, torch.from_numpy(batch), affinities=True) for batch in inputs]
     arrays = {"inputs": inputs, "logits": np.stack([r.logits for r in runs])}
     for i in range(len(runs[0].routing)):
         arrays[f"routing_{i}"] = np.stack([r.routing[i] for r in runs])
+        arrays[f"affinity_{i}"] = np.stack([r.affinity[i] for r in runs])
     if device == "cuda":
         name = torch.cuda.get_device_name(0)
     else:
@@ -40,8 +46,10 @@ def run_reference(model, inputs: np.ndarray, device: str) -> dict[str, np.ndarra
     return arrays
 
 
-def routing_of(arrays: dict) -> list[np.ndarray]:
-    keys = sorted((k for k in arrays if k.startswith("routing_")), key=lambda k: int(k.split("_")[1]))
+def numbered(arrays: dict, prefix: str) -> list[np.ndarray]:
+    """``prefix0, prefix1, ...`` of a reference, in block order (``routing_`` or ``affinity_``)."""
+    keys = sorted((k for k in arrays if k.startswith(prefix) and k[len(prefix):].isdigit()),
+                  key=lambda k: int(k[len(prefix):]))
     return [np.asarray(arrays[k]) for k in keys]
 
 
@@ -53,10 +61,12 @@ def measure_backend(session, ref: dict, task: str, num_classes: int | None) -> d
         logits.append(out.logits)
         routing.append(out.routing)
     test_routing = [np.stack([r[i] for r in routing]) for i in range(len(routing[0]))] if routing[0] else []
-    return metrics.compare(ref["logits"].reshape(-1, *ref["logits"].shape[2:]),
-                           [r.reshape(-1, *r.shape[2:]) for r in routing_of(ref)],
-                           np.stack(logits).reshape(-1, *ref["logits"].shape[2:]),
-                           [r.reshape(-1, *r.shape[2:]) for r in test_routing], task, num_classes)
+
+    def flat(arrays):
+        return [a.reshape(-1, *a.shape[2:]) for a in arrays]
+    return metrics.compare(ref["logits"].reshape(-1, *ref["logits"].shape[2:]), flat(numbered(ref, "routing_")),
+                           np.stack(logits).reshape(-1, *ref["logits"].shape[2:]), flat(test_routing), task,
+                           num_classes, ref_affinity=flat(numbered(ref, "affinity_")) or None)
 
 
 def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backends: list[str] | None = None,
@@ -70,7 +80,7 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
                             "data": manifest.get("parity_data", "synthetic")},
               "thresholds": thresholds, "backends": {}}
     for name in names:
-        reason = unavailable_reason(name, artifact_dir) if name in SESSIONS else f"unknown backend '{name}'"
+        reason = unavailable_reason(name, artifact_dir) if name in RUNTIMES else f"unknown backend '{name}'"
         if reason:
             if require:
                 raise UserError(f"cannot run {name} here: {reason}")
@@ -122,8 +132,10 @@ def render_markdown(manifest: dict, report: dict) -> str:
 
 
 def write_reports(artifact_dir: Path, manifest: dict, report: dict) -> None:
+    """parity.json and parity.md: reports of a check, not part of the hashed artifact (a re-check keeps it valid);
+    written atomically, never through a link."""
     write_json(artifact_dir / PARITY_JSON, report)
-    (artifact_dir / PARITY_MD).write_text(render_markdown(manifest, report))
+    write_file(artifact_dir / PARITY_MD, render_markdown(manifest, report))
 
 
 def write_junit(path: Path, manifest: dict, report: dict) -> None:
@@ -140,7 +152,7 @@ def write_junit(path: Path, manifest: dict, report: dict) -> None:
             cases.append(f"  <testcase name={name}/>")
     failures = sum(1 for e in report["backends"].values() if e.get("failures"))
     skipped = sum(1 for e in report["backends"].values() if e["verdict"] == "skipped")
-    path.write_text(f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="biformer-parity" '
+    write_file(path, f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="biformer-parity" '
                     f'tests="{len(cases)}" failures="{failures}" skipped="{skipped}">\n' + "\n".join(cases)
                     + "\n</testsuite>\n")
 
@@ -148,7 +160,6 @@ def write_junit(path: Path, manifest: dict, report: dict) -> None:
 def reference_model(manifest: dict, checkpoint: str | Path | None):
     """The FP32 model an artifact was exported from: shipped weights, or the checkpoint (hash-checked)."""
     from ..models import create_model
-    from ..models.checkpoint import sha256_file
 
     weights = manifest.get("weights")
     if weights == "shipped":
@@ -170,8 +181,15 @@ def load_reference(artifact_dir: Path) -> dict:
     path = artifact_dir / REFERENCE
     if not path.is_file():
         raise UserError(f"{path} is missing: re-export the artifact (it holds the FP32 reference)")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ref = {k: z[k] for k in z.files}
+    except Exception as exc:  # zipfile/numpy format errors of any kind
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:80]}): re-export the "
+                        f"artifact") from None
+    if "inputs" not in ref or "logits" not in ref or ref["inputs"].ndim != 5:
+        raise UserError(f"{path} holds no FP32 reference (inputs, logits): re-export the artifact")
+    return ref
 
 
 def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, data: str | Path | None = None,
@@ -179,15 +197,18 @@ def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, da
                  thresholds: dict | None = None, write: bool = True) -> dict:
     """Re-check an artifact where it is deployed. Without ``data`` it reuses the stored reference; with ``data`` the
     FP32 reference is recomputed from the model (the shipped weights, or ``checkpoint``)."""
-    from ..exporter import load_profile
-    from .inputs import parity_inputs
-
     artifact_dir = Path(artifact_dir)
     manifest = read_manifest(artifact_dir)
     changed = verify_files(artifact_dir, manifest)
     if changed:
         raise UserError(f"{artifact_dir}: {changed[0]}: copy the whole artifact directory again")
     profile = load_profile(manifest["target"])
+    writes = write and data is None and not backends
+    if writes:
+        for name in REPORT_FILES:
+            if (artifact_dir / name).is_symlink():
+                raise UserError(f"{artifact_dir / name} is a symbolic link: biformer-parity never writes through "
+                                f"links; remove it and retry")
     if data is None:
         ref = load_reference(artifact_dir)
     else:
@@ -197,7 +218,7 @@ def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, da
         ref = run_reference(model, inputs, reference_device(reference))
         manifest = {**manifest, "parity_data": source}
     report = evaluate(artifact_dir, manifest, profile, ref, backends, thresholds, require=bool(backends))
-    if write and data is None and not backends:
+    if writes:
         write_reports(artifact_dir, manifest, report)
     return report
 

@@ -6,19 +6,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..data.synthetic import normalize, render_scene
+from ..data.synthetic import render_scene
+from ..preprocess import preprocess
 from ..errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
-
-
-def preprocess(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """HxWx3 uint8 RGB -> 3xHxW float32, resized to ``size`` (H, W) and normalised like the training data.
-    The one preprocessing used by parity, the benchmark and the video demo."""
-    if rgb.shape[:2] != tuple(size):
-        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    return normalize(rgb)[0]
 
 
 def _read_images(paths: list[Path], limit: int) -> list[np.ndarray]:

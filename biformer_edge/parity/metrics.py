@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserError
+
 
 def cosine(ref: np.ndarray, test: np.ndarray) -> float:
     a, b = ref.astype(np.float64).ravel(), test.astype(np.float64).ravel()
@@ -42,19 +44,54 @@ def miou(ref_labels: np.ndarray, test_labels: np.ndarray, num_classes: int) -> f
     return float(np.mean(inter[present] / union[present])) if present.any() else 1.0
 
 
-def routing_agreement(ref: list[np.ndarray], test: list[np.ndarray]) -> float:
-    """Mean over blocks and query regions of |topk_ref ∩ topk_test| / k (set overlap, order ignored)."""
+TIE_ULPS = 4  # affinities within this many float32 ulps of the row's magnitude count as exactly tied
+
+
+def routing_overlap(ref: np.ndarray, test: np.ndarray, affinity: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Per query region of one block: the number of test choices that agree with the reference, and how many of
+    those agree only as a tie (choices among regions whose reference affinities are exactly tied).
+
+    ``ref``/``test``: (..., k) region indices; ``affinity``: the reference's (..., R) affinities. A test choice outside
+    the reference top-k counts as agreement when its reference affinity equals the k-th reference affinity to float
+    resolution and a reference choice of that same tied value is missing from the test set (the runtime broke the
+    tie the other way); any other difference is a flip.
+    """
+    k = ref.shape[-1]
+    r2, t2 = ref.reshape(-1, k), test.reshape(-1, k)
+    in_ref = (t2[:, :, None] == r2[:, None, :]).any(-1)           # (Q, k) test choice also chosen by ref
+    strict = in_ref.sum(-1)
+    if affinity is None:
+        return strict, 0
+    a = affinity.reshape(r2.shape[0], -1).astype(np.float32)
+    kth = np.take_along_axis(a, r2, -1).min(-1, keepdims=True)     # (Q, 1) the k-th reference affinity
+    tol = TIE_ULPS * np.spacing(np.abs(a).max(-1, keepdims=True))  # float32 resolution at the row's scale
+    tied = np.abs(a - kth) <= tol                                  # (Q, R) regions tied with the k-th choice
+    extra_tied = (~in_ref & np.take_along_axis(tied, t2, -1)).sum(-1)
+    in_test = (r2[:, :, None] == t2[:, None, :]).any(-1)
+    missing_tied = (~in_test & np.take_along_axis(tied, r2, -1)).sum(-1)
+    ties = np.minimum(extra_tied, missing_tied)
+    return strict + ties, int(ties.sum())
+
+
+def routing_agreement(ref: list[np.ndarray], test: list[np.ndarray],
+                      affinity: list[np.ndarray] | None = None) -> dict[str, float]:
+    """Over blocks and query regions: ``routing`` = mean |topk_ref ∩ topk_test| / k counting choices among exactly
+    tied reference affinities as agreement (strict when no affinities are given), ``routing_strict`` = the same
+    without that allowance, ``routing_ties`` = how many choices agreed only as a tie (reported, never hidden)."""
     if not ref:
-        return float("nan")
+        return {}
     if len(ref) != len(test):
         raise ValueError(f"routing outputs differ in count: {len(ref)} vs {len(test)}")
-    scores = []
-    for r, t in zip(ref, test):
+    affinity = affinity or [None] * len(ref)
+    agree, strict, ties, total = 0, 0, 0, 0
+    for r, t, a in zip(ref, test, affinity):
         k = r.shape[-1]
-        r2, t2 = r.reshape(-1, k), t.reshape(-1, k)
-        overlap = (r2[:, :, None] == t2[:, None, :]).any(-1).sum(-1) / k
-        scores.append(overlap)
-    return float(np.mean(np.concatenate(scores)))
+        tie_aware, n_ties = routing_overlap(r, t, a)
+        agree += int(tie_aware.sum())
+        strict += int(tie_aware.sum()) - n_ties
+        ties += n_ties
+        total += tie_aware.size * k
+    return {"routing": agree / total, "routing_strict": strict / total, "routing_ties": float(ties)}
 
 
 def flicker_rate(label_maps: np.ndarray) -> float:
@@ -64,7 +101,8 @@ def flicker_rate(label_maps: np.ndarray) -> float:
     return float(np.mean(label_maps[1:] != label_maps[:-1]))
 
 
-def compare(ref_logits, ref_routing, test_logits, test_routing, task: str, num_classes: int | None = None) -> dict:
+def compare(ref_logits, ref_routing, test_logits, test_routing, task: str, num_classes: int | None = None,
+            ref_affinity: list[np.ndarray] | None = None) -> dict:
     """All metrics of one backend against the reference, as plain floats."""
     out = {"cosine": cosine(ref_logits, test_logits), "sqnr_db": sqnr_db(ref_logits, test_logits),
            "max_abs": max_abs(ref_logits, test_logits)}
@@ -75,16 +113,25 @@ def compare(ref_logits, ref_routing, test_logits, test_routing, task: str, num_c
     else:
         out["top1"] = agreement(ref_l, test_l)
     if ref_routing:
-        out["routing"] = routing_agreement(ref_routing, test_routing)
+        out.update(routing_agreement(ref_routing, test_routing, ref_affinity))
     return out
 
 
 # metric -> True when higher is better; thresholds are minimums for those, maximums otherwise
 HIGHER_IS_BETTER = {"cosine": True, "sqnr_db": True, "top1": True, "pixel": True, "miou": True, "routing": True,
-                    "max_abs": False, "flicker_delta": False}
+                    "routing_strict": True, "max_abs": False, "flicker_delta": False}
+
+
+def check_threshold_names(thresholds: dict) -> None:
+    """A misspelt threshold (``pixle=0.999``) would silently check nothing: refuse it, naming the valid ones."""
+    unknown = sorted(set(thresholds) - set(HIGHER_IS_BETTER))
+    if unknown:
+        raise UserError(f"unknown parity threshold '{unknown[0]}': choose from {', '.join(sorted(HIGHER_IS_BETTER))}")
 
 
 def failures(metrics: dict, thresholds: dict) -> list[str]:
+    """The thresholds ``metrics`` misses, as readable lines; a metric absent or NaN is not applicable."""
+    check_threshold_names(thresholds)
     bad = []
     for name, limit in thresholds.items():
         if name not in metrics or metrics[name] != metrics[name]:  # absent or NaN: not applicable

@@ -1,0 +1,120 @@
+"""What every command-line entry point shares (biformer-export/-parity/-bench/-zoo and the apps/ scripts): one error
+boundary and an argparse that fails in one line.
+
+Exit status: 0 ok / parity passed; 1 artifact written but parity failed; 2 bad input or environment (one
+``error: ...`` line on stderr, no traceback, nothing left behind); 3 an internal error (one line saying what to
+report; the traceback with ``--debug`` or ``BIFORMER_EDGE_DEBUG=1``); 130 Ctrl-C, 143 SIGTERM (cleaned up).
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import os
+import signal
+import sys
+import traceback
+import warnings
+
+from .errors import UserError
+
+DEBUG_ENV = "BIFORMER_EDGE_DEBUG"
+ISSUES_URL = "https://github.com/biformer-edge/biformer-edge/issues"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, CI cancellation, ``docker stop``), raised like Ctrl-C so every cleanup path runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def quiet_libraries() -> None:
+    """Keep stderr to our one line: FFmpeg, libjpeg/OpenCV and Python warnings of the libraries we call."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore")
+    try:  # only where OpenCV is already imported or importable cheaply; it is a core dependency
+        import cv2
+        cv2.setLogLevel(0)  # LOG_LEVEL_SILENT: libjpeg's "Corrupt JPEG data" and FFmpeg notices
+    except Exception:
+        pass
+
+
+def os_error_line(exc: OSError) -> str:
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device{where}: free some space or choose another --output; nothing was kept"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied{where}: choose a writable location"
+    return f"{exc.strerror or exc}{where}: check the path and try again"
+
+
+def error_boundary(main):
+    """Wrap ``main(argv) -> int``: map every expected failure to one line and its exit status, SIGTERM to Ctrl-C."""
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        if "--debug" in argv:
+            argv.remove("--debug")
+            debug = True
+        if not debug:
+            quiet_libraries()
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, _raise_terminated)
+        except ValueError:  # not the main thread (an entry point called from a worker thread): leave SIGTERM alone
+            previous = None
+        try:
+            code = main(argv)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            code = exc.exit_code
+        except Terminated:
+            print("terminated: temporary files were removed, nothing was written", file=sys.stderr)
+            code = 143
+        except KeyboardInterrupt:
+            print("interrupted: temporary files were removed, nothing was written", file=sys.stderr)
+            code = 130
+        except OSError as exc:
+            if debug:
+                traceback.print_exc()
+            print(f"error: {os_error_line(exc)}", file=sys.stderr)
+            code = 2
+        except MemoryError:
+            print("error: out of memory: use a smaller --input-size, --batch or --samples", file=sys.stderr)
+            code = 2
+        except Exception as exc:  # a bug of ours: say what to report, keep the traceback for --debug
+            if debug:
+                traceback.print_exc()
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            print(f"internal error: {type(exc).__name__}: {detail} (please report it with the output of the same "
+                  f"command plus --debug at {ISSUES_URL})", file=sys.stderr)
+            code = 3
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        sys.exit(code or 0)
+    return wrapper
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but usage errors also exit 2 with one line that says what to do."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts (--batch, --samples, --runs ...): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value

@@ -1,0 +1,71 @@
+"""Refuse an export that cannot fit in memory before allocating anything.
+
+BRA's attention matrix grows with the square of the tokens per region, so a large ``--input-size`` needs far more
+memory than its input tensor suggests. The estimate runs the model once on PyTorch's ``meta`` device (shapes only,
+no memory), records the largest tensor any op produces, and compares a conservative peak (that tensor three times:
+its inputs, itself and the exporter's copy, plus the weights) with the memory this machine has available.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .errors import UserError
+
+GiB = 1 << 30
+
+
+class _LargestTensor(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def estimate_peak_bytes(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(estimated peak bytes of one FP32 forward pass, bytes of its largest single tensor)."""
+    meta = copy.deepcopy(model).to("meta").float()
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    counter = _LargestTensor()
+    with torch.no_grad(), counter:
+        meta(torch.empty(input_shape, device="meta"))
+    return 3 * counter.largest + 2 * weights, counter.largest
+
+
+def available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(model: torch.nn.Module, input_shape: tuple[int, ...]) -> None:
+    """UserError when one forward pass at ``input_shape`` would not fit in the memory available here."""
+    numel = 1
+    for d in input_shape:
+        numel *= int(d)
+    if numel * 4 > (1 << 40):  # over a TiB of input alone: no need to trace anything to refuse it
+        raise UserError(f"input {'x'.join(map(str, input_shape))} alone needs {numel * 4 / GiB:,.0f} GiB: use a "
+                        f"smaller --input-size or --batch")
+    peak, largest = estimate_peak_bytes(model, input_shape)
+    have = available_bytes()
+    if have is not None and peak > have:
+        raise UserError(f"input {'x'.join(map(str, input_shape))} needs about {peak / GiB:,.1f} GiB for one forward "
+                        f"pass (largest tensor {largest / GiB:,.1f} GiB) and {have / GiB:,.1f} GiB is available: use a "
+                        f"smaller --input-size or --batch")

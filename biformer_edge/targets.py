@@ -1,0 +1,170 @@
+"""The one registry of export targets and the runtimes that run their artifacts. Everything else asks here.
+
+A *target* is what ``biformer-export --target`` names: the backend module that writes the artifact, the files it
+writes, its profile (``export/<target>.toml``: precisions, thresholds, parity runtimes) and the runtime it is meant
+for on the device. A *runtime* is something that runs an artifact file behind the ``Session`` interface
+(``backends/base.py``): onnxruntime, TensorRT, OpenVINO, Core ML, and PyTorch for the FP32 model itself.
+
+This module imports neither torch nor any runtime: a Jetson or a Mac loads artifacts through it without torch.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.resources
+import importlib.util
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+PROFILES_PACKAGE = "biformer_edge.profiles"   # the top-level export/ folder, installed under this name
+DEFAULT_MODEL = "biformer_seg_demo"            # the built-in default: its weights ship with the package
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    module: str                  # biformer_edge.backends.<module> holds the Session class
+    session_class: str
+    file: str | None             # the artifact file it runs (None: runs the FP32 PyTorch model)
+    package: str                 # import name of the runtime library
+    aliases: tuple[str, ...] = ()
+    install_hint: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str                 # biformer_edge.backends.<backend> writes the artifact
+    files: tuple[str, ...]       # what the export writes (optional ones in brackets in docs)
+    device_runtime: str          # the runtime the artifact is made for
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+
+RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
+    Runtime("tensorrt", "tensorrt", "TensorRTSession", "model.engine", "tensorrt", ("trt", "engine"),
+            "on a Jetson 'sudo apt install python3-libnvinfer', on a GPU host NVIDIA's tensorrt wheel"),
+    Runtime("coreml", "coreml", "CoreMLSession", "model.mlpackage", "coremltools", ("mlpackage",),
+            "pip install 'biformer-edge[coreml]' on a Mac"),
+    Runtime("openvino", "openvino", "OpenVINOSession", "model.xml", "openvino", ("ov",),
+            "pip install 'biformer-edge[openvino]'"),
+    Runtime("onnxruntime", "onnx", "OnnxSession", "model.onnx", "onnxruntime", ("ort", "onnx"),
+            "pip install 'biformer-edge[onnx]'"),
+    Runtime("torch", "tracing", "TorchSession", None, "torch", ("pytorch",), "pip install torch"),
+)}
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("jetson", "tensorrt", ("model.onnx", "build_engine.sh", "build_engine.py"), "tensorrt", (),
+           "Jetson / TensorRT 10-11 (engine built on the device)"),
+    Target("tensorrt", "tensorrt", ("model.onnx", "build_engine.sh", "build_engine.py"), "tensorrt",
+           ("trt", "engine"), "TensorRT 10-11 on an NVIDIA GPU"),
+    Target("openvino", "openvino", ("model.xml", "model.bin"), "openvino", ("ov",), "OpenVINO IR for Intel"),
+    Target("coreml", "coreml", ("model.mlpackage",), "coreml", ("mlpackage", "ios"), "Core ML mlprogram"),
+    Target("onnx", "onnx", ("model.onnx",), "onnxruntime", ("ort", "onnxruntime"), "ONNX for onnxruntime"),
+)}
+
+# Most specific runtime first: the one an artifact was made for, where it can run, before the generic ones.
+AUTO_ORDER = ("tensorrt", "coreml", "openvino", "onnxruntime")
+
+
+def _resolve(name: str, table: dict, kind: str):
+    key = str(name).lower()
+    for item in table.values():
+        if key == item.name or key in item.aliases:
+            return item
+    close = difflib.get_close_matches(key, list(table), n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise UserError(f"unsupported {kind} '{name}': {hint}choose one of {', '.join(table)}")
+
+
+def resolve_target(name: str) -> Target:
+    return _resolve(name, TARGETS, "target")
+
+
+def resolve_runtime(name: str) -> Runtime:
+    return _resolve(name, RUNTIMES, "backend")
+
+
+def profile_path(target: str) -> Path:
+    return Path(str(importlib.resources.files(PROFILES_PACKAGE) / f"{resolve_target(target).name}.toml"))
+
+
+def template_path(name: str) -> Path:
+    return Path(str(importlib.resources.files(PROFILES_PACKAGE) / "templates" / name))
+
+
+def load_profile(target: str) -> dict:
+    path = profile_path(target)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"target profile {path} is unreadable ({exc}): reinstall biformer-edge") from None
+
+
+def backend_module(target: str):
+    """The module that exports ``target`` (imports torch: export side only)."""
+    return importlib.import_module(f"biformer_edge.backends.{resolve_target(target).backend}")
+
+
+def runtime_unavailable(name: str) -> str | None:
+    """Why runtime ``name`` cannot run on this machine at all (whatever the artifact), or None."""
+    rt = resolve_runtime(name)
+    if rt.name == "coreml" and sys.platform != "darwin":
+        return "Core ML runs only on macOS (the program was checked structurally here)"
+    if importlib.util.find_spec(rt.package) is None:
+        return f"{rt.package} is not installed ({rt.install_hint})"
+    if rt.name == "tensorrt":
+        from .backends.tensorrt import cuda_unavailable
+        return cuda_unavailable()
+    return None
+
+
+def unavailable_reason(name: str, artifact_dir: str | Path) -> str | None:
+    """Why runtime ``name`` cannot run this artifact here, or None when it can."""
+    rt = resolve_runtime(name)
+    if rt.file is not None and not (Path(artifact_dir) / rt.file).exists():
+        if rt.name == "tensorrt":
+            return "no model.engine: build it on the device with ./build_engine.sh"
+        return f"no {rt.file} in the artifact"
+    return runtime_unavailable(rt.name)
+
+
+def first_runnable(artifact_dir: str | Path) -> tuple[str | None, dict[str, str]]:
+    """The first runtime of AUTO_ORDER that can run the artifact here, and why each one before it cannot."""
+    reasons = {}
+    for name in AUTO_ORDER:
+        reason = unavailable_reason(name, artifact_dir)
+        if reason is None:
+            return name, reasons
+        reasons[name] = reason
+    return None, reasons
+
+
+def session_class(name: str):
+    rt = resolve_runtime(name)
+    return getattr(importlib.import_module(f"biformer_edge.backends.{rt.module}"), rt.session_class)
+
+
+def open_session(name: str, artifact_dir: str | Path, manifest: dict | None = None, **options):
+    """A Session of runtime ``name`` on an artifact directory (not for 'torch', which runs a model)."""
+    rt = resolve_runtime(name)
+    if rt.file is None:
+        raise UserError(f"'{rt.name}' runs the FP32 model, not an artifact: choose one of {', '.join(AUTO_ORDER)}")
+    artifact_dir = Path(artifact_dir)
+    reason = unavailable_reason(rt.name, artifact_dir)
+    if reason:
+        raise UserError(f"cannot run {rt.name} on {artifact_dir}: {reason}")
+    cls = session_class(rt.name)
+    try:
+        return cls(artifact_dir, manifest, **options)
+    except (UserError, TypeError):
+        raise
+    except Exception as exc:  # the runtime's own loader refused the file (corrupt, truncated, other version)
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{rt.name} cannot load {artifact_dir / rt.file} ({detail}): re-export the artifact, or "
+                        f"check that this {rt.package} is the version it was exported for") from None
