@@ -101,7 +101,7 @@ def file_table(root: Path) -> dict[str, dict]:
     table = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and not p.is_symlink() and rel != MANIFEST and rel not in REPORT_FILES:
+        if p.is_file() and not p.is_symlink() and rel not in (MANIFEST, IN_PROGRESS, *REPORT_FILES):
             table[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     return table
 

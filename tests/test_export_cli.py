@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import biformer_edge as be
+from biformer_edge.artifact import sha256_file
 from biformer_edge.cli import export_main, parity_main
 from biformer_edge.parity import assert_parity
 
@@ -42,16 +43,19 @@ def onnx_artifact(checkpoint, tmp_path_factory):
 
 def test_artifact_layout_and_manifest(onnx_artifact, checkpoint):
     m = json.loads((onnx_artifact / "manifest.json").read_text())
-    assert {"model.onnx", "reference.npz", "parity.json", "parity.md"} <= set(m["files"])
+    assert {"model.onnx", "reference.npz"} <= set(m["files"])
+    assert not {"parity.json", "parity.md"} & set(m["files"])  # reports of a check, rewritten by every re-check
+    assert m["generator"] == "biformer-edge" and m["schema_version"] == 2
     assert m["precision"] == "fp32" and m["input_shape"] == [1, 3, 128, 128] and m["opset"] == 17
     assert m["parity"]["verdict"] == "pass" and m["routing_blocks"] == 4
     assert m["versions"]["torch"].startswith("2.13") and m["reference_device"].startswith("cpu")
-    assert m["checkpoint_sha256"] == be.models.checkpoint.sha256_file(checkpoint)
+    assert m["checkpoint_sha256"] == sha256_file(checkpoint)
     report = json.loads((onnx_artifact / "parity.json").read_text())
     ort = report["backends"]["onnxruntime"]["metrics"]
     assert ort["cosine"] >= 0.99999 and ort["pixel"] == 1.0 and ort["routing"] == 1.0
     with np.load(onnx_artifact / "reference.npz") as ref:
         assert ref["inputs"].shape == (4, 1, 3, 128, 128) and ref["routing_0"].shape == (4, 1, 64, 1)
+        assert ref["affinity_0"].shape == (4, 1, 64, 64) and ref["affinity_0"].dtype == np.float32
 
 
 def test_exports_are_reproducible(onnx_artifact, checkpoint, tmp_path):
@@ -68,10 +72,31 @@ def test_parity_recheck_and_junit(onnx_artifact, tmp_path, capsys):
     assert 'tests="1" failures="0"' in xml
 
 
-def test_parity_fails_with_exit_1_when_threshold_missed(onnx_artifact):
+def test_assert_parity_fails_with_the_table_when_a_threshold_is_missed(onnx_artifact):
     with pytest.raises(AssertionError, match=r"parity failed[\s\S]*\| onnxruntime \|"):
         assert_parity(onnx_artifact, max_abs=0.0, sqnr_db=1000)
     assert assert_parity(onnx_artifact, pixel=0.999)["verdict"] == "pass"
+
+
+def test_assert_parity_refuses_a_misspelt_threshold(onnx_artifact):
+    with pytest.raises(be.UserError, match="unknown parity threshold 'pixle'.*pixel"):
+        assert_parity(onnx_artifact, pixle=0.999)
+
+
+def test_export_exits_1_when_parity_fails(checkpoint, tmp_path, monkeypatch, capsys):
+    import biformer_edge.targets as targets
+    real = targets.load_profile
+
+    def strict_profile(target):
+        profile = real(target)
+        profile["thresholds"]["fp32"]["max_abs"] = 0.0   # no runtime reproduces FP32 PyTorch to the last bit
+        profile["thresholds"]["fp32"]["sqnr_db"] = 1000
+        return profile
+    monkeypatch.setattr("biformer_edge.exporter.load_profile", strict_profile)
+    out = tmp_path / "strict"
+    assert run_cli(export_main, export_args(checkpoint, out)) == 1
+    assert "parity: fail" in capsys.readouterr().out
+    assert json.loads((out / "manifest.json").read_text())["parity"]["verdict"] == "fail"
 
 
 def test_parity_with_data_needs_original_checkpoint(onnx_artifact, checkpoint, tmp_path):
@@ -105,7 +130,10 @@ def test_tampered_artifact_is_rejected(onnx_artifact, tmp_path):
     (["--target", "onnx", "--dla-core", "0"], "--dla-core does not apply to --target onnx"),
     (["--target", "jetson", "--dla-core", "3"], "--dla-core must be 0 or 1"),
     (["--target", "onnx", "--calib", "x"], "only apply to --int8"),
-    (["--target", "onnx", "--batch", "0"], "--batch must be >= 1"),
+    (["--target", "onnx", "--batch", "0"], "--batch: must be >= 1"),
+    (["--target", "jetson", "--workspace-mib", "-5"], "--workspace-mib: must be >= 1"),
+    (["--target", "onnx", "--input-size", "100000", "100000"], "use a smaller --input-size"),
+    (["--target", "onnx", "--batch", "100000"], "use a smaller --input-size or --batch"),
     (["--target", "coreml", "--ios", "12"], "--ios must be 16, 17 or 18"),
     (["--target", "onnx", "--fp16", "--routing", "naive"], "--routing naive only changes INT8 exports"),
     pytest.param(["--target", "onnx", "--reference", "cuda"], "no CUDA GPU is visible",
@@ -129,21 +157,21 @@ def test_mismatched_and_corrupt_checkpoints(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_existing_output_needs_force(onnx_artifact, checkpoint, tmp_path):
+def test_existing_artifact_needs_force(checkpoint, tmp_path):
     out = tmp_path / "o"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    assert run_cli(export_main, export_args(checkpoint, out, "onnx", "--no-parity")) == 0
+    before = (out / "manifest.json").read_bytes()
     assert run_cli(export_main, export_args(checkpoint, out, "onnx", "--no-parity")) == 2
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "manifest.json").read_bytes() == before
     assert run_cli(export_main, export_args(checkpoint, out, "onnx", "--no-parity", "--force")) == 0
-    assert not (out / "keep.txt").exists() and (out / "model.onnx").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["o"]  # no temp or old directories left
+    assert (out / "model.onnx").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]  # no temp, old or lock files left
 
 
 def test_unwritable_output(checkpoint, tmp_path, capsys):
     (tmp_path / "a_file").write_text("not a directory")
     assert run_cli(export_main, export_args(checkpoint, tmp_path / "a_file" / "out")) == 2
-    assert "choose a writable --output" in capsys.readouterr().err
+    assert "a_file is a file; choose another --output" in capsys.readouterr().err
 
 
 def test_failure_midway_leaves_nothing(checkpoint, tmp_path, monkeypatch):

@@ -17,9 +17,14 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 def _read_images(paths: list[Path], limit: int) -> list[np.ndarray]:
     images = []
     for p in paths[:limit]:
-        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        try:
+            bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        except cv2.error as exc:  # e.g. over OpenCV's pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS)
+            reason = str(exc).strip().splitlines()[-1][:100]
+            raise UserError(f"cannot decode image {p} ({reason}): downscale it or remove it from --data") from None
         if bgr is None:
-            raise UserError(f"cannot decode image {p}: remove it or convert it to PNG/JPEG")
+            raise UserError(f"cannot decode image {p} (unreadable, or over OpenCV's pixel limit): convert it to a "
+                            f"PNG/JPEG of a sane size or remove it")
         images.append(bgr[..., ::-1])
     return images
 
