@@ -22,6 +22,14 @@ DEBUG_ENV = "BIFORMER_EDGE_DEBUG"
 ISSUES_URL = "https://github.com/biformer-edge/biformer-edge/issues"
 
 
+INSTALL_HINTS = {
+    "torch": "pip install torch (exporting and --data re-references need PyTorch; re-checking an artifact does not)",
+    "onnx": "pip install 'biformer-edge[onnx]'", "onnxruntime": "pip install 'biformer-edge[onnx]'",
+    "onnxsim": "pip install 'biformer-edge[onnx]'", "openvino": "pip install 'biformer-edge[openvino]'",
+    "coremltools": "pip install 'biformer-edge[coreml]'", "matplotlib": "pip install 'biformer-edge[apps]'",
+}
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``timeout``, CI cancellation, ``docker stop``), raised like Ctrl-C so every cleanup path runs."""
 
@@ -80,6 +88,13 @@ def error_boundary(main):
         except KeyboardInterrupt:
             print("interrupted: temporary files were removed, nothing was written", file=sys.stderr)
             code = 130
+        except ModuleNotFoundError as exc:  # a library this command needs is not installed here
+            if debug:
+                traceback.print_exc()
+            missing = (exc.name or str(exc)).split(".")[0]
+            hint = INSTALL_HINTS.get(missing, f"pip install {missing}")
+            print(f"error: {missing} is not installed, and this command needs it: {hint}", file=sys.stderr)
+            code = 2
         except OSError as exc:
             if debug:
                 traceback.print_exc()
