@@ -58,7 +58,7 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m biformer_edge.train_demo", description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)

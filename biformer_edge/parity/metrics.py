@@ -1,4 +1,6 @@
-"""Drift metrics of DESIGN.md. Inputs are numpy arrays; labels come from one post-processing for every backend."""
+"""Drift metrics: cosine, SQNR, max abs error, label agreement, mIoU, routing agreement (tie-aware), flicker.
+
+Inputs are numpy arrays; labels come from one post-processing for every backend (argmax over classes)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,0 +1,79 @@
+"""Structure rules of the package: no import cycle (function-level imports included), no module over 600 lines."""
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "biformer_edge"
+MAX_LINES = 600
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def imports_of(name: str, path: Path, known: dict) -> set[str]:
+    """Every biformer_edge module ``name`` imports, at any depth in the file (functions included)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod for a in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t in known and t != name}
+    return found
+
+
+def test_no_import_cycles():
+    known = modules()
+    graph = {name: imports_of(name, path, known) for name, path in known.items()}
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_module_over_600_lines():
+    long = {name: n for name, p in modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+def test_the_device_side_modules_import_no_torch_at_module_level():
+    """Module-level imports only (function-level torch imports are how the device side stays torch-free)."""
+    device_side = ["biformer_edge", "biformer_edge.api", "biformer_edge.artifact", "biformer_edge.targets",
+                   "biformer_edge.console", "biformer_edge.cli", "biformer_edge.preprocess", "biformer_edge.errors",
+                   "biformer_edge.backends", "biformer_edge.backends.base", "biformer_edge.backends.onnx",
+                   "biformer_edge.backends.openvino", "biformer_edge.backends.tensorrt",
+                   "biformer_edge.backends.coreml", "biformer_edge.parity", "biformer_edge.parity.check",
+                   "biformer_edge.parity.metrics", "biformer_edge.parity.inputs", "biformer_edge.data",
+                   "biformer_edge.data.synthetic"]
+    known = modules()
+    for name in device_side:
+        tree = ast.parse(known[name].read_text())
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        assert not {m for m in names if m == "torch" or m.startswith("torch.")}, name
