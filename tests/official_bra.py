@@ -3,7 +3,7 @@ permutes instead of einops, kept here as the reference our export-clean BRA must
 
 It gathers key/value regions the official way: KV viewed as (n, 1, R, T, Ckv), expanded to (n, R, R, T, Ckv) and
 ``torch.gather``-ed with an index expanded to (n, R, k, T, Ckv) -- which ONNX turns into Expand + GatherElements.
-Only tests and the benchmark (tests/bench_bra_export.py) use it.
+Only tests and the benchmark (benchmarks/bench_bra_export.py) use it.
 """
 from __future__ import annotations
 

@@ -4,8 +4,12 @@ import sys
 
 import pytest
 
-from biformer_edge.bench import main, plan
+from biformer_edge.bench import main
+from biformer_edge.bench.plan import cpu_default_hint, plan
 from biformer_edge.cli import bench_main
+from biformer_edge.errors import UserError
+from biformer_edge.exporter import ExportRequest, int8_gate
+from biformer_edge.targets import load_profile
 
 TINY = ["--models", "biformer_seg_demo", "--random-weights", "--input-size", "64", "64", "--runs", "2",
         "--warmup", "1", "--threads", "1"]
@@ -39,6 +43,24 @@ def test_bench_torch_and_onnxruntime(tmp_path, capsys):
     assert "median ms" in out and "onnxruntime" in out
 
 
+def test_existing_artifact_gets_a_row_per_runtime_it_is_for(tmp_path):
+    """--artifact: the runtimes whose file is in it, plus the one its target is made for (a Jetson export has no
+    engine here: that row says so in targets' words); no --backends needed."""
+    pytest.importorskip("onnxruntime")
+    from biformer_edge.exporter import export
+    from biformer_edge.targets import unavailable_reason
+    art, _ = export(ExportRequest(target="jetson", precision="fp32", model="biformer_seg_demo", input_size=(64, 64),
+                                  output=str(tmp_path / "art"), parity=False), log=lambda msg: None)
+    out = tmp_path / "out"
+    assert main(["--artifact", str(art), "--runs", "2", "--warmup", "0", "--threads", "1", "--output", str(out)]) == 0
+    rows = read_rows(out)
+    assert [(r["model"], r["backend"], r["precision"], r["status"]) for r in rows] == [
+        ("biformer_seg_demo", "onnxruntime", "fp32", "ok"), ("biformer_seg_demo", "tensorrt", "fp32", "skipped")]
+    assert rows[1]["note"] == unavailable_reason("tensorrt", art)
+    assert float(rows[0]["artifact_mb"]) == pytest.approx((art / "model.onnx").stat().st_size / 1e6, abs=1e-4)
+    assert float(rows[0]["median_ms"]) > 0
+
+
 @pytest.mark.skipif(sys.platform == "darwin", reason="Core ML runs on macOS")
 def test_unavailable_backends_are_skipped_with_a_note(tmp_path):
     assert main(TINY + ["--backends", "coreml", "--precisions", "fp32", "int8", "--output", str(tmp_path)]) == 0
@@ -49,20 +71,47 @@ def test_unavailable_backends_are_skipped_with_a_note(tmp_path):
     assert not (tmp_path / "bench.png").exists()  # nothing measured, nothing to draw
 
 
+def test_int8_is_skipped_with_the_exporters_message(tmp_path):
+    """--precisions int8 gets the exporter's one INT8 verdict, for exported runtimes and torch alike."""
+    pytest.importorskip("onnxruntime")
+    try:
+        int8_gate(ExportRequest(target="onnx", precision="int8"))
+        expected = None
+    except UserError as exc:
+        expected = str(exc)
+    if expected is None:
+        pytest.skip("INT8 export is available: this test is about the gate")
+    assert main(TINY + ["--backends", "onnxruntime", "torch", "--precisions", "int8", "--output",
+                        str(tmp_path)]) == 0
+    rows = read_rows(tmp_path)
+    assert [(r["backend"], r["precision"], r["status"], r["note"]) for r in rows] == [
+        ("onnxruntime", "int8", "skipped", expected), ("torch", "int8", "skipped", expected)]
+
+
 def test_openvino_gets_a_row_for_the_cpu_default_hint():
     pytest.importorskip("openvino")
     shape = (1, 3, 64, 64)
     configs = plan(["biformer_seg_demo"], ["openvino"], ["fp32", "fp16"], {"biformer_seg_demo": shape})
-    assert [(c.label.split(" ")[0], c.precision, c.hint) for c in configs] == [
-        ("openvino", "fp32", "f32"), ("openvino", "fp32", "default"), ("openvino", "fp16", "f16")]
-    assert configs[1].label.endswith(" default)")
+    default = cpu_default_hint()
+    assert default in ("f32", "bf16", "f16")
+    hints = load_profile("openvino")["parity"]["hint"]  # the hints parity computes in: the bench pins the same
+    assert hints["fp32"] == "f32"
+    assert [(c.label.split(" ")[0], c.precision, c.hint, c.default_hint) for c in configs] == [
+        ("openvino", "fp32", "f32", False), ("openvino", "fp32", default, True),
+        ("openvino", "fp16", hints["fp16"], False)]
+    assert configs[1].label == f"openvino ({default} default)"
+    assert [c.skip for c in configs if not c.default_hint] == [None, None]
+    # the default row is measured only where the plugin's default differs from the pinned f32 row
+    assert (configs[1].skip is None) == (default != "f32")
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--backends", "tensorflow"], "unknown backend 'tensorflow'"),
+    (["--backends", "tensorflow"], "unsupported backend 'tensorflow'"),
     (["--backends", "onnxruntim"], "did you mean 'onnxruntime'?"),
     (["--models", "biformer_tiniest"], "unknown model 'biformer_tiniest'"),
-    (["--runs", "0"], "--runs must be >= 1"),
+    (["--runs", "0"], "argument --runs: must be >= 1"),
+    (["--warmup", "-1"], "--warmup must be >= 0"),
+    (["--input-size", "16", "16"], "--input-size 16 16 is below the minimum"),
     (["--precisions", "fp8"], "unknown precision 'fp8'"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
@@ -72,3 +121,14 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_imports_neither_the_cli_nor_a_runtime_up_front():
+    """biformer_edge.cli imports the bench lazily; the bench must not import the cli back (it was a cycle)."""
+    import subprocess
+    code = ("import sys, biformer_edge.bench.plan, biformer_edge.bench.report, biformer_edge.bench.worker, "
+            "biformer_edge.bench.artifacts; from biformer_edge.bench.plan import parser; parser(); "
+            "bad = [m for m in ('biformer_edge.cli', 'onnxruntime', 'openvino', 'tensorrt', 'coremltools') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

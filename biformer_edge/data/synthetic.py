@@ -32,7 +32,7 @@ from __future__ import annotations
 import colorsys
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence, Tuple
+from typing import Iterator, Tuple
 
 import cv2
 import numpy as np
@@ -42,14 +42,15 @@ from ..preprocess import MEAN, STD, denormalize, normalize  # noqa: F401  (re-ex
 __all__ = [
     "CLASSES", "NUM_CLASSES", "PALETTE", "MEAN", "STD", "SEED_STRIDE",
     "render_scene", "SceneClip", "render_clip", "scene_seed", "check_size",
-    "normalize", "denormalize", "colorize", "overlay", "draw_legend",
+    "normalize", "denormalize",
 ]
 
 CLASSES: Tuple[str, ...] = ("background", "disc", "box", "triangle", "ring", "bar")
 NUM_CLASSES = len(CLASSES)
 BACKGROUND, DISC, BOX, TRIANGLE, RING, BAR = range(NUM_CLASSES)
 
-#: Overlay colours (RGB), one row per class; background is black and is left unpainted by :func:`overlay`.
+#: Overlay colours (RGB), one row per class; background is black and is left unpainted by
+#: :func:`biformer_edge.video.draw.overlay` (which draws these labels on images).
 PALETTE = np.array([
     [0, 0, 0],        # background
     [230, 25, 75],    # disc: red
@@ -576,7 +577,7 @@ def render_clip(seed: int, n_frames: int = 90, size: Size = (256, 256)) -> Itera
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Dataset, normalisation and visualisation
+# Dataset seeds
 # ----------------------------------------------------------------------------------------------------------------
 
 def scene_seed(base_seed: int, index: int) -> int:
@@ -585,54 +586,3 @@ def scene_seed(base_seed: int, index: int) -> int:
     if base_seed < 0 or index < 0:
         raise ValueError(f"seeds must be non-negative, got base_seed={base_seed} index={index}")
     return int(base_seed) * SEED_STRIDE + int(index)
-
-
-def colorize(label: np.ndarray) -> np.ndarray:
-    """Label ``HxW`` (ints in ``range(NUM_CLASSES)``) -> uint8 RGB ``HxWx3`` using :data:`PALETTE`."""
-    label = np.asarray(label)
-    if label.size and (label.min() < 0 or label.max() >= NUM_CLASSES):
-        raise ValueError(f"label values must be in 0..{NUM_CLASSES - 1}")
-    return PALETTE[label]
-
-
-def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5, palette: np.ndarray = PALETTE,
-            skip_background: bool = True) -> np.ndarray:
-    """Blend the class colours (``palette[label]``) into ``image`` (uint8 RGB) with opacity ``alpha``; background
-    (class 0) stays unpainted when ``skip_background``. Returns a new array."""
-    image = np.asarray(image)
-    if image.shape[:2] != np.shape(label):
-        raise ValueError(f"image {image.shape[:2]} and label {np.shape(label)} sizes differ")
-    label = np.asarray(label)
-    mixed = cv2.addWeighted(image, 1.0 - alpha, np.take(palette, label, axis=0), alpha, 0.0)
-    if not skip_background:
-        return mixed
-    return cv2.copyTo(mixed, (label > 0).view(np.uint8), np.array(image, copy=True))
-
-
-def draw_legend(image: np.ndarray, classes: Sequence[str] = CLASSES, palette: np.ndarray = PALETTE,
-                corner: str = "top-left", include_background: bool = False) -> np.ndarray:
-    """Return a copy of ``image`` (uint8 RGB) with a class legend (colour swatch + name per class) on a
-    translucent dark panel in ``corner`` ("top-left", "top-right", "bottom-left" or "bottom-right")."""
-    out = np.ascontiguousarray(np.asarray(image, dtype=np.uint8).copy())
-    h, w = out.shape[:2]
-    items = [(n, palette[i]) for i, n in enumerate(classes) if include_background or i != 0]
-    if not items:
-        return out
-    scale = max(0.35, min(h, w) / 1000.0)
-    thick = 1 if scale < 0.8 else 2
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    (tw, th), base = max((cv2.getTextSize(n, font, scale, thick) for n, _ in items), key=lambda z: z[0][0])
-    line, sw, pad = th + base + 4, th + base, 4
-    pw, ph = pad * 3 + sw + tw, pad * 2 + line * len(items)
-    pw, ph = min(pw, w), min(ph, h)
-    x0 = 0 if "left" in corner else w - pw
-    y0 = 0 if "top" in corner else h - ph
-    roi = out[y0:y0 + ph, x0:x0 + pw]
-    roi[:] = (roi.astype(np.float32) * 0.35).astype(np.uint8)
-    for k, (name, color) in enumerate(items):
-        y = y0 + pad + k * line
-        c = tuple(int(v) for v in color)
-        cv2.rectangle(out, (x0 + pad, y + 1), (x0 + pad + sw, y + sw - 1), c, -1)
-        cv2.rectangle(out, (x0 + pad, y + 1), (x0 + pad + sw, y + sw - 1), (255, 255, 255), 1)
-        cv2.putText(out, name, (x0 + pad * 2 + sw, y + th + 1), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
-    return out

@@ -1,6 +1,7 @@
 """Export-clean BRA vs the official expand+gather BRA, exported to ONNX (opset 17) and run in onnxruntime.
 
-    python tests/bench_bra_export.py [--ort-runs N] [--torch-runs N] [--mem-runs N] [--threads 2]
+    python benchmarks/bench_bra_export.py [--ort-runs N] [--torch-runs N] [--mem-runs N] [--threads 2]
+    python benchmarks/bench_bra_export.py --cases biformer_tiny@224 --ort-runs 1 --torch-runs 1 --mem-runs 1  # smoke
 
 For ``biformer_tiny`` at 224 and ``biformer_small_sfpn`` at 512 (random weights, seed 0) it exports our model and a
 deepcopy switched to the official formulation (``tests.official_bra.use_official_bra``) with the project's own
@@ -8,8 +9,9 @@ deepcopy switched to the official formulation (``tests.official_bra.use_official
 
 * ORT vs PyTorch: max abs difference of the logits (each formulation against its own eager run) and routing equality;
 * largest intermediate tensor: max element count over ``value_info`` after ``onnx.shape_inference`` (name, op, shape);
-* ORT activation memory: in a fresh process per model (this file with ``--child``; it imports only onnxruntime and
-  numpy): load the session, read VmRSS, reset the RSS high-water mark (``/proc/self/clear_refs``), run, read VmHWM;
+* ORT activation memory: in a fresh process per model (this file with ``--child``; it imports onnxruntime and the
+  synthetic-scene renderer, no torch): load the session, read VmRSS, reset the RSS high-water mark
+  (``/proc/self/clear_refs``), run, read VmHWM;
   activation = VmHWM after the runs - VmRSS after the load;
 * ORT latency: both sessions in this process, runs interleaved (ours, official, ours, ...), median;
 * eager PyTorch latency of biformer_tiny at 224, batch 1: both formulations in this process, interleaved, median.
@@ -27,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the repository: bench_results/ and tests.official_bra
 CASES = [("biformer_tiny", 224), ("biformer_small_sfpn", 512)]
 SEED = 0
 ATOL = 1e-4
@@ -133,8 +135,8 @@ def bench_case(name: str, size: int, tmp: Path, args) -> dict:
     import numpy as np
     import torch
 
-    from biformer_edge.backends.tracing import run_torch
     from biformer_edge.backends.onnx import OnnxSession, export_onnx
+    from biformer_edge.backends.tracing import run_torch
     from biformer_edge.models import create_model
     from biformer_edge.parity.inputs import parity_inputs
     from tests.official_bra import use_official_bra

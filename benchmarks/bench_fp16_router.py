@@ -1,13 +1,14 @@
 """Where keeping the BRA router in FP32 matters: FP16 / BF16 runs with the router island on and off.
 
-    python tests/bench_fp16_router.py [--scenes 32]
+    python benchmarks/bench_fp16_router.py [--scenes 32] [--model biformer_seg_demo] [--output FILE]
+    python benchmarks/bench_fp16_router.py --scenes 1 --output /tmp/fp16_router.md   # smoke
 
 Rows, each against FP32 PyTorch on the same synthetic scenes (biformer_seg_demo with its shipped weights):
 * onnxruntime on the FP16 ONNX that --target jetson/onnx --fp16 exports (router FP32) vs the same graph with the
   router in FP16 (the Cast island removed);
 * PyTorch computing the whole network in float16 / bfloat16 with the router in FP32 or in the low precision
   (a stand-in for GPUs/NPUs and for CPUs with native FP16/BF16, which this CPU lacks: OpenVINO runs f32 here).
-Writes bench_results/fp16_router.md.
+Writes bench_results/fp16_router.md (``--output``).
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from pathlib import Path
 import torch
 
 import biformer_edge as be
-from biformer_edge.backends.tracing import bra_blocks, run_torch
 from biformer_edge.backends.onnx import OnnxSession, export_onnx
+from biformer_edge.backends.tracing import bra_blocks, run_torch
 from biformer_edge.parity import metrics
 from biformer_edge.parity.inputs import parity_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def set_router_fp32(model, on: bool):
@@ -40,6 +43,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="biformer_seg_demo")
     p.add_argument("--scenes", type=int, default=32)
+    p.add_argument("--output", default=str(ROOT / "bench_results" / "fp16_router.md"))
     a = p.parse_args()
     torch.manual_seed(0)
     model = be.create_model(a.model)
@@ -67,8 +71,10 @@ def main() -> None:
               for run, router, s in rows]
     text = "\n".join(lines) + "\n"
     print(text)
-    Path("bench_results").mkdir(exist_ok=True)
-    Path("bench_results/fp16_router.md").write_text(text)
+    out = Path(a.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

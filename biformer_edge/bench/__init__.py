@@ -1,0 +1,95 @@
+"""biformer-bench: latency, throughput and memory of each model x backend x precision, on this machine.
+
+    plan.py       the command line, its checks, the configurations and why each skipped one is skipped
+    artifacts.py  the models and the artifacts timed, written by the exporter (``biformer_edge.exporter.export``)
+    worker.py     the measuring subprocess: one configuration per fresh interpreter, latencies and RSS
+    report.py     the console table, bench.csv, bench.md, bench.png
+
+Artifacts come from the exporter (the code ``biformer-export`` runs, parity off), written into a temporary
+directory; ``--artifact DIR`` benches an existing export instead. Every backend gets the same thread count
+(``--threads``, default: every core this process may use). Entry point: ``biformer_edge.cli:bench_main`` ->
+:func:`main`; ``python -m biformer_edge.bench`` runs the same behind the same error boundary.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+__all__ = ["main"]
+
+
+def main(argv=None) -> int:
+    import tempfile
+
+    from tqdm import tqdm
+
+    from . import report
+    from .artifacts import Artifacts, artifact_bytes
+    from .plan import artifact_configs, default_runtimes, export_target, parse_args, plan
+    from .worker import measure
+
+    a = parse_args(argv)
+    threads = a.threads
+    out = Path(a.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out} ({exc.strerror}): choose a writable --output") from None
+
+    if a.artifact:
+        configs, manifest = artifact_configs(a)
+        weights = f"from the artifact ({manifest.get('weights', '?')})"
+    else:
+        from ..models import get_spec
+        shapes = {m: (a.batch, 3, *(tuple(a.input_size) if a.input_size else get_spec(m).input_size))
+                  for m in a.models}
+        configs = plan(a.models, a.backends or default_runtimes(), a.precisions, shapes)
+        weights = "random (seed 0)" if a.random_weights else "shipped where the model has them, else random (seed 0)"
+    meta = report.machine_meta(threads, a.runs, a.warmup, weights)
+
+    rows: list[report.Row] = []
+    with tempfile.TemporaryDirectory(prefix="biformer-bench-") as tmp:
+        arts = Artifacts(Path(tmp), a.random_weights)
+        if not a.artifact:
+            for name in dict.fromkeys(c.model for c in configs if not c.skip):
+                arts.model(name)  # missing weights etc. fail here (exit 2), before any measurement
+        bar = tqdm(configs, desc="bench", unit="config", file=sys.stderr, dynamic_ncols=True)
+        for config in bar:
+            bar.set_postfix_str(f"{config.model} {config.label} {config.precision}")
+            row = report.Row(config)
+            rows.append(row)
+            if config.skip:
+                row.status, row.note = "skipped", config.skip
+                continue
+            spec = {"backend": config.backend, "model": config.model, "precision": config.precision,
+                    "hint": config.hint, "input_shape": list(config.input_shape), "runs": a.runs,
+                    "warmup": a.warmup, "threads": threads}
+            try:
+                if a.artifact:
+                    spec["artifact"] = str(a.artifact)
+                elif export_target(config.backend) is None:  # torch: runs the model, from saved weights
+                    spec["weights"] = str(arts.torch_weights(config.model))
+                else:
+                    spec["artifact"] = str(arts.export(config, log=lambda msg: None))
+            except UserError as exc:
+                row.status, row.note = "skipped", f"export: {exc}"
+                continue
+            except Exception as exc:  # noqa: BLE001 - one broken export must not stop the table
+                row.status, row.note = "failed", f"export: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                continue
+            row.record(measure(spec), artifact_bytes(Path(spec["artifact"]), config.backend)
+                       if "artifact" in spec else None)
+        bar.close()
+
+    meta["load_end"] = report.load_average()
+    print(report.render_text(rows, meta), end="")
+    report.write_csv(out / "bench.csv", rows, threads, a.runs, a.warmup)
+    (out / "bench.md").write_text(report.render_markdown(rows, meta))
+    plot_note = report.write_plot(out / "bench.png", rows, meta)
+    written = ["bench.csv", "bench.md"] + ([] if plot_note else ["bench.png"])
+    if plot_note:
+        print(plot_note)
+    print(f"wrote {', '.join(f'{out}/{n}' for n in written)}")
+    return 0

@@ -1,0 +1,62 @@
+"""What the bench times: each model built once, each artifact written once by the exporter (the same code
+``biformer-export`` runs, without its parity check) into the bench's temporary directory."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from ..errors import UserError
+from .plan import Config, export_request, export_target, runtime_files
+
+
+class Artifacts:
+    def __init__(self, root: Path, random_weights: bool):
+        self.root, self.random_weights = root, random_weights
+        self.models: dict[str, object] = {}
+        self.dirs: dict[tuple, Path] = {}
+
+    def model(self, name: str):
+        """The model, with its shipped weights unless ``--random-weights`` (create_model seeds random init)."""
+        if name not in self.models:
+            from ..models import create_model, get_spec
+            try:
+                model = create_model(name, pretrained=not self.random_weights)
+            except UserError as exc:
+                if self.random_weights or not get_spec(name).shipped_weights:
+                    raise
+                raise UserError(f"{exc}; or pass --random-weights to bench without them") from None
+            self.models[name] = model.float().eval()
+        return self.models[name]
+
+    def torch_weights(self, name: str) -> Path:
+        """The model's state dict on disk, for the torch worker (which builds the model from its name)."""
+        path = self.root / f"{name}-torch.pt"
+        if not path.exists():
+            import torch
+            torch.save(self.model(name).state_dict(), path)
+        return path
+
+    def export(self, config: Config, log) -> Path:
+        """The artifact directory ``config.backend`` runs, exported once per model, target, precision and shape."""
+        from ..exporter import export
+        target = export_target(config.backend).name
+        key = (config.model, target, config.precision, config.input_shape)
+        if key not in self.dirs:
+            out = self.root / f"{config.model}-{target}-{config.precision}-{'x'.join(map(str, config.input_shape))}"
+            # backends may cast the module they export (FP16): give the exporter a copy
+            model = copy.deepcopy(self.model(config.model))
+            self.dirs[key], _ = export(export_request(model, config.backend, config.precision, config.input_shape,
+                                                      output=str(out)), log=log)
+        return self.dirs[key]
+
+
+def artifact_bytes(path: Path, runtime: str) -> int:
+    """Bytes of the files ``runtime`` reads in artifact ``path`` (packages: every file in them)."""
+    total = 0
+    for name in runtime_files(runtime):
+        p = Path(path) / name
+        if p.is_dir():
+            total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        elif p.is_file():
+            total += p.stat().st_size
+    return total
