@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.resources
 import importlib.util
 import sys
 import tomllib
@@ -19,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-
-PROFILES_PACKAGE = "biformer_edge.profiles"   # the top-level export/ folder, installed under this name
+from .profiles import profile_file
 DEFAULT_MODEL = "biformer_seg_demo"            # the built-in default: its weights ship with the package
 
 
@@ -90,11 +88,7 @@ def resolve_runtime(name: str) -> Runtime:
 
 
 def profile_path(target: str) -> Path:
-    return Path(str(importlib.resources.files(PROFILES_PACKAGE) / f"{resolve_target(target).name}.toml"))
-
-
-def template_path(name: str) -> Path:
-    return Path(str(importlib.resources.files(PROFILES_PACKAGE) / "templates" / name))
+    return profile_file(resolve_target(target).name)
 
 
 def load_profile(target: str) -> dict:

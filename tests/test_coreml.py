@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ ct = pytest.importorskip("coremltools")
 
 import biformer_edge as be  # noqa: E402
 from biformer_edge.backends import coreml as bcm  # noqa: E402
-from biformer_edge.backends.base import ExportContext
+from biformer_edge.backends.base import ExportContext  # noqa: E402
 from biformer_edge.backends.tracing import RoutingOutputs, run_torch  # noqa: E402
 from biformer_edge.models.bra import BiLevelRoutingAttention  # noqa: E402
 
@@ -42,9 +43,9 @@ def bare_bra(router_fp32: bool = True) -> BiLevelRoutingAttention:
     return bra
 
 
-def export_to(model, path, precision, shape, **options):
+def export_to(model, path, precision, shape, log=lambda *a: None, **options):
     ctx = ExportContext(workdir=path, target="coreml", precision=precision, input_shape=shape, options=options,
-                        log=lambda *a: None)
+                        log=log)
     return bcm.export(model, ctx)
 
 
@@ -64,9 +65,14 @@ def seg_expected(seg_model):
 
 
 @pytest.fixture(scope="module")
-def seg_packages(seg_model, tmp_path_factory):
-    """fp16 / fp32 / fp16 + 8-bit weights packages from one torch.export (the slow step)."""
-    program = bcm.export_program(seg_model, SEG_SHAPE)
+def seg_program(seg_model):
+    return bcm.export_program(seg_model, SEG_SHAPE)   # the slow step, once
+
+
+@pytest.fixture(scope="module")
+def seg_packages(seg_model, seg_program, tmp_path_factory):
+    """fp16 / fp32 / fp16 + 8-bit weights packages from one torch.export."""
+    program = seg_program
     names = RoutingOutputs(seg_model).output_names()
     root = tmp_path_factory.mktemp("coreml")
     paths = {}
@@ -91,11 +97,51 @@ def test_package_passes_structural_checks(seg_packages, seg_expected, label):
     assert facts["opset"] == "CoreML6"  # iOS16 by default
 
 
-def test_fp16_program_keeps_router_fp32(seg_packages):
-    facts = bcm.inspect_mlpackage(seg_packages["fp16"])
+def test_router_nodes_are_named_by_their_module(seg_program):
+    """torch.export names nodes 'mean_1', 'topk'; export_program prefixes those inside attn.router with the module."""
+    nodes = [n for n in seg_program.graph.nodes if n.op == "call_function"]
+    topks = [n.name for n in nodes if n.target is torch.ops.aten.topk.default]
+    scopes = ["backbone_stages_0_0_attn_router__", "backbone_stages_1_0_attn_router__",
+              "backbone_stages_2_0_attn_router__", "backbone_stages_2_1_attn_router__"]
+    assert len(topks) == 4 and all(t.startswith(s) for t, s in zip(topks, scopes)), topks
+    router = [n for n in nodes if bcm.is_router_op(n.name)]
+    for scope in scopes:
+        targets = {n.target.__name__ for n in router if n.name.startswith(scope)}
+        assert {"mean.dim", "matmul.default", "topk.default"} <= targets, (scope, targets)
+    # nothing outside the routers is named as one: the attention's own mean/mul/matmul/softmax keep torch's names
+    assert not any(bcm.is_router_op(n.name) for n in nodes if n.target is torch.ops.aten._softmax.default)
+    assert all(bcm.is_router_op(n.name) == any(n.name.startswith(s) for s in scopes) for n in nodes)
+
+
+def test_is_router_op():
+    assert bcm.is_router_op("backbone_stages_0_0_attn_router__mean_1")
+    assert bcm.is_router_op("router__topk") and bcm.is_router_op("router__topk_axis_0")
+    assert not bcm.is_router_op("mean_1") and not bcm.is_router_op("matmul_router") and not bcm.is_router_op("")
+    assert bcm.router_scope("backbone.stages.0.0.attn.router") == "backbone_stages_0_0_attn_router__"
+
+
+@pytest.mark.parametrize("label", ["fp16", "w8"])
+def test_fp16_program_keeps_router_fp32(seg_packages, label):
+    facts = bcm.inspect_mlpackage(seg_packages[label])
     assert facts["topk_input_dtypes"] == ["fp32"] * 4
     assert facts["ops"].get("cast", 0) > 0  # the rest of the program is fp16
+    # the router ops keep their names in the package, and every one of them computes in fp32
+    assert {k: facts["router_ops"].get(k) for k in ("reduce_mean", "matmul", "topk")} == {
+        "reduce_mean": 8, "matmul": 4, "topk": 4}
+    assert facts["router_dtypes"] == ["fp32"]
     assert bcm.inspect_mlpackage(seg_packages["fp32"])["topk_input_dtypes"] == ["fp32"] * 4
+
+
+def test_unnamed_router_is_refused_for_fp16():
+    """A program that bypasses export_program has no router names: FP16 would lower the router, so conversion
+    refuses instead of silently dropping the FP32 island."""
+    from biformer_edge.backends.tracing import RoutingOutputs
+    wrapper = RoutingOutputs(bare_bra()).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(wrapper, (torch.zeros(BRA_SHAPE),)).run_decompositions({})
+    with pytest.raises(be.UserError, match="named as a BRA router op"):
+        bcm.convert_program(program, wrapper.output_names(), BRA_SHAPE, "fp16", log=lambda *a: None)
 
 
 def test_8bit_weights_are_smaller(seg_packages):
@@ -117,10 +163,12 @@ def test_check_reports_wrong_names_and_shapes(seg_packages, seg_expected):
 
 
 def test_export_end_to_end_with_options(tmp_path):
-    assert export_to(bare_bra(), tmp_path / "a", "fp16", BRA_SHAPE) == ["model.mlpackage"]
+    messages = []
+    assert export_to(bare_bra(), tmp_path / "a", "fp16", BRA_SHAPE, log=messages.append) == ["model.mlpackage"]
+    assert "coreml: 8 router ops kept FP32" in messages   # 2 x (reduce_mean, reshape), mul, transpose, matmul, topk
     facts = bcm.inspect_mlpackage(tmp_path / "a")
     assert facts["outputs"] == {"logits": BRA_SHAPE, "routing_0": (1, 64, 4)}
-    assert facts["topk_input_dtypes"] == ["fp32"]
+    assert facts["topk_input_dtypes"] == ["fp32"] and facts["router_dtypes"] == ["fp32"]
     export_to(bare_bra(), tmp_path / "b", "fp16", BRA_SHAPE, ios=17, weights_8bit=True)
     facts = bcm.inspect_mlpackage(tmp_path / "b")
     assert facts["opset"] == "CoreML7"
@@ -129,7 +177,14 @@ def test_export_end_to_end_with_options(tmp_path):
 
 def test_router_in_fp16_when_router_fp32_off(tmp_path):
     export_to(bare_bra(router_fp32=False), tmp_path, "fp16", BRA_SHAPE)
-    assert bcm.inspect_mlpackage(tmp_path)["topk_input_dtypes"] == ["fp16"]
+    facts = bcm.inspect_mlpackage(tmp_path)
+    assert facts["topk_input_dtypes"] == ["fp16"] and facts["router_dtypes"] == ["fp16"]
+
+
+def test_failed_structural_check_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(bcm, "check_mlpackage", lambda *a, **k: ["a tensor of rank 6 (Core ML allows at most 5)"])
+    with pytest.raises(be.UserError, match="failed its structural checks: a tensor of rank 6"):
+        export_to(bare_bra(), tmp_path, "fp32", BRA_SHAPE)
 
 
 def test_export_is_deterministic(tmp_path):
@@ -140,11 +195,6 @@ def test_export_is_deterministic(tmp_path):
         digests.append({str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
                         for p in sorted(root.rglob("*")) if p.is_file()})
     assert digests[0] == digests[1]
-
-
-def test_int8_is_refused(tmp_path):
-    with pytest.raises(be.UserError, match="macOS"):
-        export_to(bare_bra(), tmp_path, "int8", BRA_SHAPE)
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="Linux behaviour")

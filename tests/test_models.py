@@ -6,7 +6,7 @@ import torch
 
 import biformer_edge as be
 from biformer_edge.models.biformer import PUBLISHED_PARAMS_M
-from biformer_edge.models.bra import BiLevelRoutingAttention
+from biformer_edge.models.bra import BiLevelRoutingAttention, RegionRouter
 from tests.official_bra import use_official_bra
 
 
@@ -78,11 +78,43 @@ def test_official_key_names():
     assert "stages.3.1.attn.qkv.bias" not in keys
 
 
+# Keys of the official legacy BRA module (rayleizhu/BiFormer ops/bra_legacy.py): QKVLinear, wo, lepe; the official
+# TopkRouting (identity embedding, no parameters) and KVGather contribute none.
+OFFICIAL_BRA_KEYS = {"qkv.qkv.weight", "qkv.qkv.bias", "wo.weight", "wo.bias", "lepe.weight", "lepe.bias"}
+
+
+def test_region_router_has_no_parameters_or_buffers():
+    router = RegionRouter(topk=4, scale=0.125)
+    assert list(router.parameters()) == [] and list(router.buffers()) == [] and router.state_dict() == {}
+    bra = BiLevelRoutingAttention(64, 2, 7, topk=4)
+    assert isinstance(bra.router, RegionRouter)
+    assert list(bra.router.parameters()) == [] and bra.router.state_dict() == {}
+
+
+def test_router_adds_no_state_dict_keys():
+    """attn.router is a named submodule (so exporters scope its ops) but checkpoints keep the official key set."""
+    bra = BiLevelRoutingAttention(64, 2, 7, topk=4)
+    assert set(bra.state_dict()) == OFFICIAL_BRA_KEYS
+    model = be.create_model("biformer_tiny", pretrained=False)
+    keys = set(model.state_dict())
+    assert not any("router" in k for k in keys)
+    assert set(official_key_sample()) <= keys
+    blocks = [m for m in model.modules() if isinstance(m, BiLevelRoutingAttention)]
+    assert len(blocks) == 2 + 2 + 8
+    prefixes = {name for name, m in model.named_modules() if isinstance(m, BiLevelRoutingAttention)}
+    for prefix in prefixes:
+        assert {k[len(prefix) + 1:] for k in keys if k.startswith(prefix + ".")} == OFFICIAL_BRA_KEYS, prefix
+    for block in blocks:   # removing the routers removes no key
+        del block.router
+    assert set(model.state_dict()) == keys
+
+
 def test_sfpn_key_names_follow_mmseg():
     keys = set(be.create_model("biformer_small_sfpn", pretrained=False).state_dict())
     for k in ["backbone.extra_norms.3.weight", "backbone.stages.2.17.attn.qkv.qkv.weight",
-              "neck.lateral_convs.0.conv.weight", "neck.fpn_convs.3.conv.bias", "decode_head.scale_heads.0.0.conv.weight",
-              "decode_head.scale_heads.3.4.bn.running_var", "decode_head.conv_seg.weight"]:
+              "neck.lateral_convs.0.conv.weight", "neck.fpn_convs.3.conv.bias",
+              "decode_head.scale_heads.0.0.conv.weight", "decode_head.scale_heads.3.4.bn.running_var",
+              "decode_head.conv_seg.weight"]:
         assert k in keys, k
     assert not any(k.startswith(("head.", "norm.")) for k in keys)
 

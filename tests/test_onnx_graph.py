@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from biformer_edge.backends.tracing import run_torch
-from biformer_edge.backends.tracing import bra_blocks
 from biformer_edge.backends.onnx import OnnxSession, export_onnx
+from biformer_edge.backends.tracing import bra_blocks, run_torch
 from biformer_edge.models import create_model
 from tests.official_bra import use_official_bra
 
@@ -24,23 +23,25 @@ CASES = {"seg_demo_128": ("biformer_seg_demo", 128), "tiny_224": ("biformer_tiny
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """exported(case, official=False): the case's model (random weights, seed 0), or its official-formulation copy,
-    exported once per module at opset 17, with its shape-inferred graph."""
+    """exported(case, official=False, fp16=False): the case's model (random weights, seed 0), or its
+    official-formulation copy, exported once per module at opset 17 (FP32, or FP16 with the router kept FP32), with
+    its shape-inferred graph."""
     cache = {}
     root = tmp_path_factory.mktemp("onnx-graph")
 
-    def get(case: str, official: bool = False) -> dict:
-        if (case, official) not in cache:
+    def get(case: str, official: bool = False, fp16: bool = False) -> dict:
+        if (case, official, fp16) not in cache:
             name, size = CASES[case]
             torch.manual_seed(0)
             model = create_model(name, pretrained=False)
             if official:
                 model = use_official_bra(copy.deepcopy(model))
-            path = root / f"{case}{'-official' if official else ''}.onnx"
-            proto = export_onnx(model, path, (1, 3, size, size), opset=17)
-            cache[case, official] = {"model": model, "proto": proto, "path": path, "size": size,
-                                     "inferred": onnx.shape_inference.infer_shapes(proto)}
-        return cache[case, official]
+            path = root / f"{case}{'-official' if official else ''}{'-fp16' if fp16 else ''}.onnx"
+            proto = export_onnx(copy.deepcopy(model) if fp16 else model, path, (1, 3, size, size), opset=17,
+                                fp16=fp16)
+            cache[case, official, fp16] = {"model": model, "proto": proto, "path": path, "size": size,
+                                           "inferred": onnx.shape_inference.infer_shapes(proto)}
+        return cache[case, official, fp16]
     return get
 
 
@@ -117,3 +118,39 @@ def test_onnxruntime_equals_pytorch_logits_and_routing(exported, case):
     for i, (a, b) in enumerate(zip(got.routing, ref.routing)):
         assert a.shape == b.shape, i
         assert np.array_equal(a, b), f"routing_{i}: {np.mean(a != b):.1%} of indices differ"
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", CASES)
+def test_router_ops_are_named_under_router(exported, case, fp16):
+    """Every TopK, the affinity MatMul feeding it and the q/k region ReduceMeans before that carry the module scope of
+    their block's ``attn.router`` ('.../attn/router/TopK'): the name that tools exclude the FP32 router island by. So
+    does every other node between the q/k slices (attn's own) and TopK, those onnxsim merges included."""
+    art = exported(case, fp16=fp16)
+    graph = art["proto"].graph
+    producer = {out: node for node in graph.node for out in node.output}
+    topks = [n for n in graph.node if n.op_type == "TopK"]
+    assert len(topks) == len(bra_blocks(art["model"])) > 0
+    pools = []
+    for topk in topks:
+        scope = topk.name.rsplit("/", 1)[0]
+        assert scope.endswith("/attn/router"), topk.name
+        matmul = producer[topk.input[0]]
+        assert matmul.op_type == "MatMul" and matmul.name.startswith(scope + "/"), matmul.name
+        seen, stack = set(), list(matmul.input)
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or id(node) in seen or node.op_type == "Slice":  # the q/k split is attn's, not the router's
+                continue
+            seen.add(id(node))
+            if node.op_type == "Constant":   # onnxsim shares equal constants (the scale) between blocks
+                assert "/attn/router/" in node.name, node.name
+                continue
+            assert node.name.startswith(scope + "/"), f"{node.op_type} '{node.name}' feeds {topk.name}"
+            if node.op_type == "ReduceMean":
+                pools.append(node.name)
+            stack.extend(node.input)
+    # onnxsim drops the pooling of one-token regions (seg_demo at 128: stage 3), so not every block has its two
+    assert pools and len(pools) % 2 == 0, pools
+    if fp16:   # the island starts with Casts up to FP32, named under the router too
+        assert any(n.op_type == "Cast" and "/attn/router/" in n.name for n in graph.node)

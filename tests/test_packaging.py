@@ -34,9 +34,9 @@ def test_wheel_carries_profiles_and_templates(dists, tmp_path):
     assert {"biformer_edge/profiles/templates/build_engine.sh", "biformer_edge/profiles/templates/build_engine.py",
             "biformer_edge/weights/biformer_seg_demo.pt"} <= names
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
-    code = ("import biformer_edge.targets as t; p = t.load_profile('jetson'); "
-            "assert p['thresholds']['fp16']['routing'] > 0; assert t.template_path('build_engine.sh').is_file(); "
-            "print(t.profile_path('onnx'))")
+    code = ("import biformer_edge.targets as t, biformer_edge.profiles as p; "
+            "assert t.load_profile('jetson')['thresholds']['fp16']['routing'] > 0; "
+            "assert p.template_path('build_engine.sh').is_file(); print(t.profile_path('onnx'))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr

@@ -1,10 +1,14 @@
 """TensorRT backend: the ONNX checker on small hand-built graphs, the artifact (ONNX + build scripts) of a real export,
-and, where TensorRT and a GPU exist, the engine itself against onnxruntime."""
+the torch-free runtime (cuda-python buffers and TensorRTSession on stand-ins here; on a real GPU where cuda-python
+sees one), and, where TensorRT and a GPU exist, the engine itself against onnxruntime."""
 from __future__ import annotations
 
+import ctypes
+import enum
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper, shape_inference  # noqa: E402
 
 import biformer_edge as be  # noqa: E402
+from biformer_edge.backends import tensorrt as btrt  # noqa: E402
 from biformer_edge.backends.base import ExportContext  # noqa: E402
 from biformer_edge.backends.tensorrt import assert_tensorrt_ready, check_onnx, export, load_build_module  # noqa: E402
 
@@ -263,10 +268,24 @@ def test_build_without_tensorrt_is_a_user_error(model, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []                # failed before writing anything
 
 
-def test_int8_is_not_handled_yet(model, tmp_path):
-    ctx = ExportContext(workdir=tmp_path, target="jetson", precision="int8", input_shape=INPUT_SHAPE)
-    with pytest.raises(be.UserError, match="INT8.*quantization"):
-        export(model, ctx)
+def test_template_left_unrendered_is_a_user_error(tmp_path, monkeypatch):
+    (tmp_path / "escaped.sh").write_text("A=@@precision B=@@@@dla_core\n")   # '@@@@' renders as a literal '@@'
+    (tmp_path / "missing.sh").write_text("A=@@precision B=@@nothing\n")
+    monkeypatch.setattr(btrt, "template_path", lambda name: tmp_path / name)
+    with pytest.raises(be.UserError, match="still has an '@@' placeholder"):
+        btrt.render_template("escaped.sh", precision="fp16")
+    with pytest.raises(be.UserError, match="cannot render the template .*missing.sh.*nothing"):
+        btrt.render_template("missing.sh", precision="fp16")
+    assert btrt.render_template("missing.sh", precision="fp16", nothing=1) == "A=fp16 B=1\n"
+
+
+def test_modules_import_without_torch():
+    """A Jetson or a Mac loads Sessions with no torch installed."""
+    probe = ("import sys; sys.modules['torch'] = None\n"
+             "import biformer_edge.backends.onnx, biformer_edge.backends.tensorrt, biformer_edge.backends.coreml\n"
+             "from biformer_edge.backends.tensorrt import cuda_unavailable; cuda_unavailable()\n"
+             "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m])")
+    subprocess.run([sys.executable, "-c", probe], check=True)
 
 
 def test_session_without_tensorrt_is_a_user_error(tmp_path, monkeypatch):
@@ -274,6 +293,286 @@ def test_session_without_tensorrt_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(be.UserError, match="TensorRT is not installed"):
         TensorRTSession(tmp_path)
+
+
+# --- runtime without torch: cuda-python buffers and the session ---------------------------------------------------
+
+class FakeCudart:
+    """cuda-python's runtime API (the calls the backend makes) on host memory: every call returns (error, *values),
+    'device' pointers are addresses of numpy blocks. ``fail`` names calls that return an error."""
+
+    class cudaError_t(enum.IntEnum):
+        cudaSuccess = 0
+        cudaErrorInvalidValue = 1
+        cudaErrorNoDevice = 100
+
+    class cudaMemcpyKind(enum.IntEnum):
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+
+    def __init__(self, devices: int = 1, fail=(), mallocs: int | None = None):
+        self.devices, self.fail, self.memory, self.streams = devices, set(fail), {}, set()
+        self.mallocs = mallocs    # how many cudaMalloc calls succeed (None: all)
+
+    def _result(self, call, *values):
+        if call in self.fail:
+            return (self.cudaError_t.cudaErrorInvalidValue, *[None] * len(values))
+        return (self.cudaError_t.cudaSuccess, *values)
+
+    def cudaGetDeviceCount(self):
+        if not self.devices:
+            return self.cudaError_t.cudaErrorNoDevice, 0
+        return self._result("cudaGetDeviceCount", self.devices)
+
+    def cudaMalloc(self, size):
+        if self.mallocs is not None:
+            if self.mallocs == 0:
+                return self.cudaError_t.cudaErrorInvalidValue, None
+            self.mallocs -= 1
+        block = np.zeros(size, np.uint8)
+        self.memory[block.ctypes.data] = block
+        return self._result("cudaMalloc", block.ctypes.data)
+
+    def cudaFree(self, ptr):
+        del self.memory[ptr]
+        return self._result("cudaFree")
+
+    def cudaStreamCreate(self):
+        self.streams.add(7)
+        return self._result("cudaStreamCreate", 7)
+
+    def cudaStreamSynchronize(self, stream):
+        return self._result("cudaStreamSynchronize")
+
+    def cudaStreamDestroy(self, stream):
+        self.streams.discard(stream)
+        return self._result("cudaStreamDestroy")
+
+    def cudaMemcpyAsync(self, dst, src, count, kind, stream):
+        assert stream in self.streams and kind in tuple(self.cudaMemcpyKind)
+        ctypes.memmove(dst, src, count)
+        return self._result("cudaMemcpyAsync")
+
+
+def device_array(ptr: int, shape, dtype) -> np.ndarray:
+    """A numpy view of 'device' memory of the fake runtime (host memory)."""
+    dtype = np.dtype(dtype)
+    raw = (ctypes.c_char * (int(np.prod(shape)) * dtype.itemsize)).from_address(ptr)
+    return np.frombuffer(raw, dtype).reshape(shape)
+
+
+ENGINE_TENSORS = {"images": ("input", (1, 3, 4, 4), np.float16),      # an FP16 engine: float32 inputs are converted
+                  "logits": ("output", (1, 3, 4, 4), np.float16),
+                  "routing_0": ("output", (1, 4, 2), np.int64)}
+
+
+def fake_tensorrt(tensors=ENGINE_TENSORS, execute=None):
+    """A stand-in 'tensorrt' module: one engine (file content b'plan') with ``tensors`` (name -> (mode, shape, numpy
+    dtype)); ``execute(addresses, stream)`` is execute_async_v3. TensorRT's dtypes are numpy dtypes here."""
+    trt = types.ModuleType("tensorrt")
+    trt.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+
+    def nptype(dtype):
+        if dtype == "bf16":
+            raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
+        return dtype
+    trt.nptype = nptype
+
+    class Context:
+        def __init__(self):
+            self.addresses = {}
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = int(ptr)
+            return True
+
+        def execute_async_v3(self, stream_handle):
+            assert isinstance(stream_handle, int) and set(self.addresses) == set(tensors)
+            return execute(self.addresses, stream_handle)
+
+    class Engine:
+        num_io_tensors = len(tensors)
+
+        def get_tensor_name(self, i):
+            return list(tensors)[i]
+
+        def get_tensor_shape(self, name):
+            return tensors[name][1]
+
+        def get_tensor_dtype(self, name):
+            return tensors[name][2]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if tensors[name][0] == "input" else trt.TensorIOMode.OUTPUT
+
+        def create_execution_context(self):
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return Engine() if data == b"plan" else None
+
+    trt.Runtime = Runtime
+    return trt
+
+
+def host_engine(addresses, stream):
+    """execute_async_v3 of the fake engine on the fake runtime: logits = 2 * images, routing = fixed indices."""
+    x = device_array(addresses["images"], (1, 3, 4, 4), np.float16)
+    device_array(addresses["logits"], (1, 3, 4, 4), np.float16)[...] = 2 * x
+    device_array(addresses["routing_0"], (1, 4, 2), np.int64)[...] = np.arange(8).reshape(1, 4, 2) % 4
+    return True
+
+
+@pytest.fixture
+def fake_runtime(tmp_path, monkeypatch):
+    """(artifact dir with a model.engine, the fake cudart): TensorRTSession runs on stand-ins, no GPU, no TensorRT."""
+    cudart = FakeCudart()
+    monkeypatch.setattr(btrt, "load_cudart", lambda: cudart)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(execute=host_engine))
+    (tmp_path / "model.engine").write_bytes(b"plan")
+    return tmp_path, cudart
+
+
+def test_cuda_unavailable_reasons(monkeypatch):
+    monkeypatch.setattr(btrt, "load_cudart", lambda: None)
+    assert btrt.cuda_unavailable() == "cuda-python is not installed (pip install cuda-python)"
+    monkeypatch.setattr(btrt, "load_cudart", lambda: FakeCudart(devices=0))
+    assert btrt.cuda_unavailable() == "no CUDA GPU (cudaErrorNoDevice)"
+    monkeypatch.setattr(btrt, "load_cudart", lambda: FakeCudart(fail={"cudaGetDeviceCount"}))
+    assert btrt.cuda_unavailable().startswith("no CUDA GPU")
+    monkeypatch.setattr(btrt, "load_cudart", lambda: FakeCudart())
+    assert btrt.cuda_unavailable() is None
+
+
+def test_runtime_unavailable_asks_cuda_python(monkeypatch):
+    from biformer_edge import targets
+    monkeypatch.setattr(targets.importlib.util, "find_spec", lambda name: object())   # 'tensorrt is installed'
+    monkeypatch.setattr(btrt, "load_cudart", lambda: None)
+    assert targets.runtime_unavailable("tensorrt") == "cuda-python is not installed (pip install cuda-python)"
+
+
+def test_session_runs_on_stand_ins(fake_runtime):
+    artifact, cudart = fake_runtime
+    session = btrt.TensorRTSession(artifact)
+    assert session.input_name == "images" and session.output_names == ["logits", "routing_0"]
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 4)).astype(np.float32)
+    got = session.run(x)
+    np.testing.assert_allclose(got.logits, 2 * x.astype(np.float16).astype(np.float32))
+    assert got.logits.dtype == np.float32 and got.routing[0].dtype == np.int64
+    assert got.routing[0].tolist() == [[[0, 1], [2, 3], [0, 1], [2, 3]]]
+    again = session.run(-x)                        # buffers are reused, results are copies
+    np.testing.assert_allclose(again.logits, -got.logits)
+    session.close()
+    assert cudart.memory == {} and cudart.streams == set()
+    with pytest.raises(be.UserError, match="closed"):
+        session.run(x)
+
+
+def test_session_wrong_shape_and_failed_execute_are_user_errors(fake_runtime, monkeypatch):
+    artifact, _ = fake_runtime
+    session = btrt.TensorRTSession(artifact)
+    with pytest.raises(be.UserError, match=r"input shape \(1, 3, 8, 8\) does not match .*\(1, 3, 4, 4\)"):
+        session.run(np.zeros((1, 3, 8, 8), np.float32))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(execute=lambda addresses, stream: False))
+    failing = btrt.TensorRTSession(artifact)
+    with pytest.raises(be.UserError, match="execute_async_v3"):
+        failing.run(np.zeros((1, 3, 4, 4), np.float32))
+
+
+def test_session_cuda_errors_are_user_errors(fake_runtime, monkeypatch):
+    artifact, cudart = fake_runtime
+    session = btrt.TensorRTSession(artifact)
+    cudart.fail.add("cudaStreamSynchronize")
+    with pytest.raises(be.UserError, match="TensorRT run failed on the GPU: cudaStreamSynchronize failed: "
+                                           "cudaErrorInvalidValue"):
+        session.run(np.zeros((1, 3, 4, 4), np.float32))
+    session.close()
+    cudart.fail, cudart.mallocs = set(), 2         # the third tensor's allocation fails
+    with pytest.raises(be.UserError, match="cannot set up the GPU buffers.*cudaMalloc failed"):
+        btrt.TensorRTSession(artifact)
+    assert cudart.memory == {} and cudart.streams == set()   # what was allocated before the failure is freed
+
+
+def test_session_refuses_what_it_cannot_run(fake_runtime, monkeypatch):
+    artifact, _ = fake_runtime
+    monkeypatch.setattr(btrt, "load_cudart", lambda: None)
+    with pytest.raises(be.UserError, match="cuda-python is not installed"):
+        btrt.TensorRTSession(artifact)
+    monkeypatch.setattr(btrt, "load_cudart", lambda: FakeCudart(devices=0))
+    with pytest.raises(be.UserError, match="no CUDA GPU"):
+        btrt.TensorRTSession(artifact)
+    monkeypatch.setattr(btrt, "load_cudart", lambda: FakeCudart())
+    (artifact / "model.engine").write_bytes(b"built elsewhere")
+    with pytest.raises(be.UserError, match="another TensorRT version"):
+        btrt.TensorRTSession(artifact)
+    (artifact / "model.engine").write_bytes(b"plan")
+    for tensors, match in (({**ENGINE_TENSORS, "images": ("input", (1, 3, -1, -1), np.float16)}, "dynamic dims"),
+                           ({**ENGINE_TENSORS, "logits": ("output", (1, 3, 4, 4), "bf16")}, "numpy cannot hold"),
+                           ({**ENGINE_TENSORS, "mask": ("input", (1, 1), np.float32)}, "has inputs")):
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(tensors, execute=host_engine))
+        with pytest.raises(be.UserError, match=match):
+            btrt.TensorRTSession(artifact)
+
+
+def real_cudart():
+    """cuda-python's runtime where it sees a GPU, else skip with the reason."""
+    cudart = btrt.load_cudart()
+    if cudart is None:
+        pytest.skip("cuda-python is not installed")
+    why = btrt.cuda_unavailable()
+    if why:
+        pytest.skip(why)
+    return cudart
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int64])
+def test_device_buffer_round_trip_on_gpu(dtype):
+    real_cudart()
+    stream = btrt.CudaStream()
+    buf = btrt.DeviceBuffer((2, 3, 5), dtype)
+    x = (np.arange(30).reshape(2, 3, 5) - 7).astype(np.float32)
+    try:
+        buf.upload(x, stream)
+        buf.host[...] = 0                          # only the device still has the data
+        stream.synchronize()
+        buf.download(stream)
+        stream.synchronize()
+        assert buf.host.dtype == np.dtype(dtype) and np.array_equal(buf.host, x.astype(dtype))
+        with pytest.raises(ValueError, match="shape"):
+            buf.upload(np.zeros((3, 2, 5)), stream)
+    finally:
+        buf.free()
+        buf.free()                                 # a second free is a no-op
+        stream.close()
+
+
+def test_session_io_on_gpu_without_tensorrt(tmp_path, monkeypatch):
+    """TensorRTSession's buffers, copies and stream on a real GPU, with a stand-in engine that copies its input to
+    'logits' and zeroes 'routing_0' on the device (no TensorRT needed)."""
+    cudart = real_cudart()
+    tensors = {"images": ("input", (1, 3, 8, 8), np.float32), "logits": ("output", (1, 3, 8, 8), np.float32),
+               "routing_0": ("output", (1, 16, 4), np.int64)}
+
+    def device_engine(addresses, stream):
+        d2d = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        err, = cudart.cudaMemcpyAsync(addresses["logits"], addresses["images"], 3 * 64 * 4, d2d, stream)
+        err2, = cudart.cudaMemsetAsync(addresses["routing_0"], 0, 16 * 4 * 8, stream)
+        return err == err2 == cudart.cudaError_t.cudaSuccess
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(tensors, execute=device_engine))
+    (tmp_path / "model.engine").write_bytes(b"plan")
+    session = btrt.TensorRTSession(tmp_path)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    for sign in (1, -1):
+        got = session.run(sign * x)
+        assert np.array_equal(got.logits, sign * x) and got.routing[0].shape == (1, 16, 4)
+        assert not got.routing[0].any()
+    session.close()
 
 
 # --- engine build and run: only where TensorRT and a CUDA GPU exist ------------------------------------------------
@@ -287,9 +586,9 @@ def cosine(a, b):
 @pytest.mark.parametrize("precision, min_cosine, min_routing", [("fp32", 0.9999, 0.99), ("fp16", 0.999, 0.9)])
 def test_engine_matches_onnxruntime(model, tmp_path, precision, min_cosine, min_routing):
     pytest.importorskip("tensorrt", reason="TensorRT is not installable from PyPI (toolchain.md 3.6)")
-    import torch
-    if not torch.cuda.is_available():
-        pytest.skip("TensorRT needs a CUDA GPU")
+    why = btrt.cuda_unavailable()
+    if why:
+        pytest.skip(f"TensorRT needs a CUDA GPU: {why}")
     from biformer_edge.backends.onnx import OnnxSession
     from biformer_edge.backends.tensorrt import TensorRTSession
 

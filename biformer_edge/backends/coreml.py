@@ -2,31 +2,38 @@
 Session that runs only on macOS (Core ML's predict needs the Core ML framework; toolchain.md §3.7).
 
 FP16 programs keep each BRA router in FP32: coremltools' ``FP16ComputePrecision`` pass takes an ``op_selector``, and
-the router ops (the q/k region ``reduce_mean``s, the scale ``mul``, reshapes, the affinity ``matmul`` and ``topk``)
-are left out of it, so the program casts q/k up to fp32 before pooling and ``topk`` sees fp32 affinities.
+the router ops are left out of it by name. coremltools names each MIL op after its ``torch.export`` node ('mean_1',
+'topk'), which carries no module scope, so :func:`export_program` renames the nodes that run inside a router (their
+``nn_module_stack`` names a ``RegionRouter``) to ``<module path>__<node>``, e.g.
+``backbone_stages_0_0_attn_router__mean``; :func:`is_router_op` selects by that name. The program then casts q/k up to
+fp32 before pooling and ``topk`` sees fp32 affinities.
+
+Importing this module imports no torch (the Session runs on a Mac without it); the export functions import it.
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 import uuid
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..errors import UserError
 from .base import INPUT_NAME, ExportContext, Session
-from .tracing import RoutingOutputs, bra_blocks
+
+if TYPE_CHECKING:
+    from torch import nn
 
 PACKAGE_NAME = "model.mlpackage"
 MAX_RANK = 5                                  # Core ML's tensor rank limit (DESIGN.md: export-clean BRA)
 GATHER_OPS = ("gather", "gather_along_axis", "gather_nd")
-ROUTER_POOL_OP = "reduce_mean"
-ROUTER_MAX_DEPTH = 8
+ROUTER_SCOPE_SEP = "__"                       # '<router module path, dots as _>__<torch.export node name>'
+_ROUTER_OP_NAME = re.compile(r"(?:^|_)router__")   # the scope part ends with the module name 'router'
 COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
 
 # MIL proto DataType names -> short names used in reports
@@ -48,62 +55,46 @@ def _coremltools():
 # --------------------------------------------------------------------------------------------------------- router
 
 
-def router_op_names(block) -> set[str]:
-    """Names of the router ops of a MIL block: for every ``topk``, the ops on its input's data paths back to the
-    ``reduce_mean``s that pool q/k into regions (both ends included). Paths that do not reach a ``reduce_mean``
-    within a few ops are not part of a router."""
-    reaches: dict[int, bool] = {}
-    names: set[str] = set()
-
-    def visit(op, depth: int) -> bool:
-        if op is None:
-            return False
-        key = id(op)
-        if key in reaches:
-            return reaches[key]
-        if op.op_type == ROUTER_POOL_OP:
-            hit = True
-        elif op.op_type == "const" or depth >= ROUTER_MAX_DEPTH:
-            hit = False
-        else:
-            hit = False
-            for var in _input_vars(op):
-                if visit(var.op, depth + 1):
-                    hit = True
-        reaches[key] = hit
-        if hit:
-            names.add(op.name)
-        return hit
-
-    for op in block.operations:
-        if op.op_type == "topk":
-            names.add(op.name)
-            visit(op.inputs["x"].op, 1)
-    return names
+def router_scope(module_path: str) -> str:
+    """The op-name prefix of the router at ``module_path`` (relative to the model): 'backbone.stages.0.0.attn.router'
+    -> 'backbone_stages_0_0_attn_router__'."""
+    return re.sub(r"\W", "_", module_path) + ROUTER_SCOPE_SEP
 
 
-def _input_vars(op):
-    for value in op.inputs.values():
-        for var in value if isinstance(value, (list, tuple)) else (value,):
-            if hasattr(var, "op"):
-                yield var
+def is_router_op(name: str) -> bool:
+    """Whether a MIL op (or torch.export node) named ``name`` runs inside a BRA router (``attn.router``)."""
+    return bool(_ROUTER_OP_NAME.search(name))
+
+
+def name_router_nodes(program, routers: dict[str, str]) -> int:
+    """Rename, in place, every node of ``program`` (an ExportedProgram) that runs inside a router module to
+    :func:`router_scope` + its name. ``routers`` maps the module paths that ``nn_module_stack`` records to the paths
+    used in names. Graph outputs keep their names (the signature refers to them; they are not MIL ops). Returns how
+    many nodes were renamed."""
+    keep = {getattr(spec.arg, "name", None) for spec in program.graph_signature.output_specs}
+    renamed = 0
+    for node in program.graph.nodes:
+        if node.op != "call_function" or node.name in keep:
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        path = next((routers[p] for p, _ in reversed(list(stack.values())) if p in routers), None)
+        if path is not None:
+            node._rename(router_scope(path) + node.name)   # torch.fx keeps names unique and valid
+            renamed += 1
+    program.graph_module.recompile()
+    return renamed
 
 
 class _KeepRouterFP32:
-    """``op_selector`` for ``FP16ComputePrecision``: every op goes to fp16 except the routers (computed once per
-    block, on the first op the pass asks about)."""
+    """``op_selector`` for ``FP16ComputePrecision``: every op goes to fp16 except the routers' (by name)."""
 
     def __init__(self):
-        self._router: dict[int, set[str]] = {}
         self.kept: set[str] = set()
 
     def __call__(self, op) -> bool:
-        block = op.enclosing_block
-        key = id(block)
-        if key not in self._router:
-            self._router[key] = router_op_names(block)
-        if op.name in self._router[key]:
-            self.kept.add(op.name)
+        if is_router_op(op.name):
+            if op.op_type != "const":
+                self.kept.add(op.name)
             return False
         return True
 
@@ -112,18 +103,29 @@ class _KeepRouterFP32:
 
 
 def export_program(model: nn.Module, input_shape: tuple[int, int, int, int]):
-    """``torch.export`` of the model plus its routing outputs, decomposed to core ATen (what ``ct.convert`` takes)."""
+    """``torch.export`` of the model plus its routing outputs, decomposed to core ATen (what ``ct.convert`` takes),
+    with the router nodes named by their module (:func:`name_router_nodes`)."""
+    import torch
+
+    from ..models.bra import RegionRouter
+    from .tracing import RoutingOutputs
+
     wrapper = RoutingOutputs(model).eval()
     x = torch.zeros(tuple(int(s) for s in input_shape), dtype=torch.float32)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        return torch.export.export(wrapper, (x,)).run_decompositions({})
+        program = torch.export.export(wrapper, (x,)).run_decompositions({})
+    routers = {f"model.{name}" if name else "model": name or "router"
+               for name, module in model.named_modules() if isinstance(module, RegionRouter)}
+    name_router_nodes(program, routers)
+    return program
 
 
 def convert_program(program, output_names: list[str], input_shape: tuple[int, int, int, int],
                     precision: str = "fp16", ios: int = 16, keep_router_fp32: bool = True, log=print):
-    """ExportedProgram -> ML Program (``ct.models.MLModel``; not loaded for prediction off macOS). FP16 compute
-    precision leaves the router ops (:func:`router_op_names`) in FP32 when ``keep_router_fp32``."""
+    """ExportedProgram (from :func:`export_program`) -> ML Program (``ct.models.MLModel``; not loaded for prediction
+    off macOS). FP16 compute precision leaves the router ops (:func:`is_router_op`) in FP32 when
+    ``keep_router_fp32``."""
     ct = _coremltools()
     if ios not in (16, 17, 18):
         raise UserError(f"Core ML deployment target iOS{ios} is not supported: use 16, 17 or 18")
@@ -149,6 +151,9 @@ def convert_program(program, output_names: list[str], input_shape: tuple[int, in
             skip_model_load=sys.platform != "darwin",
         )
     if selector is not None:
+        if not selector.kept and any(name.startswith("routing_") for name in output_names):
+            raise UserError("no op of the Core ML program is named as a BRA router op, so FP16 would lower the "
+                            "router: convert a program made by export_program (it names the router ops)")
         log(f"coreml: {len(selector.kept)} router ops kept FP32")
     return mlmodel
 
@@ -171,6 +176,8 @@ def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     Options read from ``ctx.options``: ``ios`` (16 default, 17, 18: minimum deployment target), ``weights_8bit``
     (int8 per-channel weights). FP16 keeps the BRA routers FP32 unless the model's blocks have ``router_fp32``
     switched off."""
+    from .tracing import RoutingOutputs, bra_blocks
+
     _coremltools()  # fail fast, before the slow torch.export
     ios = int(ctx.options.get("ios") or 16)
     keep = all(b.router_fp32 for b in bra_blocks(model))
@@ -186,7 +193,8 @@ def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     _stable_manifest(workdir / PACKAGE_NAME)
     problems = check_mlpackage(workdir / PACKAGE_NAME, names, expected_input=tuple(ctx.input_shape))
     if problems:
-        raise RuntimeError("Core ML program failed its structural checks: " + "; ".join(problems))
+        raise UserError("the converted Core ML program failed its structural checks: " + "; ".join(problems)
+                        + " (report it with the coremltools and torch versions)")
     return [PACKAGE_NAME]
 
 
@@ -236,10 +244,17 @@ def _walk_ops(block):
             yield from _walk_ops(inner)
 
 
+def _op_name(op) -> str:
+    """A MIL proto op's name (its 'name' attribute, else its first output's)."""
+    if "name" in op.attributes and op.attributes["name"].immediateValue.tensor.strings.values:
+        return op.attributes["name"].immediateValue.tensor.strings.values[0]
+    return op.outputs[0].name if op.outputs else ""
+
+
 def inspect_mlpackage(path: str | Path) -> dict:
     """Structural facts of an ``.mlpackage`` read from its spec (works on Linux): op histogram of the main function,
     topk/gather presence, max tensor rank over all op outputs, input/output names and shapes, dtype of each topk
-    input."""
+    input, and the ops named as router ops (:func:`is_router_op`) with the dtypes they compute in."""
     ct = _coremltools()
     spec = ct.utils.load_spec(str(_package_path(path)))
     if spec.WhichOneof("Type") != "mlProgram":
@@ -250,13 +265,17 @@ def inspect_mlpackage(path: str | Path) -> dict:
     for inp in function.inputs:
         types[inp.name] = _value_type(inp.type)
     histogram: Counter = Counter()
-    max_rank, topk_inputs = 0, []
+    router_ops: Counter = Counter()
+    max_rank, topk_inputs, router_dtypes = 0, [], set()
     for op in _walk_ops(block):
         histogram[op.type] += 1
         for out in op.outputs:
             types[out.name] = _value_type(out.type)
             if types[out.name][1] is not None:
                 max_rank = max(max_rank, types[out.name][1])
+        if op.type != "const" and is_router_op(_op_name(op)):
+            router_ops[op.type] += 1
+            router_dtypes.add(types[op.outputs[0].name][0])
     for op in _walk_ops(block):
         if op.type == "topk":
             args = op.inputs["x"].arguments
@@ -274,6 +293,8 @@ def inspect_mlpackage(path: str | Path) -> dict:
         "inputs": inputs,
         "outputs": outputs,
         "topk_input_dtypes": topk_inputs,
+        "router_ops": dict(sorted(router_ops.items())),       # non-const ops named as router ops
+        "router_dtypes": sorted(d for d in router_dtypes if d),  # dtypes of their (first) outputs
     }
 
 

@@ -1,17 +1,24 @@
-"""ONNX: TorchScript exporter at a fixed opset (17 by default), onnxsim, onnx.checker; onnxruntime Session."""
+"""ONNX: TorchScript exporter at a fixed opset (17 by default), onnxsim, onnx.checker; onnxruntime Session.
+
+Node names carry the module scope (``/model/.../attn/router/TopK``): every op of a BRA router is named
+``.../router/...``, the name quantization tools exclude the router island by. Importing this module imports no torch
+(the Session runs where torch is absent); ``export_onnx`` imports it.
+"""
 from __future__ import annotations
 
 import io
 import warnings
+from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..errors import UserError
-from .base import INPUT_NAME, Session
-from .tracing import RoutingOutputs
+from .base import INPUT_NAME, ExportContext, Session
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int, int], opset: int = 17,
@@ -19,6 +26,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     """Trace ``model`` (plus its routing outputs) to ``path``. FP16 halves the weights and activations but keeps
     each BRA router in FP32 (explicit Casts in the graph). Returns the onnx.ModelProto written."""
     import onnx
+    import torch
+
+    from .tracing import RoutingOutputs
 
     wrapper = RoutingOutputs(model).eval()
     dtype = torch.float16 if fp16 else torch.float32
@@ -35,9 +45,44 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
         simplified, ok = onnxsim.simplify(proto)
         if ok:
             proto = simplified
+            restore_scopes(proto)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
     return proto
+
+
+def restore_scopes(proto) -> int:
+    """Give the nodes onnxsim creates (named without a scope, e.g. 'Reshape_1' where it folds a router's ReduceMean
+    over one-token regions into a Reshape) the scope of the nodes that consume their outputs, or else of those that
+    produce their inputs, when that scope is one: router ops stay named ``.../router/...``. Returns how many."""
+    graph = proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    taken = {node.name for node in graph.node}
+
+    def one_scope(nodes) -> str | None:
+        scopes = {n.name.rsplit("/", 1)[0] if n.name.startswith("/") else None for n in nodes}
+        return scopes.pop() if len(scopes) == 1 else None
+
+    renamed = 0
+    for node in graph.node:
+        if node.name.startswith("/"):
+            continue
+        scope = (one_scope([c for out in node.output for c in consumers[out]])
+                 or one_scope([producer[i] for i in node.input if i in producer]))
+        if not scope:
+            continue
+        name, k = f"{scope}/{node.op_type}", 0
+        while name in taken:
+            k += 1
+            name = f"{scope}/{node.op_type}_{k}"
+        taken.add(name)
+        node.name = name
+        renamed += 1
+    return renamed
 
 
 def ort_session_options(threads: int | None = None, config: dict | None = None):
@@ -81,7 +126,7 @@ def graph_summary(proto) -> str:
     return f"{len(proto.graph.node)} nodes, TopK x{ops['TopK']}, Gather x{ops['Gather']}"
 
 
-def export(model: nn.Module, ctx) -> list[str]:
+def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     proto = export_onnx(model, ctx.workdir / "model.onnx", ctx.input_shape, ctx.opset, fp16=ctx.precision == "fp16")
     ctx.checks["onnx_checker"] = {"ok": True, "summary": f"onnx.checker full_check passed; {graph_summary(proto)}"}
     return ["model.onnx"]
