@@ -71,6 +71,9 @@ def parity_main(argv=None):
     p.add_argument("--checkpoint", help="with --data: the checkpoint the artifact was exported from")
     p.add_argument("--samples", type=positive_int, help="with --data: how many images/frames")
     p.add_argument("--reference", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--ov-precision", choices=("auto", "f32", "f16", "bf16"),
+                   help="what OpenVINO computes in (default: the profile's, auto for FP16: f16 where the CPU has "
+                        "native f16, else f32); bf16 is checked against its own thresholds; reports are not written")
     p.add_argument("--junit", help="also write a JUnit XML report to this file")
     a = p.parse_args(argv)
     if a.junit:  # refuse an unwritable report path before the check, not after it passed
@@ -83,7 +86,7 @@ def parity_main(argv=None):
             raise UserError(f"--junit {a.junit}: cannot write to {junit_dir}")
     manifest = read_manifest(a.artifact)
     report = check_parity(a.artifact, backends=a.backend, data=a.data, checkpoint=a.checkpoint, samples=a.samples,
-                          reference=a.reference)
+                          reference=a.reference, ov_precision=a.ov_precision)
     print(render_markdown(manifest, report))
     if a.junit:
         write_junit(Path(a.junit), manifest, report)

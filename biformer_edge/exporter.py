@@ -12,8 +12,17 @@ from importlib import metadata
 from pathlib import Path
 
 from . import __version__
-from .artifact import (GENERATOR, MANIFEST, SCHEMA_VERSION, atomic_directory, check_output_dir, file_table,
-                       save_npz, sha256_file, write_json)
+from .artifact import (
+    GENERATOR,
+    MANIFEST,
+    SCHEMA_VERSION,
+    atomic_directory,
+    check_output_dir,
+    file_table,
+    save_npz,
+    sha256_file,
+    write_json,
+)
 from .backends.base import ExportContext, QuantSettings
 from .backends.tracing import bra_blocks
 from .errors import UserError

@@ -13,12 +13,14 @@ import difflib
 import importlib
 import importlib.util
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomllib
+
 from .errors import UserError
 from .profiles import profile_file
+
 DEFAULT_MODEL = "biformer_seg_demo"            # the built-in default: its weights ship with the package
 
 

@@ -53,8 +53,10 @@ class OfficialBRA(BiLevelRoutingAttention):
                               index=r_idx.view(n, p2, topk, 1, 1).expand(-1, -1, -1, w2, c_kv))
 
         k_sel, v_sel = kv_sel.split([Cq, C], dim=-1)
-        k_sel = k_sel.reshape(n, p2, topk, w2, m, Cq // m).permute(0, 1, 4, 5, 2, 3).reshape(n * p2, m, Cq // m, topk * w2)
-        v_sel = v_sel.reshape(n, p2, topk, w2, m, C // m).permute(0, 1, 4, 2, 3, 5).reshape(n * p2, m, topk * w2, C // m)
+        k_sel = k_sel.reshape(n, p2, topk, w2, m, Cq // m).permute(0, 1, 4, 5, 2, 3)
+        k_sel = k_sel.reshape(n * p2, m, Cq // m, topk * w2)
+        v_sel = v_sel.reshape(n, p2, topk, w2, m, C // m).permute(0, 1, 4, 2, 3, 5)
+        v_sel = v_sel.reshape(n * p2, m, topk * w2, C // m)
         q_pix = q_pix.reshape(n, p2, w2, m, Cq // m).permute(0, 1, 3, 2, 4).reshape(n * p2, m, w2, Cq // m)
 
         attn = torch.softmax((q_pix * self.scale) @ k_sel, dim=-1)

@@ -101,6 +101,7 @@ def test_export_exits_1_when_parity_fails(checkpoint, tmp_path, monkeypatch, cap
 
 def test_parity_with_data_needs_original_checkpoint(onnx_artifact, checkpoint, tmp_path):
     import cv2
+
     from biformer_edge.data import render_scene
     for i in range(2):
         cv2.imwrite(str(tmp_path / f"{i}.png"), render_scene(100 + i, (80, 96))[0][..., ::-1])

@@ -186,8 +186,9 @@ def test_default_size_scenes():
 
 
 def test_dataset_items():
-    from biformer_edge.data import SyntheticScenes
     import torch
+
+    from biformer_edge.data import SyntheticScenes
 
     ds = SyntheticScenes(4, size=(64, 96), seed=3)
     assert len(ds) == 4 and isinstance(ds, torch.utils.data.Dataset)

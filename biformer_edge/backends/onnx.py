@@ -6,6 +6,7 @@ Node names carry the module scope (``/model/.../attn/router/TopK``): every op of
 """
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from collections import defaultdict
@@ -30,9 +31,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
 
     from .tracing import RoutingOutputs
 
-    wrapper = RoutingOutputs(model).eval()
     dtype = torch.float16 if fp16 else torch.float32
-    wrapper = wrapper.to(dtype)
+    # A copy: casting the caller's module in place would make the FP32 reference that follows an FP16-weight one.
+    wrapper = RoutingOutputs(copy.deepcopy(model).to(dtype)).eval()
     x = torch.zeros(input_shape, dtype=dtype)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():

@@ -2,9 +2,19 @@
 that always sets its inference precision explicitly.
 
 Why explicit: the CPU plugin picks bf16 by default on AVX512-BF16/AMX CPUs and f16 where AVX512-FP16 is present
-(toolchain.md §3.1), so an unpinned run measures the CPU as much as the artifact. Where the CPU cannot compute in the
-requested precision the plugin silently falls back to f32; the Session records both what was asked
-(``precision_hint``) and what the compiled model reports (``inference_precision``).
+(toolchain.md §3.1), so an unpinned run measures the CPU as much as the artifact. An explicit hint is not always
+honoured either: the plugin computes an ``f16`` hint in f16 only where its ``OPTIMIZATION_CAPABILITIES`` list FP16;
+where they list BF16 but not FP16 (AMD Zen 4/5, Intel Cooper Lake) it computes the ``f16`` hint in **bf16**, elsewhere
+in f32. The Session records what was asked (``requested_hint``), what it set (``precision_hint``) and what the
+compiled model reports (``inference_precision``).
+
+Precision rule (measured, benchmarks/openvino_precision.py): ``auto`` computes in f16 only where the CPU computes f16
+natively (capabilities list FP16 *and* the compiled model reports f16) and in f32 everywhere else (FP16 weights, f32
+compute). Never in bf16: bf16's 8-bit mantissa perturbs every feature the routers pool, so routing flips although the
+router island itself runs f32 (biformer_seg_demo 0.968 at 128, 0.989 at 256; biformer_tiny 0.952; keeping the whole
+attention block f32 as well recovers nothing), and an FP16 artifact checked in bf16 misses its FP16 thresholds. bf16 is
+a choice a user makes explicitly (``precision_hint="bf16"``, ``biformer-parity --ov-precision bf16``), checked against
+its own thresholds (``[thresholds.bf16]`` in export/openvino.toml).
 
 CPU plugin defect worked around here: in OpenVINO 2026.4.1 the CPU plugin's Snippets MHA fusion computes wrong
 results (5-40 % relative error in FP32) when a BRA block has as many heads as tokens per region (e.g.
@@ -18,7 +28,13 @@ Router precision island (DESIGN.md, QAR 1): OpenVINO 2026's ``DisablePrecisionCo
 original precision: the CPU plugin gives such nodes ``keepOrigPrecision`` and skips them when it lowers the graph to
 f16/bf16, and ``compress_to_fp16`` leaves their constants in f32. The Python API cannot create that attribute
 (string values in ``rt_info`` are neither serialized nor understood), so :func:`keep_router_fp32` writes it into the
-IR and reads the model back.
+IR and reads the model back. The router is found by name: ``ov.convert_model`` names every op of a submodule
+``__module.<path>/aten::<op>/<Type>``, and BRA's router is the parameter-free submodule ``attn.router``
+(``RegionRouter``), so its ops are ``__module.....attn.router/aten::mean/ReduceMean`` ... ``.../aten::topk/TopK``.
+Under a bf16 hint OpenVINO 2026.4.1 keeps the marked affinity MatMul and TopK in f32 but fuses the scale Multiply into
+the q-pooling ReduceMean and emits that fused node's output in bf16: the island is f32 from the pooled q/k on.
+
+This module imports no torch: sessions run where only OpenVINO is installed; the export functions import it.
 """
 from __future__ import annotations
 
@@ -27,14 +43,15 @@ import tempfile
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..errors import UserError
 from .base import INPUT_NAME, ExportContext, Session
-from .tracing import RoutingOutputs, bra_blocks
+
+if TYPE_CHECKING:  # annotations only: this module imports torch inside the export functions
+    from torch import nn
 
 XML_NAME, BIN_NAME = "model.xml", "model.bin"
 
@@ -42,13 +59,19 @@ XML_NAME, BIN_NAME = "model.xml", "model.bin"
 KEEP_PRECISION_ATTR = {"name": "DisablePrecisionConversion", "version": "0", "value": "dynamic:bf16,f16"}
 KEEP_PRECISION_KEY = "DisablePrecisionConversion_0"   # its key in a node's rt_info after read_model
 
-# Accepted spellings of INFERENCE_PRECISION_HINT -> the value OpenVINO takes.
+# Accepted spellings of a precision hint -> the INFERENCE_PRECISION_HINT value OpenVINO takes ("auto": the rule of
+# the module doc, resolved by the Session to f16 or f32).
 PRECISION_HINTS = {"f32": "f32", "fp32": "f32", "float32": "f32",
                    "f16": "f16", "fp16": "f16", "float16": "f16",
-                   "bf16": "bf16", "bfloat16": "bf16"}
+                   "bf16": "bf16", "bfloat16": "bf16",
+                   "auto": "auto"}
 
-ROUTER_POOL_TYPE = "ReduceMean"   # region pooling of q/k: where a router's island starts
-ROUTER_MAX_DEPTH = 8              # TopK -> MatMul -> Multiply -> Reshape -> ReduceMean is 4 deep; stay local
+# The CPU plugin's OPTIMIZATION_CAPABILITIES entry that says it computes a precision natively.
+NATIVE_CAPABILITY = {"f16": "FP16", "bf16": "BF16"}
+
+# BiLevelRoutingAttention.router: the attribute name of the RegionRouter submodule, the last component of the scope
+# ov.convert_model gives its ops ("__module.model.backbone.stages.0.0.attn.router/aten::topk/TopK").
+ROUTER_MODULE = "router"
 
 
 def _openvino():
@@ -69,41 +92,27 @@ def _core():
 # --------------------------------------------------------------------------------------------------------- router
 
 
+def router_scope(name: str) -> str | None:
+    """The module scope of an op that ``ov.convert_model`` traced inside a BRA router (``__module.<path>.router`` of
+    ``__module.<path>.router/aten::topk/TopK``), or None for any other op name."""
+    scope, sep, _ = name.partition("/")
+    return scope if sep and scope.rsplit(".", 1)[-1] == ROUTER_MODULE else None
+
+
 def router_nodes(ov_model) -> list:
-    """The BRA routers of an OpenVINO model: for every TopK on a floating-point input, the nodes on its data paths
-    back to the ReduceMeans that pool q and k into regions (affinity MatMul, scale Multiply, Reshapes; both ends
-    included), plus the floating-point Constants feeding them. Paths that do not reach a ReduceMean within a few
-    nodes are not part of a router and are left alone."""
+    """The BRA routers of an OpenVINO model, found by name: every op in a ``.router`` module scope
+    (:func:`router_scope`: region pooling ReduceMeans, Reshapes, scale Multiply, affinity MatMul, TopK), plus the
+    floating-point Constants feeding them (the scale; OpenVINO names Constants without a scope). In the model's
+    topological order."""
     marked: dict[int, object] = {}
-    reaches: dict[int, bool] = {}
-
-    def visit(node, depth: int) -> bool:
-        key = id(node)
-        if key in reaches:
-            return reaches[key]
-        kind = node.get_type_name()
-        if kind == ROUTER_POOL_TYPE:
-            hit = True
-        elif kind in ("Parameter", "Constant") or depth >= ROUTER_MAX_DEPTH:
-            hit = False
-        else:
-            hit = False
-            for inp in node.inputs():
-                if visit(inp.get_source_output().get_node(), depth + 1):
-                    hit = True
-        reaches[key] = hit
-        if hit:
-            marked.setdefault(key, node)
-            for inp in node.inputs():
-                src = inp.get_source_output().get_node()
-                if src.get_type_name() == "Constant" and src.get_output_element_type(0).is_real():
-                    marked.setdefault(id(src), src)
-        return hit
-
     for op in ov_model.get_ordered_ops():
-        if op.get_type_name() == "TopK" and op.get_input_element_type(0).is_real():
-            visit(op, 0)
-    # keep the model's topological order (deterministic)
+        if op.get_type_name() == "Constant" or router_scope(op.get_friendly_name()) is None:
+            continue
+        for inp in op.inputs():
+            src = inp.get_source_output().get_node()
+            if src.get_type_name() == "Constant" and src.get_output_element_type(0).is_real():
+                marked.setdefault(id(src), src)
+        marked.setdefault(id(op), op)
     order = {id(op): i for i, op in enumerate(ov_model.get_ordered_ops())}
     return sorted(marked.values(), key=lambda n: order[id(n)])
 
@@ -159,6 +168,10 @@ def keep_router_fp32(ov_model):
 def convert(model: nn.Module, input_shape: tuple[int, int, int, int]):
     """``ov.convert_model`` of the model plus its routing outputs, static shape, named ``images`` -> ``logits``,
     ``routing_0`` ..."""
+    import torch
+
+    from .tracing import RoutingOutputs
+
     ov = _openvino()
     wrapper = RoutingOutputs(model).eval()
     x = torch.zeros(tuple(int(s) for s in input_shape), dtype=torch.float32)
@@ -191,11 +204,17 @@ def _stable_names(ov_model) -> None:
 def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     """Write ``model.xml``/``model.bin`` into ``ctx.workdir``. FP32: plain IR. FP16: weights compressed to FP16 and,
     unless the model's BRA blocks have ``router_fp32`` switched off, the routers marked to stay FP32."""
+    from .tracing import bra_blocks
+
     ov = _openvino()
     fp16 = ctx.precision == "fp16"
     ov_model = convert(model, ctx.input_shape)
     blocks = bra_blocks(model)
     if fp16 and all(b.router_fp32 for b in blocks):
+        found = sum(n.get_type_name() == "TopK" for n in router_nodes(ov_model))
+        if found != len(blocks):  # the router is found by its module name: never leave one unmarked silently
+            raise RuntimeError(f"found {found} router TopK ops named '.../{ROUTER_MODULE}/...' in the OpenVINO model, "
+                               f"but the model has {len(blocks)} BRA blocks")
         ov_model = keep_router_fp32(ov_model)
         ctx.log(f"openvino: {len(marked_nodes(ov_model))} router nodes kept FP32")
     if snippets_hazard(ov_model):
@@ -234,9 +253,30 @@ def snippets_hazard(ov_model) -> bool:
     return False
 
 
+def cpu_capabilities(core=None) -> list[str]:
+    """The CPU plugin's ``OPTIMIZATION_CAPABILITIES`` (e.g. ``['BF16', 'FP32', 'INT8', ...]``): FP16/BF16 are listed
+    where it computes those natively."""
+    core = core or _openvino().Core()
+    return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def canonical_hint(precision_hint: str) -> str:
+    """``precision_hint`` in OpenVINO's spelling (f32, f16, bf16) or ``auto``; UserError for anything else."""
+    hint = PRECISION_HINTS.get(str(precision_hint).lower())
+    if hint is None:
+        raise UserError(f"unknown OpenVINO precision hint '{precision_hint}': use auto, f32, f16 or bf16")
+    return hint
+
+
 class OpenVINOSession(Session):
-    """Runs ``model.xml`` on the CPU plugin with ``INFERENCE_PRECISION_HINT`` set explicitly (f32 for parity; f16 or
-    bf16 to measure what those modes do), ``PERFORMANCE_HINT=LATENCY`` and optionally ``INFERENCE_NUM_THREADS``.
+    """Runs ``model.xml`` on the CPU plugin with ``INFERENCE_PRECISION_HINT`` set explicitly, ``PERFORMANCE_HINT=
+    LATENCY`` and optionally ``INFERENCE_NUM_THREADS``.
+
+    ``precision_hint``: ``f32`` (default), ``f16`` or ``bf16`` are passed to the plugin as they are (it may compute
+    an f16 hint in bf16 or f32, a bf16 hint in f32: see ``inference_precision``); ``auto`` computes in f16 where the
+    CPU does so natively and in f32 elsewhere, never in bf16 (module doc). Attributes: ``requested_hint`` (what was
+    asked, canonical spelling), ``precision_hint`` (the hint set), ``inference_precision`` (what the compiled model
+    reports it computes in).
 
     ``snippets``: None (default) disables the CPU plugin's Snippets fusion only for models with the pattern it
     miscomputes (:func:`snippets_hazard`); True/False force it on/off. ``config`` records what was compiled with."""
@@ -246,26 +286,35 @@ class OpenVINOSession(Session):
 
     def __init__(self, artifact_dir: str | Path, manifest: dict | None = None, precision_hint: str = "f32",
                  threads: int | None = None, snippets: bool | None = None):
-        hint = PRECISION_HINTS.get(str(precision_hint).lower())
-        if hint is None:
-            raise UserError(f"unknown OpenVINO precision hint '{precision_hint}': use f32, f16 or bf16")
+        requested = canonical_hint(precision_hint)
         ov = _openvino()
         core = ov.Core()
         self.manifest = manifest or {}
-        self.precision_hint = hint
+        self.requested_hint = requested
         ov_model = core.read_model(str(_model_path(artifact_dir)))
-        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        config = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if snippets is False or (snippets is None and snippets_hazard(ov_model)):
             config["SNIPPETS_MODE"] = "DISABLE"
-        self.config = config
-        self.compiled = core.compile_model(ov_model, "CPU", config)
-        # What the plugin actually uses: f32 where the CPU lacks the requested low-precision ISA.
-        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        hint = requested
+        if requested == "auto":
+            hint = "f16" if NATIVE_CAPABILITY["f16"] in cpu_capabilities(core) else "f32"
+        self.compiled = core.compile_model(ov_model, "CPU", {**config, "INFERENCE_PRECISION_HINT": hint})
+        if requested == "auto" and hint != "f32" and self._computes() != hint:
+            # listed as native but not honoured for this model: the rule says f32, not what the plugin chose
+            hint = "f32"
+            self.compiled = core.compile_model(ov_model, "CPU", {**config, "INFERENCE_PRECISION_HINT": hint})
+        self.precision_hint = hint
+        self.config = {"INFERENCE_PRECISION_HINT": hint, **config}
+        # What the plugin actually computes in: an f16 hint runs in bf16 or f32 on CPUs without native f16.
+        self.inference_precision = self._computes()
         self.request = self.compiled.create_infer_request()
         self.input_shape = tuple(self.compiled.inputs[0].get_shape())
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+
+    def _computes(self) -> str:
+        return self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def run(self, x: np.ndarray):
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -274,73 +323,3 @@ class OpenVINOSession(Session):
         result = self.request.infer({0: x})
         values = [np.array(result[o]) for o in self.compiled.outputs]
         return self.split_outputs(self.output_names, values)
-
-
-# ---------------------------------------------------------------------------------------------------- measurement
-
-
-def _routing_agreement(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
-    """Mean over blocks of mean over query regions of |topk_ref & topk| / k (sets, order ignored)."""
-    per_block = []
-    for a, b in zip(ref, got):
-        k = a.shape[-1]
-        a, b = a.reshape(-1, k), b.reshape(-1, k)
-        per_block.append(np.mean([len(set(p.tolist()) & set(q.tolist())) / k for p, q in zip(a, b)]))
-    return float(np.mean(per_block))
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-
-
-def measure_hints(model: nn.Module, input_shape: tuple[int, int, int, int], images: int = 4,
-                  hints: tuple[str, ...] = ("f32", "f16", "bf16"), threads: int | None = None, seed: int = 0,
-                  log=print) -> list[dict]:
-    """Export FP32, FP16 and FP16-without-router-marks IRs of ``model`` and run each under each hint on
-    ``images`` seeded random inputs; routing agreement and logits cosine against the FP32 PyTorch run.
-    ``inference_precision`` says what the CPU actually used (f32 where it lacks bf16/f16 hardware)."""
-    from .tracing import run_torch
-
-    rng = np.random.default_rng(seed)
-    xs = [rng.standard_normal(input_shape).astype(np.float32) for _ in range(images)]
-    refs = [run_torch(model, x) for x in xs]
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="biformer-ov-measure-") as tmp:
-        variants = {"fp32": ("fp32", True), "fp16": ("fp16", True), "fp16-unmarked": ("fp16", False)}
-        flags = [b.router_fp32 for b in bra_blocks(model)]
-        for label, (precision, island) in variants.items():
-            for b in bra_blocks(model):
-                b.router_fp32 = island
-            try:
-                export(model, ExportContext(Path(tmp) / label, "openvino", precision, tuple(input_shape),
-                                            log=lambda *a: None))
-            finally:
-                for b, f in zip(bra_blocks(model), flags):
-                    b.router_fp32 = f
-            for hint in hints:
-                sess = OpenVINOSession(Path(tmp) / label, precision_hint=hint, threads=threads)
-                outs = [sess.run(x) for x in xs]
-                row = {"ir": label, "hint": hint, "inference_precision": sess.inference_precision,
-                       "routing_agreement": float(np.mean([_routing_agreement(r.routing, o.routing)
-                                                          for r, o in zip(refs, outs)])),
-                       "cosine": float(np.mean([_cosine(r.logits, o.logits) for r, o in zip(refs, outs)]))}
-                log(f"{row['ir']:>14} hint={hint:<5} ran={row['inference_precision']:<5} "
-                    f"routing={row['routing_agreement']:.4f} cosine={row['cosine']:.7f}")
-                rows.append(row)
-    return rows
-
-
-if __name__ == "__main__":  # python -m biformer_edge.backends.openvino biformer_tiny 224
-    import argparse
-
-    from .. import create_model
-
-    parser = argparse.ArgumentParser(description="OpenVINO FP16 IR routing/cosine under f32/f16/bf16 hints")
-    parser.add_argument("model")
-    parser.add_argument("size", type=int)
-    parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--pretrained", action="store_true")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    measure_hints(create_model(args.model, pretrained=args.pretrained), (1, 3, args.size, args.size), args.images)

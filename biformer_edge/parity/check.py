@@ -70,11 +70,13 @@ def measure_backend(session, ref: dict, task: str, num_classes: int | None) -> d
 
 
 def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backends: list[str] | None = None,
-             thresholds: dict | None = None, require: bool = False) -> dict:
-    """Parity of each backend against ``ref``. ``require``: a named backend that cannot run is an error."""
+             thresholds: dict | None = None, require: bool = False, ov_precision: str | None = None) -> dict:
+    """Parity of each backend against ``ref``. ``require``: a named backend that cannot run is an error.
+    ``ov_precision``: the OpenVINO precision hint (auto, f32, f16, bf16) instead of the profile's ``[parity] hint``."""
     precision = manifest["precision"]
-    thresholds = {**profile.get("thresholds", {}).get(precision, {}), **(thresholds or {})}
-    hints = profile.get("parity", {}).get("hint", {})
+    user_thresholds = thresholds or {}
+    thresholds = {**profile.get("thresholds", {}).get(precision, {}), **user_thresholds}
+    hints = {**profile.get("parity", {}).get("hint", {}), **({precision: ov_precision} if ov_precision else {})}
     names = backends or profile.get("parity", {}).get("backends", [])
     report = {"reference": {"device": str(ref["device"]), "samples": int(np.prod(ref["inputs"].shape[:2])),
                             "data": manifest.get("parity_data", "synthetic")},
@@ -88,14 +90,25 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
             continue
         options = {"precision_hint": hints[precision]} if name == "openvino" and precision in hints else {}
         session = open_session(name, artifact_dir, manifest, **options)
+        limits = thresholds
+        if options:
+            # What the runtime actually computes in: an f16 hint runs in bf16 on CPUs with BF16 but no FP16 units.
+            computes = str(getattr(session, "inference_precision", options["precision_hint"]))
+            if computes == "bf16" and getattr(session, "requested_hint", options["precision_hint"]) != "bf16":
+                raise UserError(f"openvino computes the '{options['precision_hint']}' hint in bf16 on this CPU (no "
+                                f"native f16): check bf16 against its own thresholds with --ov-precision bf16, or "
+                                f"use --ov-precision auto (f32 compute here)")
+            if computes == "bf16":  # asked for explicitly: [thresholds.bf16] of the profile
+                limits = {**profile.get("thresholds", {}).get("bf16", thresholds), **user_thresholds}
         result = measure_backend(session, ref, manifest["task"], manifest.get("num_classes"))
-        bad = metrics.failures(result, thresholds)
+        bad = metrics.failures(result, limits)
         entry = {"metrics": {k: round(v, 9) for k, v in result.items()}, "failures": bad,
                  "verdict": "fail" if bad else "pass", "device": getattr(session, "device", "cpu")}
         if options:
             entry["precision_hint"] = options["precision_hint"]
-            # What the runtime actually computes in: OpenVINO ignores f16/bf16 hints on CPUs without those units.
-            entry["inference_precision"] = str(getattr(session, "inference_precision", options["precision_hint"]))
+            entry["inference_precision"] = computes
+            if limits is not thresholds:
+                entry["thresholds"] = limits
         report["backends"][name] = entry
     measured = [b for b in report["backends"].values() if b["verdict"] != "skipped"]
     checks_ok = all(c.get("ok", True) for c in manifest.get("checks", {}).values())
@@ -120,9 +133,14 @@ def render_markdown(manifest: dict, report: dict) -> str:
         label = backend + (f" (hint {entry['precision_hint']}, computes {entry['inference_precision']})"
                            if "precision_hint" in entry else "")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {entry['verdict']} |")
-    th = report["thresholds"]
-    lines += ["", "Thresholds: " + ", ".join(f"{k} {'>=' if metrics.HIGHER_IS_BETTER.get(k, True) else '<='} {v}"
-                                             for k, v in sorted(th.items()))]
+    def limits(th):
+        return ", ".join(f"{k} {'>=' if metrics.HIGHER_IS_BETTER.get(k, True) else '<='} {v}"
+                         for k, v in sorted(th.items()))
+    lines += ["", "Thresholds: " + limits(report["thresholds"])]
+    for backend, entry in report["backends"].items():
+        if entry.get("thresholds") and entry["thresholds"] != report["thresholds"]:
+            lines.append(f"Thresholds for {backend} (computes {entry.get('inference_precision')}): "
+                         + limits(entry["thresholds"]))
     for name, check in manifest.get("checks", {}).items():
         lines.append(f"- check {name}: {'ok' if check.get('ok') else 'FAILED'} {check.get('summary', '')}".rstrip())
     for backend, entry in report["backends"].items():
@@ -194,7 +212,7 @@ def load_reference(artifact_dir: Path) -> dict:
 
 def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, data: str | Path | None = None,
                  checkpoint: str | Path | None = None, samples: int | None = None, reference: str = "auto",
-                 thresholds: dict | None = None, write: bool = True) -> dict:
+                 thresholds: dict | None = None, write: bool = True, ov_precision: str | None = None) -> dict:
     """Re-check an artifact where it is deployed. Without ``data`` it reuses the stored reference; with ``data`` the
     FP32 reference is recomputed from the model (the shipped weights, or ``checkpoint``)."""
     artifact_dir = Path(artifact_dir)
@@ -203,7 +221,7 @@ def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, da
     if changed:
         raise UserError(f"{artifact_dir}: {changed[0]}: copy the whole artifact directory again")
     profile = load_profile(manifest["target"])
-    writes = write and data is None and not backends
+    writes = write and data is None and not backends and not ov_precision
     if writes:
         for name in REPORT_FILES:
             if (artifact_dir / name).is_symlink():
@@ -217,7 +235,8 @@ def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, da
                                        samples or profile.get("parity", {}).get("samples", 4))
         ref = run_reference(model, inputs, reference_device(reference))
         manifest = {**manifest, "parity_data": source}
-    report = evaluate(artifact_dir, manifest, profile, ref, backends, thresholds, require=bool(backends))
+    report = evaluate(artifact_dir, manifest, profile, ref, backends, thresholds, require=bool(backends),
+                      ov_precision=ov_precision)
     if writes:
         write_reports(artifact_dir, manifest, report)
     return report

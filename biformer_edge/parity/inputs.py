@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 
 from ..data.synthetic import render_scene
-from ..preprocess import preprocess
 from ..errors import UserError
+from ..preprocess import preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
