@@ -8,11 +8,13 @@ report; the traceback with ``--debug`` or ``BIFORMER_EDGE_DEBUG=1``); 130 Ctrl-C
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
 import os
 import signal
 import sys
+import tempfile
 import traceback
 import warnings
 
@@ -50,6 +52,28 @@ def quiet_libraries() -> None:
         cv2.setLogLevel(0)  # LOG_LEVEL_SILENT: libjpeg's "Corrupt JPEG data" and FFmpeg notices
     except Exception:
         pass
+
+
+@contextlib.contextmanager
+def captured_native_stderr():
+    """Capture what native libraries (libjpeg, FFmpeg) print straight to file descriptor 2 while decoding, so a
+    command's stderr stays the one line it promises; yields a list that receives the captured lines."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreter): nothing to capture
+        yield lines
+        return
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line for line in sink.read().decode(errors="replace").splitlines() if line.strip())
 
 
 def os_error_line(exc: OSError) -> str:

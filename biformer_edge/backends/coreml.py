@@ -1,5 +1,5 @@
 """Core ML: ``.mlpackage`` (ML Program) export from ``torch.export``, structural checks that run on Linux, and a
-Session that runs only on macOS (Core ML's predict needs the Core ML framework; toolchain.md §3.7).
+Session that runs only on macOS (Core ML's predict needs Apple's Core ML framework; coremltools converts anywhere).
 
 FP16 programs keep each BRA router in FP32: coremltools' ``FP16ComputePrecision`` pass takes an ``op_selector``, and
 the router ops are left out of it by name. coremltools names each MIL op after its ``torch.export`` node ('mean_1',
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 PACKAGE_NAME = "model.mlpackage"
-MAX_RANK = 5                                  # Core ML's tensor rank limit (DESIGN.md: export-clean BRA)
+MAX_RANK = 5                                  # Core ML's tensor rank limit: BRA keeps every tensor at rank <= 5
 GATHER_OPS = ("gather", "gather_along_axis", "gather_nd")
 ROUTER_SCOPE_SEP = "__"                       # '<router module path, dots as _>__<torch.export node name>'
 _ROUTER_OP_NAME = re.compile(r"(?:^|_)router__")   # the scope part ends with the module name 'router'
@@ -200,7 +200,7 @@ def export(model: nn.Module, ctx: ExportContext) -> list[str]:
 
 def _stable_manifest(package: Path) -> None:
     """The package's ``Manifest.json`` keys its items by random UUIDs, so every save hashes differently. Re-key them
-    with name-based UUIDs (uuid5 of the item path) so equal inputs give identical packages (DESIGN.md)."""
+    with name-based UUIDs (uuid5 of the item path) so equal inputs give identical packages."""
     manifest_path = package / "Manifest.json"
     manifest = json.loads(manifest_path.read_text())
     entries = manifest.get("itemInfoEntries", {})

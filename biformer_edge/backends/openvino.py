@@ -2,7 +2,8 @@
 that always sets its inference precision explicitly.
 
 Why explicit: the CPU plugin picks bf16 by default on AVX512-BF16/AMX CPUs and f16 where AVX512-FP16 is present
-(toolchain.md §3.1), so an unpinned run measures the CPU as much as the artifact. An explicit hint is not always
+(OpenVINO's CPU plugin documentation; measured in README "OpenVINO precision"), so an unpinned run measures the CPU
+as much as the artifact. An explicit hint is not always
 honoured either: the plugin computes an ``f16`` hint in f16 only where its ``OPTIMIZATION_CAPABILITIES`` list FP16;
 where they list BF16 but not FP16 (AMD Zen 4/5, Intel Cooper Lake) it computes the ``f16`` hint in **bf16**, elsewhere
 in f32. The Session records what was asked (``requested_hint``), what it set (``precision_hint``) and what the
@@ -23,7 +24,7 @@ after attention keeps the shape unchanged. The Session detects that pattern in t
 ``SNIPPETS_MODE=DISABLE`` (then correct to 1e-6; not slower on the AVX2 CPU measured). Code that deploys the IR
 with its own OpenVINO calls must set the same property.
 
-Router precision island (DESIGN.md, QAR 1): OpenVINO 2026's ``DisablePrecisionConversion`` runtime attribute
+Router precision island (QAR, README): OpenVINO 2026's ``DisablePrecisionConversion`` runtime attribute
 (written as ``dynamic:bf16,f16``; the IR reader also maps the older ``precise`` attribute onto it) keeps a node in its
 original precision: the CPU plugin gives such nodes ``keepOrigPrecision`` and skips them when it lowers the graph to
 f16/bf16, and ``compress_to_fp16`` leaves their constants in f32. The Python API cannot create that attribute
@@ -194,7 +195,7 @@ _AUTO_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*_\d+")
 def _stable_names(ov_model) -> None:
     """OpenVINO names the nodes it creates ``<Type>_<process-wide counter>`` (and models ``Model<counter>``), so a
     second export in the same process would write a different XML. Renumber them by topological position so that
-    equal inputs give byte-identical IRs (DESIGN.md: same inputs, same hashes)."""
+    equal inputs give byte-identical IRs (same inputs, same hashes)."""
     ov_model.set_friendly_name("biformer")
     for i, op in enumerate(ov_model.get_ordered_ops()):
         if _AUTO_NAME.fullmatch(op.get_friendly_name()):

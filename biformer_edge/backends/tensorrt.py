@@ -1,8 +1,8 @@
 """TensorRT (10.x and 11.x): an ONNX that TensorRT's parser accepts, the scripts that build the engine on the device,
 an in-process build where TensorRT and a GPU are present, and a Session that runs ``model.engine``.
 
-TensorRT cannot be installed on CPU machines (reference/toolchain.md 3.6), so everything here except the build and
-the Session works with onnx alone: :func:`check_onnx` catches what the onnx-tensorrt parser would reject or mis-run
+TensorRT cannot be installed on CPU machines (its libraries are not on PyPI's CPU wheels), so everything here
+except the build and the Session works with onnx alone: :func:`check_onnx` catches what the onnx-tensorrt parser would reject or mis-run
 before anyone copies the artifact to a Jetson. The Session needs TensorRT and NVIDIA's cuda-python (device buffers,
 stream), not torch: importing this module imports neither.
 """
@@ -83,8 +83,8 @@ def check_onnx(proto_or_path, dla: bool = False, max_opset: int = MAX_OPSET) -> 
     reference. Returns one line per problem, naming the node; empty when the graph is fine.
 
     Sources: onnx-tensorrt docs/operators.md (opsets, supported operators, TopK limits, no INT8 on TopK/Gather*),
-    TensorRT ITopKLayer docs (axis in the last four dims), DLA docs (no dynamic dims), DESIGN.md QAR 1 (no Q/DQ into
-    the router's TopK).
+    TensorRT ITopKLayer docs (axis in the last four dims), DLA docs (no dynamic dims), the router precision island of
+    QAR (no Q/DQ into the router's TopK).
     """
     import onnx
     from onnx import numpy_helper, shape_inference

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from ..data.synthetic import render_scene
+from ..console import captured_native_stderr
 from ..errors import UserError
 from ..preprocess import preprocess
 
@@ -18,18 +19,29 @@ def _read_images(paths: list[Path], limit: int) -> list[np.ndarray]:
     images = []
     for p in paths[:limit]:
         try:
-            bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            with captured_native_stderr() as decoder_notes:
+                bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
         except cv2.error as exc:  # e.g. over OpenCV's pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS)
             reason = str(exc).strip().splitlines()[-1][:100]
             raise UserError(f"cannot decode image {p} ({reason}): downscale it or remove it from --data") from None
         if bgr is None:
             raise UserError(f"cannot decode image {p} (unreadable, or over OpenCV's pixel limit): convert it to a "
                             f"PNG/JPEG of a sane size or remove it")
+        if decoder_notes:  # e.g. libjpeg's "Premature end of JPEG file": decoded, but the user should know
+            print(f"note: {p}: {decoder_notes[0]}")
         images.append(bgr[..., ::-1])
     return images
 
 
 def read_video_frames(path: Path, limit: int) -> list[np.ndarray]:
+    with captured_native_stderr() as decoder_notes:  # FFmpeg's own warnings: one note, not stray stderr lines
+        frames = _decode_video(path, limit)
+    if decoder_notes:
+        print(f"note: {path}: {decoder_notes[0]}")
+    return frames
+
+
+def _decode_video(path: Path, limit: int) -> list[np.ndarray]:
     cap = cv2.VideoCapture(str(path))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
     if not cap.isOpened() or total <= 0:
