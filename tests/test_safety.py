@@ -317,3 +317,14 @@ def test_uniform_images_pass_parity_with_ties_reported(artifact, openvino_artifa
             # (an AMX Xeon measured 0.998 tie-aware, 0.971 strict on the black image at 128)
             assert m["routing"] >= 0.995 and m["routing"] >= m["routing_strict"]
             assert (m["routing_ties"] > 0) == (m["routing"] > m["routing_strict"])
+
+
+def test_decoder_warnings_do_not_add_stray_stderr_lines(artifact, tmp_path):
+    """libjpeg prints "Premature end of JPEG file" straight to file descriptor 2: it becomes one note on stdout."""
+    from biformer_edge.data import render_scene
+    ok, buf = cv2.imencode(".jpg", render_scene(1, (64, 64))[0][..., ::-1])
+    (tmp_path / "cut.jpg").write_bytes(buf.tobytes()[: len(buf) // 2])
+    proc = subprocess.run([sys.executable, "-c", "from biformer_edge.cli import parity_main; parity_main()",
+                           str(artifact), "--data", str(tmp_path / "cut.jpg")], capture_output=True, text=True)
+    assert proc.returncode in (0, 1) and proc.stderr == ""
+    assert "note: " in proc.stdout and "cut.jpg" in proc.stdout

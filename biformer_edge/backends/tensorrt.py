@@ -2,9 +2,9 @@
 an in-process build where TensorRT and a GPU are present, and a Session that runs ``model.engine``.
 
 TensorRT cannot be installed on CPU machines (its libraries are not on PyPI's CPU wheels), so everything here
-except the build and the Session works with onnx alone: :func:`check_onnx` catches what the onnx-tensorrt parser would reject or mis-run
-before anyone copies the artifact to a Jetson. The Session needs TensorRT and NVIDIA's cuda-python (device buffers,
-stream), not torch: importing this module imports neither.
+except the build and the Session works with onnx alone: :func:`check_onnx` catches what the onnx-tensorrt parser
+would reject or mis-run before anyone copies the artifact to a Jetson. The Session needs TensorRT and NVIDIA's
+cuda-python (device buffers, stream), not torch: importing this module imports neither.
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..data.synthetic import render_scene
 from ..console import captured_native_stderr
+from ..data.synthetic import render_scene
 from ..errors import UserError
 from ..preprocess import preprocess
 
