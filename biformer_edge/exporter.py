@@ -100,10 +100,15 @@ def validate(req: ExportRequest) -> tuple[dict, dict]:
 
 
 def int8_gate(req: ExportRequest) -> None:
-    """The one place that decides whether an INT8 export can run (backends trust ExportContext.quant)."""
-    if req.precision == "int8":
-        raise UserError("--int8 is not available yet: INT8 with quantization-aware routing lands with the "
-                        "quantization work; export --fp16 or --fp32 for now")
+    """The one place that decides whether an INT8 export can run (backends trust ExportContext.quant): the target's
+    profile lists int8 (checked before), and the quantization toolkit is installed where the target calibrates."""
+    if req.precision != "int8":
+        return
+    if resolve_target(req.target).int8 == "qdq":
+        import importlib.util
+        if importlib.util.find_spec("modelopt") is None:
+            raise UserError("--int8 needs NVIDIA ModelOpt for its Q/DQ quantization: pip install "
+                            "'biformer-edge[int8]'")
 
 
 def quant_settings(req: ExportRequest) -> QuantSettings | None:
@@ -173,13 +178,19 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
                             opset=profile["target"].get("opset", 17), profile=profile, options=options, log=log,
                             quant=quant_settings(req))
         log(f"exporting {name} {h}x{w} batch {req.batch} -> {req.target} {req.precision}")
-        files = module.export(model, ctx)
+        export_model, quantization = model, None
+        if ctx.quant is not None and resolve_target(req.target).int8 == "qdq":
+            from .quant import prepare_int8
+            quantized, quantization = prepare_int8(model, ctx.quant, input_shape, log)
+            export_model = quantized.model   # the reference below stays the FP32 model
+        files = module.export(export_model, ctx)
         manifest = {
             "schema_version": SCHEMA_VERSION, "generator": GENERATOR, "model": name, "task": spec.task,
             "num_classes": getattr(model, "num_classes", None) if spec.task == "segmentation" else None,
             "weights": weights, "checkpoint_path": ckpt, "checkpoint_sha256": sha256_file(ckpt) if ckpt else None,
             "target": req.target, "backend": resolve_target(req.target).backend, "precision": req.precision,
-            "routing": req.routing, "router_precision": "fp32", "input_name": "images",
+            "routing": req.routing, "router_precision": "fp32" if req.routing == "qar" else "int8 inputs",
+            "quantization": quantization, "input_name": "images",
             "input_shape": list(input_shape), "opset": ctx.opset if "model.onnx" in files else None,
             "routing_blocks": len(bra_blocks(model)), "options": options, "versions": library_versions(),
             "reference_device": None, "checks": ctx.checks, "artifacts": files,

@@ -43,6 +43,7 @@ class Target:
     device_runtime: str          # the runtime the artifact is made for
     aliases: tuple[str, ...] = ()
     description: str = ""
+    int8: str | None = "qdq"     # "qdq": calibrated explicit Q/DQ; "weights": 8-bit weights, float activations
 
 
 RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
@@ -63,7 +64,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("tensorrt", "tensorrt", ("model.onnx", "build_engine.sh", "build_engine.py"), "tensorrt",
            ("trt", "engine"), "TensorRT 10-11 on an NVIDIA GPU"),
     Target("openvino", "openvino", ("model.xml", "model.bin"), "openvino", ("ov",), "OpenVINO IR for Intel"),
-    Target("coreml", "coreml", ("model.mlpackage",), "coreml", ("mlpackage", "ios"), "Core ML mlprogram"),
+    Target("coreml", "coreml", ("model.mlpackage",), "coreml", ("mlpackage", "ios"), "Core ML mlprogram",
+           int8="weights"),  # W8A8 calibrates through Core ML's predict, which runs only on macOS
     Target("onnx", "onnx", ("model.onnx",), "onnxruntime", ("ort", "onnxruntime"), "ONNX for onnxruntime"),
 )}
 

@@ -130,4 +130,8 @@ def graph_summary(proto) -> str:
 def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     proto = export_onnx(model, ctx.workdir / "model.onnx", ctx.input_shape, ctx.opset, fp16=ctx.precision == "fp16")
     ctx.checks["onnx_checker"] = {"ok": True, "summary": f"onnx.checker full_check passed; {graph_summary(proto)}"}
+    if ctx.precision == "int8":  # ``model`` is the fake-quantized copy: its TensorQuantizers export as Q/DQ pairs
+        from ..quant.report import LAYER_REPORT, check_int8_onnx
+        check_int8_onnx(proto, ctx)
+        return ["model.onnx", LAYER_REPORT, LAYER_REPORT.replace(".json", ".md")]
     return ["model.onnx"]

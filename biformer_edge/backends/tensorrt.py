@@ -307,11 +307,16 @@ def export(model, ctx: ExportContext) -> list[str]:
     ctx.checks["tensorrt_onnx"] = {"ok": True, "summary": (
         f"TensorRT 10/11 parser limits (opset {MIN_OPSET}-{MAX_OPSET}, TopK constant K < {TOPK_MAX_K} sorted, no INT8 "
         f"on TopK/Gather, rank <= {MAX_RANK}{', static shapes for DLA' if dla_core is not None else ''}): no problems")}
+    extra = []
+    if ctx.precision == "int8":  # explicit Q/DQ: TensorRT builds it strongly typed, INT8 exactly where Q/DQ sit
+        from ..quant.report import LAYER_REPORT, check_int8_onnx
+        check_int8_onnx(proto, ctx)
+        extra = [LAYER_REPORT, LAYER_REPORT.replace(".json", ".md")]
 
     values = dict(model_name=getattr(model, "name", type(model).__name__), precision=ctx.precision,
                   input_name=INPUT_NAME, input_shape="x".join(str(int(d)) for d in ctx.input_shape),
                   dla_core="" if dla_core is None else dla_core, workspace_mib=workspace_mib)
-    written = [ONNX_FILE]
+    written = [ONNX_FILE, *extra]
     for name in ("build_engine.sh", "build_engine.py"):
         path = workdir / name
         path.write_text(render_template(name, **values))

@@ -61,6 +61,10 @@ class RegionRouter(nn.Module):
         self.topk, self.scale = topk, scale
         # False only to measure what the FP32 island buys (a flipped top-k choice is a discrete error).
         self.fp32 = fp32
+        # Where the affinity's inputs would be quantized. Identity (no state, no checkpoint keys) in every export;
+        # INT8 with --routing naive puts quantizers here, so the cost of quantizing the router is measured.
+        self.q_region_quantizer: nn.Module = nn.Identity()
+        self.k_region_quantizer: nn.Module = nn.Identity()
         self.record = False
         self.last_affinity: torch.Tensor | None = None
 
@@ -69,9 +73,9 @@ class RegionRouter(nn.Module):
         if self.fp32:
             q, k = q.float(), k.float()
         Cq = int(q.shape[-1])
-        q_region = q.mean(1).reshape(batch, regions, Cq)                      # (N, R, Cq)
-        k_region = k.mean(1).reshape(batch, regions, Cq)
-        affinity = (q_region * self.scale) @ k_region.transpose(-2, -1)       # (N, R, R)
+        q_region = self.q_region_quantizer(q.mean(1).reshape(batch, regions, Cq))   # (N, R, Cq)
+        k_region = self.k_region_quantizer(k.mean(1).reshape(batch, regions, Cq))
+        affinity = (q_region * self.scale) @ k_region.transpose(-2, -1)             # (N, R, R)
         if self.record:
             self.last_affinity = affinity
         return torch.topk(affinity, k=self.topk, dim=-1, sorted=True).indices

@@ -15,21 +15,52 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
-def _read_images(paths: list[Path], limit: int) -> list[np.ndarray]:
+def read_rgb(path: Path, what: str = "--data") -> tuple[np.ndarray, str | None]:
+    """One image as HxWx3 uint8 RGB, and a note saying what was converted (grayscale expanded to RGB, alpha
+    dropped, 16-bit or float scaled to 8-bit; None when nothing was)."""
+    try:
+        with captured_native_stderr() as decoder_notes:
+            raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. over OpenCV's pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS)
+        reason = str(exc).strip().splitlines()[-1][:100]
+        raise UserError(f"cannot decode image {path} ({reason}): downscale it or remove it from {what}") from None
+    if raw is None or raw.size == 0:
+        raise UserError(f"cannot decode image {path} (unreadable, or over OpenCV's pixel limit): convert it to a "
+                        f"PNG/JPEG of a sane size or remove it from {what}")
+    notes = list(decoder_notes[:1])  # e.g. libjpeg's "Premature end of JPEG file": decoded, but worth knowing
+    if raw.dtype != np.uint8:
+        if raw.dtype == np.uint16:
+            raw = (raw >> 8).astype(np.uint8)
+            notes.append("16-bit scaled to 8-bit")
+        elif raw.dtype.kind == "f":
+            raw = np.clip(raw * 255.0 if raw.max() <= 1.0 else raw, 0, 255).astype(np.uint8)
+            notes.append("floating-point image scaled to 8-bit")
+        else:
+            raise UserError(f"image {path} has {raw.dtype} pixels: convert it to 8-bit RGB")
+    if raw.ndim == 2 or (raw.ndim == 3 and raw.shape[2] == 1):
+        rgb = cv2.cvtColor(raw.reshape(raw.shape[:2]), cv2.COLOR_GRAY2RGB)
+        notes.append("grayscale expanded to RGB")
+    elif raw.ndim == 3 and raw.shape[2] == 4:
+        rgb = cv2.cvtColor(raw, cv2.COLOR_BGRA2RGB)
+        notes.append("alpha channel dropped")
+    elif raw.ndim == 3 and raw.shape[2] == 3:
+        rgb = raw[..., ::-1]
+    else:
+        raise UserError(f"image {path} has shape {raw.shape}: convert it to an RGB image")
+    return np.ascontiguousarray(rgb), ("; ".join(notes) or None)
+
+
+def _read_images(paths: list[Path], limit: int, notes: list[str] | None, what: str) -> list[np.ndarray]:
     images = []
     for p in paths[:limit]:
-        try:
-            with captured_native_stderr() as decoder_notes:
-                bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        except cv2.error as exc:  # e.g. over OpenCV's pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS)
-            reason = str(exc).strip().splitlines()[-1][:100]
-            raise UserError(f"cannot decode image {p} ({reason}): downscale it or remove it from --data") from None
-        if bgr is None:
-            raise UserError(f"cannot decode image {p} (unreadable, or over OpenCV's pixel limit): convert it to a "
-                            f"PNG/JPEG of a sane size or remove it")
-        if decoder_notes:  # e.g. libjpeg's "Premature end of JPEG file": decoded, but the user should know
-            print(f"note: {p}: {decoder_notes[0]}")
-        images.append(bgr[..., ::-1])
+        rgb, note = read_rgb(p, what)
+        if note:
+            line = f"note: {p}: {note}"
+            if notes is None:
+                print(line)
+            else:
+                notes.append(line)
+        images.append(rgb)
     return images
 
 
@@ -59,21 +90,25 @@ def _decode_video(path: Path, limit: int) -> list[np.ndarray]:
     return frames
 
 
-def collect_images(data: str | Path, limit: int) -> list[np.ndarray]:
-    """RGB uint8 images from a folder of images, one image, or a video file."""
+def collect_images(data: str | Path, limit: int, notes: list[str] | None = None,
+                   what: str = "--data") -> list[np.ndarray]:
+    """RGB uint8 images from a folder of images, one image, or a video file (``limit`` frames sampled evenly).
+    Conversion notes go to ``notes`` (or are printed when it is None); ``what`` names the option in errors."""
     path = Path(data)
     if not path.exists():
-        raise UserError(f"--data {path} does not exist: pass an image folder, an image or a video file")
+        raise UserError(f"{what} {path} does not exist: pass an image folder, an image or a video file")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
-            raise UserError(f"--data {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return _read_images(files, limit)
+            raise UserError(f"{what} {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return _read_images(files, limit, notes, what)
+    if not path.is_file():
+        raise UserError(f"{what} {path} is not a regular file: pass an image folder, an image or a video file")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return _read_images([path], 1)
+        return _read_images([path], 1, notes, what)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return read_video_frames(path, limit)
-    raise UserError(f"--data {path}: unknown file type (use images {', '.join(sorted(IMAGE_SUFFIXES))} or a video)")
+    raise UserError(f"{what} {path}: unknown file type (use images {', '.join(sorted(IMAGE_SUFFIXES))} or a video)")
 
 
 def parity_inputs(input_shape: tuple[int, int, int, int], data: str | Path | None = None,

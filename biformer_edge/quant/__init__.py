@@ -1,0 +1,77 @@
+"""INT8: calibration (``calibration.py``), ModelOpt quantization with the router island (``int8.py``), and the
+per-layer precision report of the exported graph (``report.py``).
+
+``prepare_int8`` is what the exporter calls: it resolves the calibration recipe, renders or reads the samples with the
+model's own preprocessing, reuses a cached calibration when the weights, data and settings are byte-identical, and
+returns the fake-quantized model plus what the manifest records about it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..artifact import save_npz
+from ..backends.base import QuantSettings
+from ..errors import UserError
+from .calibration import cache_dir, cache_key, calibration_inputs, resolve_recipe
+from .int8 import QuantizedModel, int8_weight_share, quantize, toolkit_version
+
+
+def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, int, int],
+                 log=print) -> tuple[QuantizedModel, dict]:
+    from tqdm import tqdm
+
+    recipe = resolve_recipe(settings.calib, settings.samples)
+    inputs = calibration_inputs(recipe, input_shape)
+    for note in recipe.notes:
+        log(note)
+    config = {"routing": settings.routing, "method": recipe.method, "input_shape": list(input_shape),
+              "samples": int(np.prod(inputs.shape[:2])), "toolkit": toolkit_version(), "schema": 1}
+    key = cache_key(model.state_dict(), inputs, config)
+    path = cache_dir() / f"{key}.npz"
+    cached = _read_cache(path)
+    source = "synthetic scenes" if recipe.source == "synthetic" else ", ".join(recipe.source)
+    if cached is None:
+        log(f"calibrating INT8 ({settings.routing} routing) on {config['samples']} samples of {source}")
+        result = None
+        try:
+            result = quantize(model, inputs, settings.routing,
+                              progress=lambda b: tqdm(b, desc="calibrate", unit="batch", leave=False,
+                                                      disable=None))
+        finally:
+            if result is not None:
+                _write_cache(path, result.amax)
+    else:
+        try:
+            result = quantize(model, inputs, settings.routing, cached=cached)
+            log(f"INT8 calibration reused from the cache ({path.name[:12]}...)")
+        except KeyError:
+            result = quantize(model, inputs, settings.routing)
+            _write_cache(path, result.amax)
+    share = int8_weight_share(result.model)
+    info = {"toolkit": toolkit_version(), "routing": settings.routing, "router_precision":
+            "fp32" if settings.routing == "qar" else "int8 inputs",
+            "calibration": {**recipe.describe(), "samples": config["samples"], "source": recipe.source,
+                            "cache_key": key, "cache": "hit" if result.from_cache else "miss"},
+            "quantizers": result.quantizers, **share}
+    return result, info
+
+
+def _read_cache(path):
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception:  # a corrupt or foreign cache file is a miss, never an error
+        return None
+
+
+def _write_cache(path, ranges: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_npz(path, ranges)
+    except (OSError, UserError):
+        pass  # the cache only saves time; a read-only home must not fail an export
+
+
+__all__ = ["prepare_int8"]

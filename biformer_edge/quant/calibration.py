@@ -1,0 +1,153 @@
+"""Calibration data for INT8: recipes, sources (image folders, videos, synthetic scenes), and the cache key.
+
+A recipe (TOML, see the top-level ``calibration/default.toml``) says where samples come from, how many, and the
+range method. ``--calib`` takes image folders, single images, video files (frames sampled evenly) or a recipe;
+without it the shipped default recipe (synthetic scenes) is used, so ``--int8`` works out of the box. Every sample
+goes through the model's own preprocessing (``biformer_edge.preprocess``), the same as at inference.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tomllib
+
+from ..calibration_recipes import recipe_file
+from ..data.synthetic import render_scene, scene_seed
+from ..errors import UserError
+from ..parity.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, collect_images
+from ..preprocess import preprocess
+
+DEFAULT_SAMPLES = 128
+WARN_BELOW = 64
+METHODS = ("max",)
+
+
+@dataclass
+class Recipe:
+    source: list[str] | str = "synthetic"   # "synthetic" or paths (folders, images, videos)
+    samples: int = DEFAULT_SAMPLES
+    method: str = "max"
+    seed: int = 7
+    preprocessing: str = "model"
+    origin: str = "default"                 # where the recipe came from (for the manifest)
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "notes"}
+
+
+def load_recipe(path: Path) -> Recipe:
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f).get("calibration")
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"calibration recipe {path} is unreadable ({exc}): fix the TOML or pass image folders/videos "
+                        f"to --calib") from None
+    if not isinstance(table, dict):
+        raise UserError(f"calibration recipe {path} has no [calibration] table: see calibration/default.toml")
+    unknown = sorted(set(table) - {"source", "samples", "method", "seed", "preprocessing"})
+    if unknown:
+        raise UserError(f"calibration recipe {path}: unknown key '{unknown[0]}' (keys: source, samples, method, seed, "
+                        f"preprocessing)")
+    source = table.get("source", "synthetic")
+    if source != "synthetic":
+        items = [source] if isinstance(source, str) else source
+        if not isinstance(items, list) or not all(isinstance(s, str) for s in items) or not items:
+            raise UserError(f"calibration recipe {path}: 'source' must be \"synthetic\" or a list of paths")
+        source = [str((path.parent / s).resolve()) if not Path(s).is_absolute() else s for s in items]
+    recipe = Recipe(source=source, samples=table.get("samples", DEFAULT_SAMPLES), method=table.get("method", "max"),
+                    seed=table.get("seed", 7), preprocessing=table.get("preprocessing", "model"), origin=str(path))
+    check_recipe(recipe)
+    return recipe
+
+
+def check_recipe(recipe: Recipe) -> None:
+    if type(recipe.samples) is not int or recipe.samples < 1:
+        raise UserError(f"calibration samples must be a whole number >= 1, not {recipe.samples!r}")
+    if recipe.method not in METHODS:
+        raise UserError(f"calibration method '{recipe.method}' is not supported: choose {', '.join(METHODS)}")
+    if recipe.preprocessing != "model":
+        raise UserError(f"calibration preprocessing '{recipe.preprocessing}' is not supported: calibration always "
+                        f"uses the model's own preprocessing (\"model\")")
+    if type(recipe.seed) is not int or recipe.seed < 0:
+        raise UserError(f"calibration seed must be a whole number >= 0, not {recipe.seed!r}")
+
+
+def resolve_recipe(calib: list[str] | None, samples: int | None) -> Recipe:
+    """The recipe of an export: the default one, a recipe file, or image folders / videos given to --calib."""
+    calib = list(calib or [])
+    if len(calib) == 1 and calib[0].endswith(".toml"):
+        recipe = load_recipe(Path(calib[0]))
+    elif any(c.endswith(".toml") for c in calib):
+        raise UserError("--calib takes either one recipe (.toml) or image folders/videos, not both")
+    elif calib:
+        recipe = Recipe(source=calib, origin="--calib")
+    else:
+        recipe = load_recipe(recipe_file("default"))
+        recipe.origin = "calibration/default.toml"
+    if samples is not None:
+        recipe.samples = samples
+    check_recipe(recipe)
+    if recipe.samples < WARN_BELOW:
+        recipe.notes.append(f"warning: {recipe.samples} calibration samples is few (>= {WARN_BELOW} recommended, "
+                            f"{DEFAULT_SAMPLES} by default): activation ranges may clip real inputs")
+    return recipe
+
+
+def calibration_inputs(recipe: Recipe, input_shape: tuple[int, int, int, int]) -> np.ndarray:
+    """(B, N, 3, H, W) float32 batches of the export's static shape, ``recipe.samples`` rounded up to whole batches
+    (the last batch is filled with the first samples again)."""
+    N, _, H, W = input_shape
+    if recipe.samples < N:
+        raise UserError(f"{recipe.samples} calibration samples are fewer than the batch of {N}: pass "
+                        f"--calib-samples {N} or more")
+    if recipe.source == "synthetic":
+        images = [render_scene(scene_seed(recipe.seed, i), (H, W))[0] for i in range(recipe.samples)]
+    else:
+        images = []
+        for src in recipe.source:
+            path = Path(src)
+            if not path.exists():
+                raise UserError(f"calibration source {src} does not exist: pass image folders or video files")
+            if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+                raise UserError(f"calibration source {src}: unknown file type (images "
+                                f"{', '.join(sorted(IMAGE_SUFFIXES))} or videos {', '.join(sorted(VIDEO_SUFFIXES))})")
+            images += collect_images(path, recipe.samples - len(images), notes=recipe.notes, what="--calib")
+            if len(images) >= recipe.samples:
+                break
+        if not images:
+            raise UserError("the calibration sources hold no images: pass image folders or videos to --calib")
+        if len(images) < recipe.samples:
+            recipe.notes.append(f"note: the calibration sources hold {len(images)} images, fewer than the "
+                                f"{recipe.samples} asked for: calibrating on those")
+            recipe.samples = len(images)
+            if recipe.samples < N:
+                raise UserError(f"the calibration sources hold {recipe.samples} images, fewer than the batch of {N}")
+    n_batches = -(-len(images) // N)
+    images = (images * 2)[: n_batches * N]
+    x = np.stack([preprocess(im, (H, W)) for im in images]).astype(np.float32)
+    return x.reshape(n_batches, N, 3, H, W)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("BIFORMER_EDGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "biformer-edge")
+    return Path(root) / "calibration"
+
+
+def cache_key(state: dict, inputs: np.ndarray, settings: dict) -> str:
+    """Content hash of everything calibration depends on: the weights, the calibration inputs, the settings (routing
+    mode, method, shape, toolkit version). A cached result is reused only when all of them are identical."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+        digest.update((tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy().tobytes())
+    digest.update(np.ascontiguousarray(inputs).tobytes())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()

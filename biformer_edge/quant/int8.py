@@ -1,0 +1,153 @@
+"""INT8 post-training quantization through NVIDIA ModelOpt (``modelopt.torch.quantization``), which runs on CPU.
+
+What gets quantized (explicit Q/DQ, the only INT8 form TensorRT 11 keeps): the inputs of every Conv and Linear,
+symmetric per output channel for weights and per tensor for activations, int8 with zero point 0. LayerNorm,
+BatchNorm, Softmax, GELU, residual adds, the attention matmuls and the final classifier / segmentation layer stay in
+float. Chosen over onnxruntime's quantizer, NNCF and torchao PT2E because ModelOpt quantizes the PyTorch model
+itself (one quantized model for every target, exported by the same TorchScript exporter as FP32/FP16), writes the
+Q/DQ TensorRT expects, and already leaves anything named ``router`` unquantized.
+
+The router island (QAR): the router (``attn.router``: region pooling, affinity, TopK) has no Conv/Linear, so with
+``routing="qar"`` no quantizer sits on any path into TopK. ``routing="naive"`` quantizes the affinity's inputs (the
+pooled q and k regions) like any matmul input, so the cost of quantizing the router is measured, not claimed.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.metadata
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..models.bra import RegionRouter
+
+ROUTER_QUANTIZERS = ("q_region_quantizer", "k_region_quantizer")
+
+
+def modelopt():
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError:
+        raise UserError("INT8 needs NVIDIA ModelOpt: pip install 'biformer-edge[int8]'") from None
+    return mtq
+
+
+def toolkit_version() -> str:
+    try:
+        return f"nvidia-modelopt {importlib.metadata.version('nvidia-modelopt')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "nvidia-modelopt (unknown version)"
+
+
+def final_layer(model: nn.Module) -> str:
+    """The layer producing the logits, kept in float (it decides every label)."""
+    name = "decode_head.conv_seg" if getattr(model, "task", None) == "segmentation" else "head"
+    if name not in dict(model.named_modules()):
+        raise UserError(f"{getattr(model, 'name', type(model).__name__)} has no '{name}' layer: INT8 supports the "
+                        f"registered BiFormer models")
+    return name
+
+
+def int8_config(model: nn.Module, routing: str) -> dict:
+    mtq = modelopt()
+    cfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
+    entries = cfg["quant_cfg"]
+    entries.append({"quantizer_name": f"{final_layer(model)}.*", "enable": False})
+    if routing == "naive":  # after ModelOpt's own "*router*" exclusion, so these win
+        for name in ROUTER_QUANTIZERS:
+            entries.append({"quantizer_name": f"*router.{name}", "cfg": {"num_bits": 8, "axis": None},
+                            "enable": True})
+    return cfg
+
+
+def insert_router_quantizers(model: nn.Module) -> None:
+    """--routing naive: put ModelOpt TensorQuantizers where the router's affinity reads the pooled q and k."""
+    from modelopt.torch.quantization.nn import TensorQuantizer
+    for module in model.modules():
+        if isinstance(module, RegionRouter):
+            for name in ROUTER_QUANTIZERS:
+                setattr(module, name, TensorQuantizer())
+
+
+@dataclass
+class QuantizedModel:
+    model: nn.Module                       # fake-quantized copy; the FP32 model given is left unchanged
+    amax: dict[str, np.ndarray]            # calibrated range of every enabled quantizer (what the cache stores)
+    quantizers: int = 0
+    from_cache: bool = False
+    layers: list[dict] = field(default_factory=list)
+
+
+def quantizer_ranges(model: nn.Module) -> dict[str, np.ndarray]:
+    from modelopt.torch.quantization.nn import TensorQuantizer
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, TensorQuantizer) and module.is_enabled and module.amax is not None:
+            out[name] = module.amax.detach().cpu().float().numpy()
+    return out
+
+
+def quantize(model: nn.Module, batches: np.ndarray, routing: str = "qar", cached: dict | None = None,
+             progress=None) -> QuantizedModel:
+    """A fake-quantized copy of ``model``: calibrated on ``batches`` (B, N, 3, H, W), or, when ``cached`` holds the
+    ranges of an identical earlier calibration, restored from them without running a single batch."""
+    mtq = modelopt()
+    qmodel = copy.deepcopy(model).float().eval()
+    if routing == "naive":
+        insert_router_quantizers(qmodel)
+    cfg = int8_config(qmodel, routing)
+
+    def forward_loop(m):
+        with torch.no_grad():
+            for batch in (progress(batches) if progress else batches):
+                m(torch.from_numpy(np.ascontiguousarray(batch)))
+
+    with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers" itself
+        if cached is None:
+            qmodel = mtq.quantize(qmodel, cfg, forward_loop)
+        else:
+            qmodel = mtq.quantize(qmodel, cfg, lambda m: None)
+            restore_ranges(qmodel, cached)
+    qmodel.eval()
+    ranges = quantizer_ranges(qmodel)
+    missing = [n for n, m in enabled_quantizers(qmodel) if n not in ranges]
+    if missing:
+        raise UserError(f"calibration left {len(missing)} quantizers without a range (e.g. {missing[0]}): the "
+                        f"calibration data never reached them; pass more or other --calib data")
+    return QuantizedModel(qmodel, ranges, quantizers=len(ranges), from_cache=cached is not None)
+
+
+def enabled_quantizers(model: nn.Module):
+    from modelopt.torch.quantization.nn import TensorQuantizer
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, TensorQuantizer) and m.is_enabled]
+
+
+def restore_ranges(qmodel: nn.Module, ranges: dict[str, np.ndarray]) -> None:
+    quantizers = dict(enabled_quantizers(qmodel))
+    if set(quantizers) != set(ranges):
+        raise KeyError("cached ranges do not match the quantizers")  # the caller treats it as a cache miss
+    for name, module in quantizers.items():
+        module.amax = torch.from_numpy(np.asarray(ranges[name], dtype=np.float32))
+
+
+def int8_weight_share(model: nn.Module) -> dict:
+    """Weight parameters of Conv/Linear layers whose weight *and* input are INT8, over all weight parameters of
+    Conv/Linear layers (what the issue calls INT8 on both inputs of their layer), plus the layers left in float."""
+    quantized, total, float_layers = 0, 0, []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        n = module.weight.numel()
+        total += n
+        w_q, i_q = getattr(module, "weight_quantizer", None), getattr(module, "input_quantizer", None)
+        if w_q is not None and i_q is not None and w_q.is_enabled and i_q.is_enabled:
+            quantized += n
+        else:
+            float_layers.append(name)
+    return {"int8_weight_params": quantized, "weight_params": total,
+            "int8_weight_share": round(quantized / total, 6) if total else 0.0, "float_layers": float_layers}
