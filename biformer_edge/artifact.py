@@ -114,7 +114,7 @@ def read_manifest(artifact_dir: str | Path) -> dict:
                         f"biformer-export wrote")
     try:
         manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(f"{path} is corrupt ({getattr(exc, 'msg', exc)}): re-export the artifact") from None
     problem = manifest_problem(manifest)
     if problem:
@@ -209,21 +209,32 @@ def verify_files(artifact_dir: Path, manifest: dict) -> list[str]:
 
 
 def is_our_artifact(path: Path) -> str | None:
-    """Why ``path`` is not a biformer-edge artifact that --force may replace, or None when it is one. It must be a
-    real directory with a valid manifest and hold nothing but files the tool or the device build wrote."""
+    """Why ``path`` is not a biformer-edge artifact that --force may replace, or None when it is one: a real directory
+    with a valid manifest, every listed file unchanged since the export, and nothing else in it but the reports and
+    the regular files a device build writes (no links, no other files or folders)."""
     if path.is_symlink():
         return "it is a symbolic link"
     if not path.is_dir():
         return "it is not a directory"
     try:
         manifest = read_manifest(path)
-    except UserError:
-        return f"it has no valid {MANIFEST} of biformer-edge"
-    ours = {MANIFEST, *REPORT_FILES, *DEVICE_FILES, *manifest["files"]}
-    tops = {PurePosixPath(rel).parts[0] for rel in ours}
-    for entry in sorted(os.listdir(path)):
-        if entry not in tops:
-            return f"it holds '{entry}', which biformer-export did not write"
+        changed = verify_files(path, manifest)
+    except UserError as exc:
+        return f"it has no valid {MANIFEST} of biformer-edge ({str(exc)[:80]})"
+    if changed:
+        return f"{changed[0]} since the export: move your changes out first"
+    allowed = {MANIFEST, *REPORT_FILES, *DEVICE_FILES, *manifest["files"]}
+    folders = {p.as_posix() for rel in manifest["files"] for p in PurePosixPath(rel).parents if str(p) != "."}
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            rel = full.relative_to(path).as_posix()
+            if full.is_symlink():
+                return f"it holds the link '{rel}', which biformer-export did not write"
+            if name in dirnames and rel not in folders:
+                return f"it holds the folder '{rel}', which biformer-export did not write"
+            if name in filenames and (rel not in allowed or not full.is_file()):
+                return f"it holds '{rel}', which biformer-export did not write"
     return None
 
 
@@ -291,26 +302,41 @@ def remove_stale_temporaries(output: Path) -> list[Path]:
     return removed
 
 
+LOCK_MARK = b"biformer-export lock\n"
+
+
 @contextlib.contextmanager
 def output_lock(output: Path):
     """Hold an exclusive lock on ``output`` for the duration of an export: a second export to the same place fails
-    at once with one line instead of silently replacing the first one's result."""
+    at once with one line instead of silently replacing the first one's result. The lock file ``.NAME.lock`` is
+    only ever truncated or removed when it is ours (it holds our mark); a user's file of that name is refused."""
     lock_path = output.parent / f".{output.name}.lock"
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            os.write(fd, LOCK_MARK)
+        except FileExistsError:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                continue  # the holder just removed it: try again
+            except OSError:
+                raise UserError(f"{lock_path} exists and is not a biformer-export lock: remove or rename it") from None
+            if os.read(fd, len(LOCK_MARK)) != LOCK_MARK or not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise UserError(f"{lock_path} exists and is not a biformer-export lock: remove or rename it, or "
+                                f"choose another --output") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise UserError(f"another biformer-export is writing {output} right now: wait for it to finish, or "
                             f"choose another --output") from None
-        # the previous holder may have unlinked the file between our open and flock: lock the file that is there
+        # the previous holder may have removed the file between our open and flock: lock the file that is there
         if os.path.lexists(lock_path) and os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         with contextlib.suppress(OSError):

@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .console import OneLineParser, error_boundary, positive_int
+from .console import OneLineParser, error_boundary, positive_int, utf8_path
 from .errors import UserError
 from .targets import DEFAULT_MODEL, TARGETS
 
@@ -47,6 +47,10 @@ def export_parser() -> argparse.ArgumentParser:
 @error_boundary
 def export_main(argv=None):
     a = export_parser().parse_args(argv)
+    for value, what in ((a.output, "--output"), (a.checkpoint, "--checkpoint"), (a.data, "--data"),
+                        *((c, "--calib") for c in a.calib or [])):
+        if value:
+            utf8_path(value, what)
     from .exporter import ExportRequest, export, summary_lines  # torch: only once the arguments parsed
     req = ExportRequest(
         target=a.target, precision=a.precision, model=a.model, checkpoint=a.checkpoint,
@@ -58,6 +62,21 @@ def export_main(argv=None):
     out, manifest = export(req, log=lambda msg: print(msg, flush=True))
     print("\n".join(summary_lines(out, manifest, req)))
     return 1 if manifest["parity"]["verdict"] == "fail" else 0
+
+
+def check_report_path(path: Path, artifact: Path) -> None:
+    """--junit may create or replace a regular file, never a link, a device, a FIFO, or a file of the artifact."""
+    folder = Path(os.path.abspath(path)).parent
+    if not folder.is_dir():
+        raise UserError(f"--junit {path}: folder {folder} does not exist; create it or choose another path")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UserError(f"--junit {path} is a link, a directory or a device: choose a regular file path")
+    if os.path.realpath(folder) == os.path.realpath(artifact) or Path(os.path.realpath(artifact)) in Path(
+            os.path.realpath(path)).parents:
+        raise UserError(f"--junit {path} is inside the artifact: write the report elsewhere (the artifact holds "
+                        f"only what biformer-export wrote)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"--junit {path}: cannot write to {folder}")
 
 
 @error_boundary
@@ -76,14 +95,14 @@ def parity_main(argv=None):
                         "native f16, else f32); bf16 is checked against its own thresholds; reports are not written")
     p.add_argument("--junit", help="also write a JUnit XML report to this file")
     a = p.parse_args(argv)
-    if a.junit:  # refuse an unwritable report path before the check, not after it passed
-        junit_dir = Path(os.path.abspath(a.junit)).parent
-        if not junit_dir.is_dir():
-            raise UserError(f"--junit {a.junit}: folder {junit_dir} does not exist; create it or choose another path")
-        if Path(a.junit).is_symlink() or Path(a.junit).is_dir():
-            raise UserError(f"--junit {a.junit} is a link or a directory: choose a file path")
-        if not os.access(junit_dir, os.W_OK | os.X_OK):
-            raise UserError(f"--junit {a.junit}: cannot write to {junit_dir}")
+    for value, what in ((a.artifact, "artifact"), (a.data, "--data"), (a.checkpoint, "--checkpoint"),
+                        (a.junit, "--junit")):
+        if value:
+            utf8_path(value, what)
+    if (a.samples or a.checkpoint) and not a.data:
+        raise UserError("--samples and --checkpoint only apply with --data (a re-reference on your own images)")
+    if a.junit:  # refuse a bad report path before the check, not after it passed
+        check_report_path(Path(a.junit), Path(a.artifact))
     manifest = read_manifest(a.artifact)
     report = check_parity(a.artifact, backends=a.backend, data=a.data, checkpoint=a.checkpoint, samples=a.samples,
                           reference=a.reference, ov_precision=a.ov_precision)

@@ -42,14 +42,19 @@ def _raise_terminated(signum, frame):
 
 def quiet_libraries() -> None:
     """Keep stderr to our one line: FFmpeg, libjpeg/OpenCV and Python warnings of the libraries we call."""
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore")
-    try:  # only where OpenCV is already imported or importable cheaply; it is a core dependency
+    try:  # OpenCV reads OPENCV_LOG_LEVEL once, at import: set the level too where it was imported already
         import cv2
-        cv2.setLogLevel(0)  # LOG_LEVEL_SILENT: libjpeg's "Corrupt JPEG data" and FFmpeg notices
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except Exception:
+        pass
+    try:
+        import onnxruntime
+        onnxruntime.set_default_logger_severity(3)  # e.g. "Failed to persist telemetry device ID" with no HOME
     except Exception:
         pass
 
@@ -74,6 +79,11 @@ def captured_native_stderr():
             os.close(saved)
             sink.seek(0)
             lines.extend(line for line in sink.read().decode(errors="replace").splitlines() if line.strip())
+
+
+def one_line(text: str) -> str:
+    """A message made of one line whatever paths it quotes (a newline in a file name stays visible as \\n)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def os_error_line(exc: OSError) -> str:
@@ -104,7 +114,7 @@ def error_boundary(main):
         try:
             code = main(argv)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(str(exc))}", file=sys.stderr)
             code = exc.exit_code
         except Terminated:
             print("terminated: temporary files were removed, nothing was written", file=sys.stderr)
@@ -122,7 +132,7 @@ def error_boundary(main):
         except OSError as exc:
             if debug:
                 traceback.print_exc()
-            print(f"error: {os_error_line(exc)}", file=sys.stderr)
+            print(f"error: {one_line(os_error_line(exc))}", file=sys.stderr)
             code = 2
         except MemoryError:
             print("error: out of memory: use a smaller --input-size, --batch or --samples", file=sys.stderr)
@@ -145,7 +155,18 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but usage errors also exit 2 with one line that says what to do."""
 
     def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def utf8_path(text: str, what: str) -> str:
+    """Refuse a path that is not valid UTF-8 (undecodable bytes in a file name): OpenCV and the runtimes cannot open
+    it and some crash on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{what} {text.encode('utf-8', 'surrogateescape')!r} is not a valid UTF-8 path: rename "
+                        f"it") from None
+    return text
 
 
 def positive_int(text: str) -> int:

@@ -1,5 +1,7 @@
-"""biformer-bench: a tiny real run (torch + onnxruntime, each in its own worker process), skips, bad input."""
+"""biformer-bench: a tiny real run (torch + onnxruntime, each in its own worker process), INT8 rows, skips, bad
+input."""
 import csv
+import importlib.util
 import sys
 
 import pytest
@@ -7,8 +9,7 @@ import pytest
 from biformer_edge.bench import main
 from biformer_edge.bench.plan import cpu_default_hint, plan
 from biformer_edge.cli import bench_main
-from biformer_edge.errors import UserError
-from biformer_edge.exporter import ExportRequest, int8_gate
+from biformer_edge.exporter import ExportRequest
 from biformer_edge.targets import load_profile
 
 TINY = ["--models", "biformer_seg_demo", "--random-weights", "--input-size", "64", "64", "--runs", "2",
@@ -71,21 +72,26 @@ def test_unavailable_backends_are_skipped_with_a_note(tmp_path):
     assert not (tmp_path / "bench.png").exists()  # nothing measured, nothing to draw
 
 
-def test_int8_is_skipped_with_the_exporters_message(tmp_path):
-    """--precisions int8 gets the exporter's one INT8 verdict, for exported runtimes and torch alike."""
+def test_int8_rows_time_the_exporters_int8_artifacts(tmp_path):
+    """--precisions int8: onnxruntime runs the Q/DQ ONNX and OpenVINO its INT8 IR (each exported once by the
+    exporter, calibrated on 8 synthetic scenes); torch has no INT8 and says so."""
     pytest.importorskip("onnxruntime")
-    try:
-        int8_gate(ExportRequest(target="onnx", precision="int8"))
-        expected = None
-    except UserError as exc:
-        expected = str(exc)
-    if expected is None:
-        pytest.skip("INT8 export is available: this test is about the gate")
-    assert main(TINY + ["--backends", "onnxruntime", "torch", "--precisions", "int8", "--output",
+    pytest.importorskip("modelopt", reason="INT8 export needs nvidia-modelopt")
+    backends = ["onnxruntime", "openvino", "torch"]
+    assert main(TINY + ["--backends", *backends, "--precisions", "int8", "--calib-samples", "8", "--output",
                         str(tmp_path)]) == 0
-    rows = read_rows(tmp_path)
-    assert [(r["backend"], r["precision"], r["status"], r["note"]) for r in rows] == [
-        ("onnxruntime", "int8", "skipped", expected), ("torch", "int8", "skipped", expected)]
+    rows = {r["backend"]: r for r in read_rows(tmp_path)}
+    assert list(rows) == backends and {r["precision"] for r in rows.values()} == {"int8"}
+    ort = rows["onnxruntime"]
+    assert ort["status"] == "ok", ort["note"]
+    assert float(ort["median_ms"]) > 0 and float(ort["artifact_mb"]) > 0
+    assert rows["torch"]["status"] == "skipped" and "int8 is an export precision" in rows["torch"]["note"]
+    ov = rows["openvino"]
+    if importlib.util.find_spec("openvino") is None:
+        assert ov["status"] == "skipped" and "openvino is not installed" in ov["note"]
+    else:  # a failed OpenVINO INT8 export is the row's reason, never the end of the table
+        assert ov["status"] == "ok" or ov["note"].startswith("export: "), ov
+    assert "| int8 |" in (tmp_path / "bench.md").read_text()
 
 
 def test_openvino_gets_a_row_for_the_cpu_default_hint():
@@ -113,6 +119,8 @@ def test_openvino_gets_a_row_for_the_cpu_default_hint():
     (["--warmup", "-1"], "--warmup must be >= 0"),
     (["--input-size", "16", "16"], "--input-size 16 16 is below the minimum"),
     (["--precisions", "fp8"], "unknown precision 'fp8'"),
+    (["--calib-samples", "8"], "--calib-samples only applies to --precisions int8"),
+    (["--precisions", "int8", "--calib-samples", "0"], "argument --calib-samples: must be >= 1"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:

@@ -1,5 +1,5 @@
 """Core ML backend: ML Program conversion, structural checks (Linux), router kept FP32 in FP16 programs, 8-bit
-weights, and the macOS-only Session.
+weights, ``--int8`` (W8 here, W8A8 on macOS only), and the macOS-only Session.
 
 biformer_seg_demo (random weights) at 128x128 is exported once with torch.export and converted to FP16 and FP32;
 the cheap end-to-end ``export()`` cases use a bare BRA module.
@@ -18,7 +18,7 @@ ct = pytest.importorskip("coremltools")
 
 import biformer_edge as be  # noqa: E402
 from biformer_edge.backends import coreml as bcm  # noqa: E402
-from biformer_edge.backends.base import ExportContext  # noqa: E402
+from biformer_edge.backends.base import ExportContext, QuantSettings  # noqa: E402
 from biformer_edge.backends.tracing import RoutingOutputs, run_torch  # noqa: E402
 from biformer_edge.models.bra import BiLevelRoutingAttention  # noqa: E402
 
@@ -173,6 +173,55 @@ def test_export_end_to_end_with_options(tmp_path):
     facts = bcm.inspect_mlpackage(tmp_path / "b")
     assert facts["opset"] == "CoreML7"
     assert facts["ops"].get("constexpr_affine_dequantize", 0) > 0
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="Linux behaviour: W8A8 calibrates on macOS")
+def test_int8_is_fp16_with_8bit_weights_off_macos(tmp_path):
+    """--int8 off macOS: the FP16 program (router FP32) with 8-bit per-channel weights, a log line saying what W8A8
+    needs, and the check the manifest records."""
+    messages = []
+    ctx = ExportContext(workdir=tmp_path, target="coreml", precision="int8", input_shape=BRA_SHAPE, options={},
+                        log=messages.append, quant=QuantSettings())
+    assert bcm.export(bare_bra(), ctx) == ["model.mlpackage"]
+    facts = bcm.inspect_mlpackage(tmp_path)
+    assert facts["ops"].get("constexpr_affine_dequantize", 0) > 0              # 8-bit weights
+    assert not any("quantize" in op and "constexpr" not in op for op in facts["ops"])  # no activation Q/DQ
+    assert facts["topk_input_dtypes"] == ["fp32"] and facts["router_dtypes"] == ["fp32"]
+    assert facts["ops"].get("cast", 0) > 0                                       # the rest is FP16
+    assert ctx.checks["int8"] == {"ok": True, "summary": "W8 per-channel, activations FP16 (W8A8 needs macOS)"}
+    assert sum("W8A8 (activation calibration) needs Core ML predict on macOS" in m for m in messages) == 1
+
+
+def test_router_op_names_are_what_w8a8_leaves_fp32(seg_packages):
+    """The names W8A8 passes to op_name_configs (None: not quantized) are exactly the router's non-const ops."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlmodel = ct.models.MLModel(str(seg_packages["fp16"]), skip_model_load=True)
+    names = bcm.router_op_names(mlmodel)
+    assert names and all(bcm.is_router_op(n) for n in names)
+    assert len(names) == sum(bcm.inspect_mlpackage(seg_packages["fp16"])["router_ops"].values())
+
+
+def test_int8_is_a_coreml_precision_with_fp16_thresholds():
+    from biformer_edge.exporter import ExportRequest, validate
+    from biformer_edge.targets import load_profile
+    profile, _ = validate(ExportRequest(target="coreml", precision="int8"))
+    assert "int8" in profile["target"]["precisions"]
+    assert load_profile("coreml")["thresholds"]["int8"] == load_profile("coreml")["thresholds"]["fp16"]
+
+
+@darwin_only
+def test_int8_is_w8a8_on_macos(tmp_path):
+    """macOS, iOS 17+: activations calibrated through Core ML's predict (coremltools linear_quantize_activations),
+    router ops left FP32, then 8-bit weights."""
+    ctx = ExportContext(workdir=tmp_path, target="coreml", precision="int8", input_shape=BRA_SHAPE,
+                        options={"ios": 17}, log=lambda *a: None, quant=QuantSettings(samples=4))
+    bcm.export(bare_bra(), ctx)
+    facts = bcm.inspect_mlpackage(tmp_path)
+    assert facts["ops"].get("quantize", 0) > 0 and facts["ops"].get("dequantize", 0) > 0
+    assert facts["ops"].get("constexpr_affine_dequantize", 0) > 0
+    assert facts["topk_input_dtypes"] == ["fp32"]
+    assert ctx.checks["int8"]["summary"].startswith("W8A8")
 
 
 def test_router_in_fp16_when_router_fp32_off(tmp_path):

@@ -35,7 +35,7 @@ def test_routing_strict_overlap_ignores_order():
     ref = [np.array([[[0, 1], [2, 3]]])]           # (N=1, R=2, k=2)
     test = [np.array([[[1, 0], [2, 0]]])]
     out = metrics.routing_agreement(ref, test)
-    assert out == {"routing": 0.75, "routing_strict": 0.75, "routing_ties": 0.0}
+    assert out == {"routing": 0.75, "routing_strict": 0.75, "routing_ties": 0.0, "routing_per_block": [0.75]}
 
 
 def test_a_choice_among_exactly_tied_regions_is_agreement_and_reported():
@@ -43,7 +43,7 @@ def test_a_choice_among_exactly_tied_regions_is_agreement_and_reported():
     ref = [np.array([[[0, 1]]])]
     tie_break = [np.array([[[0, 2]]])]
     out = metrics.routing_agreement(ref, tie_break, [affinity])
-    assert out == {"routing": 1.0, "routing_strict": 0.5, "routing_ties": 1.0}
+    assert out == {"routing": 1.0, "routing_strict": 0.5, "routing_ties": 1.0, "routing_per_block": [1.0]}
 
 
 def test_a_real_flip_stays_a_flip_even_with_affinities():
@@ -67,12 +67,22 @@ def test_ties_are_judged_at_float32_resolution():
 
 
 def test_failures_and_threshold_names():
-    m = {"cosine": 0.99, "max_abs": 0.2, "pixel": float("nan")}
+    m = {"cosine": 0.99, "max_abs": 0.2, "pixel": 0.95}
     assert metrics.failures(m, {"cosine": 0.999, "max_abs": 0.1, "pixel": 0.9, "top1": 1.0}) == [
-        "cosine 0.99 (needs >= 0.999)", "max_abs 0.2 (needs <= 0.1)"]
+        "cosine 0.99 (needs >= 0.999)", "max_abs 0.2 (needs <= 0.1)"]   # top1: not produced, not applicable
     assert metrics.failures(m, {"cosine": 0.9}) == []
     with pytest.raises(UserError, match="unknown parity threshold 'pixle'.*pixel"):
         metrics.failures(m, {"pixle": 0.999})
+    with pytest.raises(UserError, match="pixel='high' is not a number"):
+        metrics.failures(m, {"pixel": "high"})
+
+
+def test_nan_outputs_never_pass():
+    nan = np.full(4, np.nan, np.float32)
+    ref = np.ones(4, np.float32)
+    m = {"cosine": metrics.cosine(ref, nan), "sqnr_db": metrics.sqnr_db(ref, nan), "max_abs": metrics.max_abs(ref, nan)}
+    assert all(v != v for v in m.values())   # NaN in, NaN out: no metric pretends to be perfect
+    assert len(metrics.failures(m, {"cosine": 0.99, "sqnr_db": 30, "max_abs": 1.0})) == 3
 
 
 def test_compare_segmentation_and_classification():

@@ -322,3 +322,135 @@ def test_parity_refuses_f16_hint_computed_in_bf16(seg_irs, seg_reference):
         return
     with pytest.raises(be.UserError, match=r"computes the 'f16' hint in bf16 .*--ov-precision bf16"):
         evaluate_fp16(seg_irs, seg_reference, ov_precision="f16")
+
+
+# ---------------------------------------------------------------------------------------------------------- INT8
+
+INT8_SHAPE = (1, 3, 64, 64)
+
+
+def export_int8(model, path, routing):
+    from biformer_edge.backends.base import QuantSettings
+
+    ctx = ExportContext(workdir=path, target="openvino", precision="int8", input_shape=INT8_SHAPE,
+                        log=lambda *a: None, quant=QuantSettings(routing=routing))
+    return bov.export(model, ctx), ctx
+
+
+@pytest.fixture(scope="module")
+def int8_irs(seg_model, tmp_path_factory):
+    """The fake-quantized seg model (ModelOpt, as the exporter calls it, 4 synthetic scenes) exported as INT8 IRs for
+    both routing modes: routing -> (files, ctx, artifact dir)."""
+    pytest.importorskip("modelopt.torch.quantization")
+    from biformer_edge.quant.calibration import calibration_inputs, resolve_recipe
+    from biformer_edge.quant.int8 import quantize
+
+    batches = calibration_inputs(resolve_recipe(None, 4), INT8_SHAPE)
+    out = {}
+    for routing in ("qar", "naive"):
+        path = tmp_path_factory.mktemp(f"ov-int8-{routing}")
+        files, ctx = export_int8(quantize(seg_model, batches, routing).model, path, routing)
+        out[routing] = (files, ctx, path)
+    return out
+
+
+def read_layer_report(path):
+    import json
+    return json.loads((path / "layer_precision.json").read_text())
+
+
+@pytest.mark.parametrize("routing", ["qar", "naive"])
+def test_int8_export_writes_ir_and_layer_report(int8_irs, seg_model, routing):
+    files, ctx, path = int8_irs[routing]
+    assert files == ["model.xml", "model.bin", "layer_precision.json", "layer_precision.md"]
+    assert all((path / f).is_file() for f in files)
+    model = bov._core().read_model(str(path / "model.xml"))
+    assert model.inputs[0].get_any_name() == "images" and tuple(model.inputs[0].get_shape()) == INT8_SHAPE
+    assert [o.get_any_name() for o in model.outputs] == RoutingOutputs(seg_model).output_names()
+    assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
+    report = read_layer_report(path)
+    rows = {r["layer"]: r for r in report["layers"]}
+    # every layer named after its module (no counter names), the logits layer float, the rest INT8 in the graph
+    assert all(name.startswith("/model/") for name in rows)
+    assert rows["/model/decode_head/conv_seg/Conv/WithoutBiases"]["weight"] == "float"
+    assert report["summary"]["int8_weight_share"] > 0.99
+    assert set(ctx.checks) == {"router_island", "int8_layers"} and all(c["ok"] for c in ctx.checks.values())
+    md = (path / "layer_precision.md").read_text()
+    assert "| executed |" in md and "precision hint f32" in md
+
+
+def test_int8_router_island_holds_for_qar_only(int8_irs):
+    qar = bov._core().read_model(str(int8_irs["qar"][2] / "model.xml"))
+    naive = bov._core().read_model(str(int8_irs["naive"][2] / "model.xml"))
+    topk = sum(op.get_type_name() == "TopK" for op in qar.get_ordered_ops())
+    assert topk == 4
+    assert bov.fake_quantize_into_topk(qar) == []
+    into = bov.fake_quantize_into_topk(naive)
+    assert len(into) == 2 * topk                  # the pooled q and the pooled k of every router
+    assert "no FakeQuantize" in int8_irs["qar"][1].checks["router_island"]["summary"]
+    assert f"{len(into)} FakeQuantize paths" in int8_irs["naive"][1].checks["router_island"]["summary"]
+    # qar: the router's float ops (ONNX-frontend names, TopK named after its output) marked to stay FP32
+    router = bov.router_nodes(qar)
+    assert [n.get_type_name() for n in router].count("TopK") == topk
+    assert all(bov.KEEP_PRECISION_KEY in n.get_rt_info() for n in router)
+    assert not bov.marked_nodes(naive)
+    rows = {r["layer"]: r for r in read_layer_report(int8_irs["naive"][2])["layers"]}
+    assert all(r["input"] == r["weight"] == "int8" for r in rows.values() if r["router"])
+
+
+def test_router_scope_of_onnx_names():
+    assert bov.router_scope("/model/stages.0/stages.0.0/attn/router/MatMul") == "/model/stages.0/stages.0.0/attn/router"
+    assert bov.router_scope("/model/stages.0/stages.0.0/attn/router/k_region_quantizer/DequantizeLinear") is None
+    assert bov.router_scope("/model/stages.0/stages.0.0/attn/qkv/MatMul") is None
+
+
+def test_int8_executed_precision_comes_from_the_runtime(int8_irs):
+    """The executed column is what the compiled model's runtime graph says, per layer: INT8 kernels (i8/u8) for the
+    layers the graph quantizes, the hint's float precision for the others (bf16 where the CPU has BF16)."""
+    from biformer_edge.quant.report import openvino_executed_precision
+
+    path = int8_irs["qar"][2]
+    rows = read_layer_report(path)["layers"]
+    sess = bov.OpenVINOSession(path, precision_hint="f32")
+    runtime = openvino_executed_precision(sess.compiled)
+    runtime_precisions = {v["precision"] for v in runtime.values()}
+    assert all(r["executed"] in runtime_precisions for r in rows)
+    assert all(r["executed"] in ("i8", "u8") for r in rows if r["input"] == r["weight"] == "int8")
+    assert all(r["executed"] == "f32" for r in rows if r["input"] == "float")
+    summary = read_layer_report(path)["summary"]["executed"]
+    assert summary["precision_hint"] == "f32" and sum(summary["by_precision"].values()) == len(rows)
+    if plugin_computes("bf16") != "bf16":
+        return
+    bf16_rows, _ = bov.int8_layer_report(path / "model.xml", "bf16")
+    by_layer = {r["layer"]: r for r in bf16_rows}
+    for r in rows:
+        executed = by_layer[r["layer"]]["executed"]
+        if r["executed"] in ("i8", "u8"):
+            assert executed in ("i8", "u8")
+        elif r["router"]:
+            assert executed == "f32"              # the island stays f32 under a bf16 hint
+        else:
+            assert executed == "bf16"
+
+
+@pytest.fixture(scope="module")
+def int8_reference(seg_model):
+    from biformer_edge.parity.check import run_reference
+    from biformer_edge.parity.inputs import parity_inputs
+
+    inputs, _ = parity_inputs(INT8_SHAPE, None, 2)
+    return run_reference(seg_model, inputs, "cpu")
+
+
+@pytest.mark.parametrize("ov_precision", [None, "bf16"])
+def test_int8_parity_hint(int8_irs, int8_reference, ov_precision):
+    from biformer_edge.parity.check import evaluate
+    from biformer_edge.targets import load_profile
+
+    manifest = {"precision": "int8", "task": "segmentation", "num_classes": None}
+    report = evaluate(int8_irs["qar"][2], manifest, load_profile("openvino"), int8_reference,
+                      ov_precision=ov_precision)
+    entry = report["backends"]["openvino"]
+    expected = "f32" if ov_precision is None else plugin_computes("bf16")
+    assert entry["precision_hint"] == (ov_precision or "f32") and entry["inference_precision"] == expected
+    assert entry["metrics"]["cosine"] >= 0.98 and entry["metrics"]["routing"] >= 0.7

@@ -328,3 +328,99 @@ def test_decoder_warnings_do_not_add_stray_stderr_lines(artifact, tmp_path):
                            str(artifact), "--data", str(tmp_path / "cut.jpg")], capture_output=True, text=True)
     assert proc.returncode in (0, 1) and proc.stderr == ""
     assert "note: " in proc.stdout and "cut.jpg" in proc.stdout
+
+
+# --- found by a hostile-input pass ----------------------------------------------------------------------------------
+
+def test_force_refuses_an_artifact_whose_files_were_edited_or_that_holds_extra_folders(copy, capsys):
+    (copy / "model.onnx").write_bytes(b"my own edits")
+    assert run_cli(export_main, ["--target", "onnx", *SIZE, "--output", copy, "--force", "--no-parity"]) == 2
+    assert "since the export" in one_error_line(capsys)
+    assert (copy / "model.onnx").read_bytes() == b"my own edits"
+
+
+def test_force_refuses_a_folder_named_like_a_device_file(copy, capsys):
+    (copy / "model.engine").mkdir()
+    (copy / "model.engine" / "notes.txt").write_text("mine")
+    assert run_cli(export_main, ["--target", "onnx", *SIZE, "--output", copy, "--force", "--no-parity"]) == 2
+    one_error_line(capsys)
+    assert (copy / "model.engine" / "notes.txt").read_text() == "mine"
+
+
+def test_a_user_file_named_like_the_lock_is_never_touched(tmp_path, capsys):
+    (tmp_path / ".out.lock").write_text("my notes")
+    assert run_cli(export_main, ["--target", "onnx", *SIZE, "--output", tmp_path / "out", "--no-parity"]) == 2
+    assert "not a biformer-export lock" in one_error_line(capsys)
+    assert (tmp_path / ".out.lock").read_text() == "my notes" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["manifest.json", "model.onnx", "fifo"])
+def test_junit_never_replaces_artifact_files_or_special_files(copy, tmp_path, target, capsys):
+    if target == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        path = tmp_path / "fifo"
+    else:
+        path = copy / target
+    before = None if target == "fifo" else path.read_bytes()
+    assert run_cli(parity_main, [copy, "--junit", path]) == 2
+    one_error_line(capsys)
+    if before is not None:
+        assert path.read_bytes() == before
+
+
+def test_nan_model_fails_instead_of_passing(tmp_path, capsys):
+    import torch
+
+    import biformer_edge as be
+    state = be.create_model("biformer_seg_demo").state_dict()
+    state["decode_head.conv_seg.bias"][:] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    assert run_cli(export_main, ["--target", "onnx", *SIZE, "--checkpoint", tmp_path / "nan.pth", "--output",
+                                 tmp_path / "o"]) == 2
+    assert "NaN" in one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.pth"]
+
+
+def test_paths_that_are_not_utf8_are_refused_not_crashed_on(artifact, tmp_path):
+    bad = os.fsdecode(bytes(tmp_path) + b"/g\xff.png")
+    proc = subprocess.run([sys.executable, "-c", "import sys; from biformer_edge.cli import parity_main; "
+                           "parity_main(sys.argv[1:])", str(artifact), "--data", bad], capture_output=True)
+    assert proc.returncode == 2 and b"not a valid UTF-8 path" in proc.stderr and proc.stderr.count(b"\n") == 1
+
+
+def test_newline_in_a_path_keeps_the_error_on_one_line(tmp_path, capsys):
+    assert run_cli(export_main, ["--target", "onnx", "--checkpoint", "/no\nsuch.pth", "--output", tmp_path / "o"]) == 2
+    assert "\\n" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("damage", ["no routing", "wrong shape", "float routing", "nan logits"])
+def test_reference_that_does_not_match_its_manifest_is_refused(copy, damage, capsys):
+    from biformer_edge.artifact import save_npz
+    with np.load(copy / "reference.npz") as z:
+        ref = {k: z[k] for k in z.files}
+    if damage == "no routing":
+        ref = {k: v for k, v in ref.items() if not k.startswith("routing_")}
+    elif damage == "wrong shape":
+        ref["inputs"] = ref["inputs"][..., :32]
+    elif damage == "float routing":
+        ref["routing_0"] = ref["routing_0"].astype(np.float32)
+    else:
+        ref["logits"] = ref["logits"] * np.nan
+    save_npz(copy / "reference.npz", ref)
+    rewrite_manifest(copy, lambda m: m["files"].update({"reference.npz": {
+        "sha256": sha256_file(copy / "reference.npz"), "bytes": (copy / "reference.npz").stat().st_size}}))
+    assert run_cli(parity_main, [copy]) == 2
+    assert "does not match its manifest" in one_error_line(capsys)
+
+
+def test_deeply_nested_manifest_is_one_line(copy, capsys):
+    (copy / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
+    assert run_cli(parity_main, [copy]) == 2
+    one_error_line(capsys)
+
+
+def test_api_accepts_one_backend_name_and_refuses_non_numeric_thresholds(artifact):
+    import biformer_edge as be
+    assert be.check_parity(artifact, backends="onnxruntime", write=False)["verdict"] == "pass"
+    with pytest.raises(be.UserError, match="not a number"):
+        be.assert_parity(artifact, pixel="high")

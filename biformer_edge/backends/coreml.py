@@ -170,12 +170,62 @@ def quantize_weights_8bit(mlmodel):
         return linear_quantize_weights(mlmodel, config)
 
 
+def router_op_names(mlmodel) -> list[str]:
+    """Names of the non-const ops of an ML Program that run inside a BRA router (:func:`is_router_op`)."""
+    spec = mlmodel.get_spec()
+    function = spec.mlProgram.functions["main"]
+    block = function.block_specializations[function.opset]
+    return sorted({_op_name(op) for op in _walk_ops(block) if op.type != "const" and is_router_op(_op_name(op))})
+
+
+def quantize_activations_8bit(mlmodel, sample_data: list[dict], log=print):
+    """W8A8's activation half (coremltools 9 ``linear_quantize_activations``): symmetric int8 activations calibrated
+    by running ``sample_data`` through Core ML's predict, which exists only on macOS. The router ops are left out
+    (their config is None), so the routing affinities stay FP32. Needs an iOS 17+ program (quantize/dequantize
+    ops). Follow with :func:`quantize_weights_8bit`."""
+    _coremltools()
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_activations
+
+    router = router_op_names(mlmodel)
+    config = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric"),
+                                op_name_configs={name: None for name in router})
+    log(f"coreml: calibrating 8-bit activations on {len(sample_data)} batches, {len(router)} router ops left FP32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return linear_quantize_activations(mlmodel, config, sample_data)
+
+
+def _int8(mlmodel, ctx: ExportContext, ios: int):
+    """``--int8`` for Core ML: 8-bit per-channel weights on the FP16 program (router FP32); on macOS with iOS 17+,
+    8-bit activations too (W8A8), calibrated on the export's calibration recipe."""
+    routing = ctx.quant.routing if ctx.quant else "qar"
+    note = "; --routing naive changes nothing here (Core ML keeps the router FP32)" if routing == "naive" else ""
+    if sys.platform != "darwin" or ios < 17:
+        mac = sys.platform == "darwin"
+        ctx.log(f"coreml: int8 = 8-bit per-channel weights, FP16 activations; W8A8 (activation calibration) "
+                f"{'needs --ios 17 or later' if mac else 'needs Core ML predict on macOS'}")
+        ctx.checks["int8"] = {"ok": True, "summary": f"W8 per-channel, activations FP16 (W8A8 needs "
+                                                     f"{'--ios 17+' if mac else 'macOS'}){note}"}
+        return quantize_weights_8bit(mlmodel)
+    from ..quant.calibration import calibration_inputs, resolve_recipe
+
+    recipe = resolve_recipe(ctx.quant.calib if ctx.quant else [], ctx.quant.samples if ctx.quant else None)
+    for line in recipe.notes:
+        ctx.log(line)
+    batches = calibration_inputs(recipe, tuple(ctx.input_shape))
+    mlmodel = quantize_activations_8bit(mlmodel, [{INPUT_NAME: np.ascontiguousarray(b, dtype=np.float32)}
+                                                  for b in batches], log=ctx.log)
+    ctx.checks["int8"] = {"ok": True, "summary": f"W8A8: 8-bit per-channel weights, 8-bit activations calibrated on "
+                                                 f"{int(np.prod(batches.shape[:2]))} samples, router FP32{note}"}
+    return quantize_weights_8bit(mlmodel)
+
+
 def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     """Write ``model.mlpackage`` into ``ctx.workdir``.
 
     Options read from ``ctx.options``: ``ios`` (16 default, 17, 18: minimum deployment target), ``weights_8bit``
     (int8 per-channel weights). FP16 keeps the BRA routers FP32 unless the model's blocks have ``router_fp32``
-    switched off."""
+    switched off. ``int8`` is the FP16 program with 8-bit per-channel weights (:func:`_int8`; W8A8 on macOS)."""
     from .tracing import RoutingOutputs, bra_blocks
 
     _coremltools()  # fail fast, before the slow torch.export
@@ -183,9 +233,11 @@ def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     keep = all(b.router_fp32 for b in bra_blocks(model))
     names = RoutingOutputs(model).output_names()
     program = export_program(model, ctx.input_shape)
-    mlmodel = convert_program(program, names, ctx.input_shape, ctx.precision, ios=ios, keep_router_fp32=keep,
-                              log=ctx.log)
-    if ctx.options.get("weights_8bit"):
+    compute = "fp16" if ctx.precision == "int8" else ctx.precision
+    mlmodel = convert_program(program, names, ctx.input_shape, compute, ios=ios, keep_router_fp32=keep, log=ctx.log)
+    if ctx.precision == "int8":
+        mlmodel = _int8(mlmodel, ctx, ios)
+    elif ctx.options.get("weights_8bit"):
         mlmodel = quantize_weights_8bit(mlmodel)
     workdir = Path(ctx.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ Node names carry the module scope (``/model/.../attn/router/TopK``): every op of
 from __future__ import annotations
 
 import copy
+import importlib.util
 import io
 import warnings
 from collections import defaultdict
@@ -103,10 +104,10 @@ class OnnxSession(Session):
     def __init__(self, artifact: str | Path, manifest: dict | None = None, threads: int | None = None,
                  providers: list[str] | None = None, config: dict | None = None):
         path = Path(artifact) / "model.onnx" if Path(artifact).is_dir() else Path(artifact)
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise UserError("onnxruntime is not installed: pip install 'biformer-edge[onnx]'") from None
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise UserError("onnxruntime is not installed: pip install 'biformer-edge[onnx]'")
+        import onnxruntime as ort
+        ort.set_default_logger_severity(3)
         available = ort.get_available_providers()
         providers = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
         self.sess = ort.InferenceSession(str(path), ort_session_options(threads, config), providers=providers)

@@ -94,8 +94,15 @@ def _core():
 
 
 def router_scope(name: str) -> str | None:
-    """The module scope of an op that ``ov.convert_model`` traced inside a BRA router (``__module.<path>.router`` of
-    ``__module.<path>.router/aten::topk/TopK``), or None for any other op name."""
+    """The module scope of an op traced inside a BRA router, or None for any other op name. Two spellings: what
+    ``ov.convert_model`` gives a PyTorch module (``__module.<path>.router`` of
+    ``__module.<path>.router/aten::topk/TopK``) and what its ONNX frontend keeps of the TorchScript exporter's node
+    names (``/model/.../attn/router`` of ``/model/.../attn/router/MatMul``; the INT8 IR comes from the Q/DQ ONNX).
+    Ops of a submodule of the router (``.../router/k_region_quantizer/...``: ``--routing naive``'s quantizers) are not
+    the router's."""
+    if name.startswith("/"):
+        scope = name.rsplit("/", 1)[0]
+        return scope if scope.rsplit("/", 1)[-1] == ROUTER_MODULE else None
     scope, sep, _ = name.partition("/")
     return scope if sep and scope.rsplit(".", 1)[-1] == ROUTER_MODULE else None
 
@@ -104,10 +111,14 @@ def router_nodes(ov_model) -> list:
     """The BRA routers of an OpenVINO model, found by name: every op in a ``.router`` module scope
     (:func:`router_scope`: region pooling ReduceMeans, Reshapes, scale Multiply, affinity MatMul, TopK), plus the
     floating-point Constants feeding them (the scale; OpenVINO names Constants without a scope). In the model's
-    topological order."""
+    topological order. A TopK fed by a router op counts too: the ONNX frontend names the TopK whose indices are a
+    model output after that output (``routing_0``)."""
     marked: dict[int, object] = {}
     for op in ov_model.get_ordered_ops():
-        if op.get_type_name() == "Constant" or router_scope(op.get_friendly_name()) is None:
+        if op.get_type_name() == "Constant":
+            continue
+        if router_scope(op.get_friendly_name()) is None and not (
+                op.get_type_name() == "TopK" and id(op.input_value(0).get_node()) in marked):
             continue
         for inp in op.inputs():
             src = inp.get_source_output().get_node()
@@ -204,9 +215,12 @@ def _stable_names(ov_model) -> None:
 
 def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     """Write ``model.xml``/``model.bin`` into ``ctx.workdir``. FP32: plain IR. FP16: weights compressed to FP16 and,
-    unless the model's BRA blocks have ``router_fp32`` switched off, the routers marked to stay FP32."""
+    unless the model's BRA blocks have ``router_fp32`` switched off, the routers marked to stay FP32. INT8
+    (``model`` is the exporter's fake-quantized copy): :func:`export_int8`."""
     from .tracing import bra_blocks
 
+    if ctx.precision == "int8":
+        return export_int8(model, ctx)
     ov = _openvino()
     fp16 = ctx.precision == "fp16"
     ov_model = convert(model, ctx.input_shape)
@@ -225,6 +239,200 @@ def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, str(workdir / XML_NAME), compress_to_fp16=fp16)
     return [XML_NAME, BIN_NAME]
+
+
+# ----------------------------------------------------------------------------------------------------------- int8
+
+# Ops that only move data: a FakeQuantize behind them still quantizes the op they feed.
+IR_PASS_THROUGH = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert")
+# Ops of an IR whose inputs the layer report lists (the ONNX frontend turns a Conv with bias into Convolution + Add,
+# a depthwise Conv into GroupConvolution, and fuses softmax(q k^T) v into ScaledDotProductAttention).
+IR_COMPUTE_OPS = ("Convolution", "GroupConvolution", "MatMul", "ScaledDotProductAttention")
+
+
+def convert_qdq(model: nn.Module, input_shape: tuple[int, int, int, int], opset: int, tmp: Path):
+    """The INT8 IR: ``export_onnx`` of the fake-quantized model (the same Q/DQ ONNX the onnx/tensorrt targets write)
+    converted by ``ov.convert_model``, which turns each Q/DQ pair into a FakeQuantize (weights: int8 constants with a
+    dequantizing Convert/Multiply). Names ``images`` -> ``logits``, ``routing_i`` come from the ONNX. Returns
+    (ov model, onnx proto)."""
+    from .onnx import export_onnx
+
+    ov = _openvino()
+    path = Path(tmp) / "model.onnx"
+    proto = export_onnx(model, path, input_shape, opset)
+    ov_model = ov.convert_model(str(path))
+    if ov_model.inputs[0].get_any_name() != INPUT_NAME:
+        raise RuntimeError(f"the INT8 IR's input is '{ov_model.inputs[0].get_any_name()}', not '{INPUT_NAME}'")
+    _name_quantized_layers(ov_model)
+    _stable_names(ov_model)
+    return ov_model, proto
+
+
+def _name_quantized_layers(ov_model) -> None:
+    """The ONNX frontend gives a Conv that a BatchNorm follows a counter name (``Convolution_123``): name it after the
+    module whose input quantizer feeds it (``/model/.../downsample_layers.0.0/Conv`` from
+    ``.../downsample_layers.0.0/input_quantizer/DequantizeLinear``), so the layer report names every layer."""
+    taken = {op.get_friendly_name() for op in ov_model.get_ordered_ops()}
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() not in IR_COMPUTE_OPS or not _AUTO_NAME.fullmatch(op.get_friendly_name()):
+            continue
+        node = op.input_value(0).get_node()
+        while "/input_quantizer/" not in node.get_friendly_name() and node.get_type_name() in IR_PASS_THROUGH:
+            node = node.input_value(0).get_node()
+        scope, sep, _ = node.get_friendly_name().partition("/input_quantizer/")
+        name = f"{scope}/{'MatMul' if op.get_type_name() == 'MatMul' else 'Conv'}"
+        if sep and name not in taken:
+            op.set_friendly_name(name)
+            taken.add(name)
+
+
+def _source(output):
+    """The node behind ``output``, looking through ops that only move data."""
+    node = output.get_node()
+    while node.get_type_name() in IR_PASS_THROUGH:
+        node = node.input_value(0).get_node()
+    return node
+
+
+def fake_quantize_into_topk(ov_model) -> list[str]:
+    """FakeQuantize ops on any path into a TopK, walking back through the router's ops (:func:`router_scope`) and ops
+    that only move data: empty for the QAR island, one per quantized affinity input for ``--routing naive``."""
+    found = []
+    for topk in (op for op in ov_model.get_ordered_ops() if op.get_type_name() == "TopK"):
+        seen, queue = set(), [topk.input_value(0).get_node()]
+        while queue:
+            node = queue.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.get_type_name() == "FakeQuantize":
+                found.append(f"{node.get_friendly_name()} -> {topk.get_friendly_name()}")
+            elif router_scope(node.get_friendly_name()) or node.get_type_name() in IR_PASS_THROUGH:
+                queue.extend(i.get_source_output().get_node() for i in node.inputs())
+    return found
+
+
+def _weight_precision(output) -> tuple[str, int]:
+    """(precision, parameter count) of a compute op's second input as the IR states it: int8 when it is a FakeQuantize
+    or an int8 constant behind its dequantization (Convert, Subtract, Multiply by constants), float otherwise; the
+    count is that of the constant behind it (0 for an activation)."""
+    node = _source(output)
+    if node.get_type_name() == "FakeQuantize":
+        const = _source(node.input_value(0))
+        return "int8", int(np.prod(const.get_output_shape(0))) if const.get_type_name() == "Constant" else 0
+    while node.get_type_name() in ("Multiply", "Subtract"):  # dequantization: (int8 - zero point) * scale
+        data = [_source(i.get_source_output()) for i in node.inputs()]
+        rest = [d for d in data if d.get_type_name() != "Constant" or d.get_output_element_type(0).is_integral()]
+        if len(rest) != 1:
+            break
+        node = rest[0]
+    if node.get_type_name() == "Constant":
+        params = int(np.prod(node.get_output_shape(0)))
+        return ("int8" if node.get_output_element_type(0).is_integral() else "float"), params
+    return "float", 0
+
+
+def ir_layer_precision(ov_model) -> list[dict]:
+    """One row per Convolution / GroupConvolution / MatMul / ScaledDotProductAttention of an IR, in the fields of
+    ``quant.report.layer_precision``: name, op, the precision of its activation input and of its weight (the second
+    input: k for attention) as the graph states them, weight parameters, and whether it belongs to a router."""
+    rows = []
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() not in IR_COMPUTE_OPS:
+            continue
+        act = "int8" if _source(op.input_value(0)).get_type_name() == "FakeQuantize" else "float"
+        weight, params = _weight_precision(op.input_value(1))
+        rows.append({"layer": op.get_friendly_name(), "op": op.get_type_name(), "input": act, "weight": weight,
+                     "weight_params": params, "router": router_scope(op.get_friendly_name()) is not None})
+    return rows
+
+
+def executed_summary(rows: list[dict]) -> dict:
+    """Counts of the report's layers by the precision OpenVINO executed them in (``executed``), INT8 kernels
+    (runtime precision i8/u8) apart."""
+    from collections import Counter
+
+    counts = Counter(r.get("executed", "?") for r in rows)
+    return {"by_precision": dict(sorted(counts.items())),
+            "int8_layers": sum(n for p, n in counts.items() if p in ("i8", "u8")),
+            "int8_weight_params": sum(r["weight_params"] for r in rows if r.get("executed") in ("i8", "u8"))}
+
+
+def int8_layer_report(xml_path: Path, precision_hint: str = "f32") -> tuple[list[dict], dict]:
+    """The layer report of an INT8 IR: :func:`ir_layer_precision` plus what the CPU plugin executed each layer in
+    under ``precision_hint`` (compiled as :class:`OpenVINOSession` compiles it): ``executed`` (the runtime precision:
+    i8/u8 for INT8 kernels, f32, bf16), ``kernel`` (the plugin's node type). Returns (rows, summary)."""
+    from ..quant.report import openvino_executed_precision, summarize
+
+    ov_model = _core().read_model(str(xml_path))
+    rows = ir_layer_precision(ov_model)
+    # The plugin may name a fused layer after the op that consumed it (MatMul + bias Add -> "<...>/Add").
+    ops = {op.get_friendly_name(): op for op in ov_model.get_ordered_ops()}
+    aliases = {}
+    for row in rows:
+        targets = list(ops[row["layer"]].output(0).get_target_inputs())
+        aliases[row["layer"]] = [row["layer"]] + ([targets[0].get_node().get_friendly_name()] if len(targets) == 1
+                                                  else [])
+    session = OpenVINOSession(xml_path, precision_hint=precision_hint)
+    executed = openvino_executed_precision(session.compiled, [n for names in aliases.values() for n in names])
+    for row in rows:
+        entry = next((executed[n] for n in aliases[row["layer"]] if n in executed), {})
+        row["executed"] = entry.get("precision", "?")
+        row["kernel"] = entry.get("kernel", "?")
+    summary = summarize(rows)
+    summary["executed"] = {"cpu": str(_core().get_property("CPU", "FULL_DEVICE_NAME")),
+                           "precision_hint": session.precision_hint,
+                           "inference_precision": session.inference_precision, **executed_summary(rows)}
+    return rows, summary
+
+
+def export_int8(model: nn.Module, ctx: ExportContext) -> list[str]:
+    """INT8 IR from the fake-quantized ``model`` (:func:`convert_qdq`), router island checked on the IR
+    (:func:`fake_quantize_into_topk`; ``--routing qar``: none, and the router's float ops marked to stay FP32 under a
+    bf16/f16 hint as in the FP16 IR), and ``layer_precision.json``/``.md``: per layer the precision the IR states and
+    the one OpenVINO's CPU plugin executed it in with the f32 hint (parity's default for INT8)."""
+    from ..artifact import write_file, write_json
+    from ..quant.report import LAYER_REPORT, render_markdown
+    from .tracing import bra_blocks
+
+    ov = _openvino()
+    routing = ctx.quant.routing if ctx.quant else "qar"
+    workdir = Path(ctx.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="biformer-ov-") as tmp:
+        ov_model, _ = convert_qdq(model, ctx.input_shape, ctx.opset, Path(tmp))
+        fq = sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ordered_ops())
+        if not fq:
+            raise RuntimeError("the INT8 IR holds no FakeQuantize: the model given was not fake-quantized")
+        into_topk = fake_quantize_into_topk(ov_model)
+        if routing == "qar" and into_topk:
+            raise UserError(f"internal check failed: a FakeQuantize reaches the router's TopK in the OpenVINO IR "
+                            f"({into_topk[0]}); report it with --debug")
+        blocks = bra_blocks(model)
+        if routing == "qar" and all(b.router_fp32 for b in blocks):
+            ov_model = keep_router_fp32(ov_model)
+        if snippets_hazard(ov_model):
+            ctx.log("openvino: a BRA block has as many heads as tokens per region; OpenVINO's CPU plugin needs "
+                    "SNIPPETS_MODE=DISABLE for this IR (OpenVINOSession sets it)")
+        ov.save_model(ov_model, str(workdir / XML_NAME), compress_to_fp16=False)
+    topk = sum(op.get_type_name() == "TopK" for op in ov_model.get_ordered_ops())
+    ctx.checks["router_island"] = {"ok": True, "summary": (
+        f"no FakeQuantize on any path into the {topk} TopK of the IR (router FP32)" if routing == "qar" else
+        f"--routing naive: {len(into_topk)} FakeQuantize paths into the {topk} TopK of the IR (router quantized)")}
+    rows, summary = int8_layer_report(workdir / XML_NAME)
+    ex = summary["executed"]
+    note = (f"\nExecuted: OpenVINO CPU plugin ({ex['cpu']}), precision hint {ex['precision_hint']} (computes "
+            f"{ex['inference_precision']}); layers by executed precision: "
+            + ", ".join(f"{p} {n}" for p, n in ex["by_precision"].items())
+            + f". i8/u8 are INT8 kernels; {fq} FakeQuantize in the IR.\n")
+    write_json(workdir / LAYER_REPORT, {"summary": summary, "layers": rows})
+    write_file(workdir / LAYER_REPORT.replace(".json", ".md"), render_markdown(rows, summary) + note)
+    ctx.checks["int8_layers"] = {"ok": True, "summary": (
+        f"{summary['int8_layers']}/{summary['layers']} layers INT8 on both inputs in the IR, "
+        f"{summary['int8_weight_share']:.2%} of weight parameters; executed in INT8 by the CPU plugin (hint "
+        f"{ex['precision_hint']}): {ex['int8_layers']}/{summary['layers']}")}
+    ctx.log(f"openvino: INT8 IR, {fq} FakeQuantize; {ctx.checks['int8_layers']['summary']}")
+    return [XML_NAME, BIN_NAME, LAYER_REPORT, LAYER_REPORT.replace(".json", ".md")]
 
 
 # -------------------------------------------------------------------------------------------------------- session

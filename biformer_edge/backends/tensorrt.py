@@ -8,6 +8,7 @@ cuda-python (device buffers, stream), not torch: importing this module imports n
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import stat
@@ -21,7 +22,7 @@ from ..errors import UserError
 from ..profiles import template_path
 from .base import INPUT_NAME, ExportContext, Session
 
-ONNX_FILE, ENGINE_FILE = "model.onnx", "model.engine"
+ONNX_FILE, ENGINE_FILE, PROGRAM_FILE = "model.onnx", "model.engine", "model.pt2"
 DEFAULT_WORKSPACE_MIB = 2048
 CUDA_PYTHON_MISSING = "cuda-python is not installed (pip install cuda-python)"
 
@@ -280,10 +281,48 @@ def _tensorrt_gpu_missing() -> str | None:
     return None
 
 
+_EXPORT_BACKEND = "biformer_edge_trt_export"
+
+
+def _quantize_op(inputs, quantizer):
+    """A ModelOpt quantizer as ``torch.ops.tensorrt.quantize_op``, the Q/DQ op Torch-TensorRT converts. ModelOpt emits
+    it itself only for CUDA tensors; on a CPU its fake-quant checks the range in Python, which torch.export cannot
+    trace ('Could not guard on data-dependent expression', tensor_quant.py ``if min_amax < 0``)."""
+    import torch
+    return torch.ops.tensorrt.quantize_op(inputs, quantizer.amax.detach(), quantizer.num_bits, 0, quantizer.unsigned,
+                                          quantizer.narrow_range)
+
+
+def export_quantized_program(qmodel, input_shape, path) -> dict:
+    """torch.export the fake-quantized model (plus its routing outputs) to ``path`` (model.pt2) for Torch-TensorRT.
+    Returns {"quantize_ops", "router_quantize_ops"}: the Q/DQ ops in the graph, and those inside a BRA router."""
+    import torch
+    from modelopt.torch.quantization.nn.modules import tensor_quantizer as tq
+    from modelopt.torch.quantization.utils import export_torch_mode
+
+    from .tracing import RoutingOutputs
+
+    if not tq.is_registered_quant_backend(_EXPORT_BACKEND):
+        tq.register_quant_backend(_EXPORT_BACKEND, _quantize_op)
+    wrapper = RoutingOutputs(copy.deepcopy(qmodel)).eval()
+    for module in wrapper.modules():
+        if isinstance(module, tq.TensorQuantizer) and module.is_enabled:
+            module.backend = _EXPORT_BACKEND
+    x = torch.zeros(tuple(int(d) for d in input_shape))
+    with warnings.catch_warnings(), torch.no_grad(), export_torch_mode():
+        warnings.simplefilter("ignore")  # 'last_routing was assigned during export': a debug attribute
+        program = torch.export.export(wrapper, (x,), strict=False)
+    torch.export.save(program, str(path))
+    ops = [n for n in program.graph.nodes if n.op == "call_function" and "quantize_op" in str(n.target)]
+    in_router = [n for n in ops if any("RegionRouter" in str(kind)
+                                       for _, kind in (n.meta.get("nn_module_stack") or {}).values())]
+    return {"quantize_ops": len(ops), "router_quantize_ops": len(in_router)}
+
+
 def export(model, ctx: ExportContext) -> list[str]:
     """Write model.onnx (checked for TensorRT), build_engine.sh and build_engine.py into ``ctx.workdir``, plus
-    model.engine when ``ctx.options['build']`` is set. Options read: build, dla_core, workspace_mib, timing_cache,
-    tf32."""
+    model.engine when ``ctx.options['build']`` is set, and for INT8 the quantized ExportedProgram model.pt2 (for
+    ``build_engine.py --torch-tensorrt``). Options read: build, dla_core, workspace_mib, timing_cache, tf32."""
     from .onnx import export_onnx
 
     options = ctx.options or {}
@@ -312,6 +351,22 @@ def export(model, ctx: ExportContext) -> list[str]:
         from ..quant.report import LAYER_REPORT, check_int8_onnx
         check_int8_onnx(proto, ctx)
         extra = [LAYER_REPORT, LAYER_REPORT.replace(".json", ".md")]
+        try:
+            found = export_quantized_program(model, ctx.input_shape, workdir / PROGRAM_FILE)
+        except Exception as exc:  # noqa: BLE001 - torch.export/ModelOpt raise anything; the ONNX path stands alone
+            (workdir / PROGRAM_FILE).unlink(missing_ok=True)
+            ctx.log(f"note: {PROGRAM_FILE} not written, torch.export failed: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200]}")
+            ctx.checks["torch_export"] = {"ok": False, "summary": f"no {PROGRAM_FILE}: {type(exc).__name__}"}
+        else:
+            routing = ctx.quant.routing if ctx.quant else "qar"
+            if routing == "qar" and found["router_quantize_ops"]:
+                raise UserError(f"internal check failed: {found['router_quantize_ops']} quantize ops inside a router "
+                                f"in {PROGRAM_FILE}; report it with --debug")
+            ctx.checks["torch_export"] = {"ok": True, "summary": (
+                f"{PROGRAM_FILE}: torch.export with {found['quantize_ops']} tensorrt::quantize_op Q/DQ ops, "
+                f"{found['router_quantize_ops']} inside routers")}
+            extra.append(PROGRAM_FILE)
 
     values = dict(model_name=getattr(model, "name", type(model).__name__), precision=ctx.precision,
                   input_name=INPUT_NAME, input_shape="x".join(str(int(d)) for d in ctx.input_shape),

@@ -6,7 +6,9 @@
     report.py     the console table, bench.csv, bench.md, bench.png
 
 Artifacts come from the exporter (the code ``biformer-export`` runs, parity off), written into a temporary
-directory; ``--artifact DIR`` benches an existing export instead. Every backend gets the same thread count
+directory; ``--artifact DIR`` benches an existing export instead. INT8 rows time the exporter's INT8 artifacts (the
+Q/DQ ONNX for onnxruntime, the INT8 IR for OpenVINO), calibrated on the default synthetic recipe (``--calib-samples``
+sets how many scenes); torch has no INT8 row. Every backend gets the same thread count
 (``--threads``, default: every core this process may use). Entry point: ``biformer_edge.cli:bench_main`` ->
 :func:`main`; ``python -m biformer_edge.bench`` runs the same behind the same error boundary.
 """
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
 
     rows: list[report.Row] = []
     with tempfile.TemporaryDirectory(prefix="biformer-bench-") as tmp:
-        arts = Artifacts(Path(tmp), a.random_weights)
+        arts = Artifacts(Path(tmp), a.random_weights, a.calib_samples)
         if not a.artifact:
             for name in dict.fromkeys(c.model for c in configs if not c.skip):
                 arts.model(name)  # missing weights etc. fail here (exit 2), before any measurement

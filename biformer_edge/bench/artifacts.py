@@ -10,8 +10,8 @@ from .plan import Config, export_request, export_target, runtime_files
 
 
 class Artifacts:
-    def __init__(self, root: Path, random_weights: bool):
-        self.root, self.random_weights = root, random_weights
+    def __init__(self, root: Path, random_weights: bool, calib_samples: int | None = None):
+        self.root, self.random_weights, self.calib_samples = root, random_weights, calib_samples
         self.models: dict[str, object] = {}
         self.dirs: dict[tuple, Path] = {}
 
@@ -46,7 +46,7 @@ class Artifacts:
             # backends may cast the module they export (FP16): give the exporter a copy
             model = copy.deepcopy(self.model(config.model))
             self.dirs[key], _ = export(export_request(model, config.backend, config.precision, config.input_shape,
-                                                      output=str(out)), log=log)
+                                                      output=str(out), calib_samples=self.calib_samples), log=log)
         return self.dirs[key]
 
 

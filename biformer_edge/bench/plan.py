@@ -85,25 +85,27 @@ def export_options(target) -> dict:
     return {"build": True} if needs_build and "build" in profile.get("options", []) else {}
 
 
-def export_request(model, runtime: str, precision: str, shape: tuple, output: str | None = None):
+def export_request(model, runtime: str, precision: str, shape: tuple, output: str | None = None,
+                   calib_samples: int | None = None):
     """The exporter request that writes the artifact ``runtime`` runs (no parity: the bench times, it does not
-    check). ``model``: a registered name (to validate) or the module to export."""
+    check). ``model``: a registered name (to validate) or the module to export. INT8 calibrates on the default
+    recipe (synthetic scenes), ``calib_samples`` of them where given."""
     from ..exporter import ExportRequest
     target = export_target(runtime)
     return ExportRequest(target=target.name, precision=precision, model=model, input_size=tuple(shape[2:]),
-                         batch=shape[0], output=output, parity=False, options=export_options(target))
+                         batch=shape[0], output=output, parity=False, options=export_options(target),
+                         calib_samples=calib_samples if precision == "int8" else None)
 
 
 def precision_problem(model: str, runtime: str, precision: str, shape: tuple) -> str | None:
-    """Why ``runtime`` cannot run ``model`` in ``precision`` (the exporter's own message), or None."""
-    from ..exporter import ExportRequest, int8_gate, validate
+    """Why ``runtime`` cannot run ``model`` in ``precision`` (the exporter's own message, INT8 gate included), or
+    None."""
+    from ..exporter import validate
+    if export_target(runtime) is None:  # torch: runs the FP32 model itself, no export and no quantization
+        if precision not in TORCH_PRECISIONS:
+            return f"{runtime} runs the model in {' or '.join(TORCH_PRECISIONS)}; {precision} is an export precision"
+        return None
     try:
-        if export_target(runtime) is None:  # torch: no export, but the same INT8 gate
-            int8_gate(ExportRequest(target=runtime, precision=precision))
-            if precision not in TORCH_PRECISIONS:
-                runs = " or ".join(TORCH_PRECISIONS)
-                return f"{runtime} runs the model in {runs}; {precision} is an export precision"
-            return None
         validate(export_request(model, runtime, precision, shape))
     except UserError as exc:
         return str(exc)
@@ -211,6 +213,8 @@ def parser() -> OneLineParser:
     p.add_argument("--artifact", help="bench this existing artifact directory with the backends that can run it")
     p.add_argument("--random-weights", action="store_true",
                    help="bench models whose shipped weights are missing with random weights")
+    p.add_argument("--calib-samples", type=positive_int, metavar="N",
+                   help="INT8 rows: calibrate on N synthetic scenes (default: the exporter's, 128)")
     return p
 
 
@@ -237,9 +241,13 @@ def validate(a) -> None:
             raise UserError(f"--input-size {a.input_size[0]} {a.input_size[1]} is below the minimum "
                             f"{MIN_INPUT_SIZE} {MIN_INPUT_SIZE}")
     a.threads = a.threads or default_threads()
+    if a.calib_samples is not None and "int8" not in a.precisions:
+        raise UserError("--calib-samples only applies to --precisions int8")
     if a.artifact is not None:
         if a.models:
             raise UserError("--artifact benches the artifact's own model: drop --models")
+        if a.calib_samples is not None:
+            raise UserError("--calib-samples applies to artifacts the bench exports, not to --artifact")
         return
     from ..models import get_spec
     a.models = a.models or list(DEFAULT_MODELS)

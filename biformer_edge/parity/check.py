@@ -34,6 +34,9 @@ def run_reference(model, inputs: np.ndarray, device: str) -> dict[str, np.ndarra
     model = model.float().to(device).eval()
     runs = [run_torch(model, torch.from_numpy(batch), affinities=True) for batch in inputs]
     arrays = {"inputs": inputs, "logits": np.stack([r.logits for r in runs])}
+    if not np.isfinite(arrays["logits"]).all():
+        raise UserError("the FP32 model produces NaN or infinite outputs on the parity inputs: check the checkpoint "
+                        "(nothing to compare an export against)")
     for i in range(len(runs[0].routing)):
         arrays[f"routing_{i}"] = np.stack([r.routing[i] for r in runs])
         arrays[f"affinity_{i}"] = np.stack([r.affinity[i] for r in runs])
@@ -102,8 +105,11 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
                 limits = {**profile.get("thresholds", {}).get("bf16", thresholds), **user_thresholds}
         result = measure_backend(session, ref, manifest["task"], manifest.get("num_classes"))
         bad = metrics.failures(result, limits)
+        per_block = result.pop("routing_per_block", None)
         entry = {"metrics": {k: round(v, 9) for k, v in result.items()}, "failures": bad,
                  "verdict": "fail" if bad else "pass", "device": getattr(session, "device", "cpu")}
+        if per_block is not None:
+            entry["routing_per_block"] = [round(v, 6) for v in per_block]
         if options:
             entry["precision_hint"] = options["precision_hint"]
             entry["inference_precision"] = computes
@@ -141,6 +147,9 @@ def render_markdown(manifest: dict, report: dict) -> str:
         if entry.get("thresholds") and entry["thresholds"] != report["thresholds"]:
             lines.append(f"Thresholds for {backend} (computes {entry.get('inference_precision')}): "
                          + limits(entry["thresholds"]))
+    for backend, entry in report["backends"].items():
+        if entry.get("routing_per_block"):
+            lines.append(f"Routing per block ({backend}): " + ", ".join(f"{v:.4f}" for v in entry["routing_per_block"]))
     for name, check in manifest.get("checks", {}).items():
         lines.append(f"- check {name}: {'ok' if check.get('ok') else 'FAILED'} {check.get('summary', '')}".rstrip())
     for backend, entry in report["backends"].items():
@@ -195,7 +204,8 @@ def reference_model(manifest: dict, checkpoint: str | Path | None):
     return create_model(manifest["model"], checkpoint=ckpt)
 
 
-def load_reference(artifact_dir: Path) -> dict:
+def load_reference(artifact_dir: Path, manifest: dict) -> dict:
+    """The stored FP32 reference, checked against the manifest (shapes, routing blocks, finite numbers)."""
     path = artifact_dir / REFERENCE
     if not path.is_file():
         raise UserError(f"{path} is missing: re-export the artifact (it holds the FP32 reference)")
@@ -205,9 +215,31 @@ def load_reference(artifact_dir: Path) -> dict:
     except Exception as exc:  # zipfile/numpy format errors of any kind
         raise UserError(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:80]}): re-export the "
                         f"artifact") from None
-    if "inputs" not in ref or "logits" not in ref or ref["inputs"].ndim != 5:
-        raise UserError(f"{path} holds no FP32 reference (inputs, logits): re-export the artifact")
+    problem = reference_problem(ref, manifest)
+    if problem:
+        raise UserError(f"{path} does not match its manifest ({problem}): re-export the artifact")
     return ref
+
+
+def reference_problem(ref: dict, manifest: dict) -> str | None:
+    inputs, logits = ref.get("inputs"), ref.get("logits")
+    if inputs is None or logits is None:
+        return "no inputs or logits"
+    if inputs.dtype != np.float32 or inputs.ndim != 5 or list(inputs.shape[1:]) != list(manifest["input_shape"]):
+        return f"inputs {inputs.dtype} {inputs.shape} for an input of {manifest['input_shape']}"
+    if inputs.shape[0] < 1 or logits.dtype.kind != "f" or logits.ndim < 3 or logits.shape[:2] != inputs.shape[:2]:
+        return f"logits {logits.dtype} {logits.shape} for inputs {inputs.shape}"
+    routing = numbered(ref, "routing_")
+    if len(routing) != manifest.get("routing_blocks", len(routing)):
+        return f"{len(routing)} routing outputs for {manifest.get('routing_blocks')} routing blocks"
+    for r in routing:
+        if r.dtype.kind not in "iu" or r.shape[:2] != inputs.shape[:2]:
+            return f"routing {r.dtype} {r.shape}"
+    if "device" not in ref:
+        return "no reference device"
+    if not (np.isfinite(inputs).all() and np.isfinite(logits).all()):
+        return "non-finite numbers"
+    return None
 
 
 def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, data: str | Path | None = None,
@@ -216,6 +248,8 @@ def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, da
     """Re-check an artifact where it is deployed. Without ``data`` it reuses the stored reference; with ``data`` the
     FP32 reference is recomputed from the model (the shipped weights, or ``checkpoint``)."""
     artifact_dir = Path(artifact_dir)
+    if isinstance(backends, str):
+        backends = [backends]
     manifest = read_manifest(artifact_dir)
     changed = verify_files(artifact_dir, manifest)
     if changed:
@@ -228,7 +262,7 @@ def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, da
                 raise UserError(f"{artifact_dir / name} is a symbolic link: biformer-parity never writes through "
                                 f"links; remove it and retry")
     if data is None:
-        ref = load_reference(artifact_dir)
+        ref = load_reference(artifact_dir, manifest)
     else:
         model = reference_model(manifest, checkpoint)
         inputs, source = parity_inputs(tuple(manifest["input_shape"]), data,
@@ -248,6 +282,9 @@ def assert_parity(artifact: str | Path, data: str | Path | None = None, backends
 
     ``assert_parity("artifacts/x", data="val_images/", pixel=0.999, routing=0.99)``
     """
+    if isinstance(backends, str):
+        backends = [backends]
+    metrics.check_thresholds(thresholds)
     report = check_parity(artifact, backends=backends, data=data, thresholds=thresholds, write=False)
     if report["verdict"] == "fail":
         raise AssertionError("parity failed\n" + render_markdown(read_manifest(artifact), report))

@@ -18,6 +18,8 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     """20 log10(|ref| / |ref - test|); capped at 200 dB for identical outputs so JSON stays finite."""
     noise = np.linalg.norm((ref.astype(np.float64) - test.astype(np.float64)).ravel())
     signal = np.linalg.norm(ref.astype(np.float64).ravel())
+    if not (np.isfinite(noise) and np.isfinite(signal)):
+        return float("nan")
     return 200.0 if noise == 0 else float(min(200.0, 20 * np.log10(signal / noise)))
 
 
@@ -79,13 +81,14 @@ def routing_agreement(ref: list[np.ndarray], test: list[np.ndarray],
                       affinity: list[np.ndarray] | None = None) -> dict[str, float]:
     """Over blocks and query regions: ``routing`` = mean |topk_ref ∩ topk_test| / k counting choices among exactly
     tied reference affinities as agreement (strict when no affinities are given), ``routing_strict`` = the same
-    without that allowance, ``routing_ties`` = how many choices agreed only as a tie (reported, never hidden)."""
+    without that allowance, ``routing_ties`` = how many choices agreed only as a tie (reported, never hidden),
+    ``routing_per_block`` = the tie-aware agreement of each BRA block (a list, in block order)."""
     if not ref:
         return {}
     if len(ref) != len(test):
         raise ValueError(f"routing outputs differ in count: {len(ref)} vs {len(test)}")
     affinity = affinity or [None] * len(ref)
-    agree, strict, ties, total = 0, 0, 0, 0
+    agree, strict, ties, total, per_block = 0, 0, 0, 0, []
     for r, t, a in zip(ref, test, affinity):
         k = r.shape[-1]
         tie_aware, n_ties = routing_overlap(r, t, a)
@@ -93,7 +96,9 @@ def routing_agreement(ref: list[np.ndarray], test: list[np.ndarray],
         strict += int(tie_aware.sum()) - n_ties
         ties += n_ties
         total += tie_aware.size * k
-    return {"routing": agree / total, "routing_strict": strict / total, "routing_ties": float(ties)}
+        per_block.append(float(tie_aware.sum()) / (tie_aware.size * k))
+    return {"routing": agree / total, "routing_strict": strict / total, "routing_ties": float(ties),
+            "routing_per_block": per_block}
 
 
 def flicker_rate(label_maps: np.ndarray) -> float:
@@ -124,22 +129,28 @@ HIGHER_IS_BETTER = {"cosine": True, "sqnr_db": True, "top1": True, "pixel": True
                     "routing_strict": True, "max_abs": False, "flicker_delta": False}
 
 
-def check_threshold_names(thresholds: dict) -> None:
-    """A misspelt threshold (``pixle=0.999``) would silently check nothing: refuse it, naming the valid ones."""
+def check_thresholds(thresholds: dict) -> None:
+    """A misspelt threshold (``pixle=0.999``) would silently check nothing, and a non-number cannot be compared:
+    refuse both, naming what is valid."""
     unknown = sorted(set(thresholds) - set(HIGHER_IS_BETTER))
     if unknown:
         raise UserError(f"unknown parity threshold '{unknown[0]}': choose from {', '.join(sorted(HIGHER_IS_BETTER))}")
+    for name, limit in thresholds.items():
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit != limit:
+            raise UserError(f"parity threshold {name}={limit!r} is not a number: pass e.g. {name}=0.99")
 
 
 def failures(metrics: dict, thresholds: dict) -> list[str]:
-    """The thresholds ``metrics`` misses, as readable lines; a metric absent or NaN is not applicable."""
-    check_threshold_names(thresholds)
+    """The thresholds ``metrics`` misses, as readable lines. A metric the backend does not produce (top-1 of a
+    segmentation model) is not applicable; a NaN is a failure (NaN outputs must never pass)."""
+    check_thresholds(thresholds)
     bad = []
     for name, limit in thresholds.items():
-        if name not in metrics or metrics[name] != metrics[name]:  # absent or NaN: not applicable
+        if name not in metrics:
             continue
-        ok = metrics[name] >= limit if HIGHER_IS_BETTER.get(name, True) else metrics[name] <= limit
+        value = metrics[name]
+        op = ">=" if HIGHER_IS_BETTER.get(name, True) else "<="
+        ok = value == value and (value >= limit if HIGHER_IS_BETTER.get(name, True) else value <= limit)
         if not ok:
-            op = ">=" if HIGHER_IS_BETTER.get(name, True) else "<="
-            bad.append(f"{name} {metrics[name]:.6g} (needs {op} {limit})")
+            bad.append(f"{name} {value:.6g} (needs {op} {limit})")
     return bad

@@ -53,25 +53,22 @@ def final_layer(model: nn.Module) -> str:
     return name
 
 
-def int8_config(model: nn.Module, routing: str) -> dict:
+def int8_config(model: nn.Module) -> dict:
     mtq = modelopt()
     cfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
-    entries = cfg["quant_cfg"]
-    entries.append({"quantizer_name": f"{final_layer(model)}.*", "enable": False})
-    if routing == "naive":  # after ModelOpt's own "*router*" exclusion, so these win
-        for name in ROUTER_QUANTIZERS:
-            entries.append({"quantizer_name": f"*router.{name}", "cfg": {"num_bits": 8, "axis": None},
-                            "enable": True})
+    cfg["quant_cfg"].append({"quantizer_name": f"{final_layer(model)}.*", "enable": False})
     return cfg
 
 
 def insert_router_quantizers(model: nn.Module) -> None:
-    """--routing naive: put ModelOpt TensorQuantizers where the router's affinity reads the pooled q and k."""
+    """--routing naive: put INT8 per-tensor quantizers where the router's affinity reads the pooled q and k. Done
+    after ModelOpt converted the model (a model that already holds quantizers is not converted again)."""
+    from modelopt.torch.quantization.config import QuantizerAttributeConfig
     from modelopt.torch.quantization.nn import TensorQuantizer
     for module in model.modules():
         if isinstance(module, RegionRouter):
             for name in ROUTER_QUANTIZERS:
-                setattr(module, name, TensorQuantizer())
+                setattr(module, name, TensorQuantizer(QuantizerAttributeConfig(num_bits=8, axis=None)))
 
 
 @dataclass
@@ -98,9 +95,7 @@ def quantize(model: nn.Module, batches: np.ndarray, routing: str = "qar", cached
     ranges of an identical earlier calibration, restored from them without running a single batch."""
     mtq = modelopt()
     qmodel = copy.deepcopy(model).float().eval()
-    if routing == "naive":
-        insert_router_quantizers(qmodel)
-    cfg = int8_config(qmodel, routing)
+    cfg = int8_config(qmodel)
 
     def forward_loop(m):
         with torch.no_grad():
@@ -110,8 +105,13 @@ def quantize(model: nn.Module, batches: np.ndarray, routing: str = "qar", cached
     with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers" itself
         if cached is None:
             qmodel = mtq.quantize(qmodel, cfg, forward_loop)
+            if routing == "naive":
+                insert_router_quantizers(qmodel)
+                qmodel = mtq.calibrate(qmodel, "max", forward_loop)   # max ranges: the others come out the same
         else:
             qmodel = mtq.quantize(qmodel, cfg, lambda m: None)
+            if routing == "naive":
+                insert_router_quantizers(qmodel)
             restore_ranges(qmodel, cached)
     qmodel.eval()
     ranges = quantizer_ranges(qmodel)

@@ -116,3 +116,53 @@ def check_int8_onnx(proto, ctx) -> dict:
     ctx.checks["int8_layers"] = {"ok": True, "summary": f"{summary['int8_layers']}/{summary['layers']} layers INT8 "
                                  f"on both inputs, {summary['int8_weight_share']:.2%} of weight parameters"}
     return summary
+
+
+# ------------------------------------------------------------------------------------------- OpenVINO: what executed
+
+OPENVINO_SKIP_KERNELS = ("Reorder", "Const", "Input", "Parameter", "Output", "Result")
+
+
+def openvino_runtime_layers(compiled_model) -> list[dict]:
+    """The nodes OpenVINO's plugin executes (``compiled_model.get_runtime_model()``), in execution order: ``kernel``
+    (rt_info ``layerType``, e.g. FullyConnected, Convolution, Subgraph), ``precision`` (``runtimePrecision``: the
+    precision the kernel computes in, e.g. i8/u8 for INT8 kernels, f32, bf16), ``outputs`` (``outputPrecisions``)
+    and ``names``: the original layers fused into it (``originalLayersNames``)."""
+    rows = []
+    for op in compiled_model.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+
+        def get(key):
+            return info[key].astype(str) if key in info else ""
+        names = [n for n in get("originalLayersNames").split(",") if n]
+        rows.append({"name": op.get_friendly_name(), "kernel": get("layerType"), "precision": get("runtimePrecision"),
+                     "outputs": get("outputPrecisions"), "names": names})
+    return rows
+
+
+def openvino_executed_precision(compiled_model, layers: list[str] | None = None) -> dict[str, dict]:
+    """What OpenVINO executed each layer in: original layer name -> ``{"precision", "kernel", "outputs"}`` of the
+    runtime node that computes it (:func:`openvino_runtime_layers`; reorders and constants are skipped). With
+    ``layers`` (the model's own op names, e.g. an IR's friendly names), only those, found by exact name, else by a
+    fused name inside their scope (``<layer>/DequantizationMultiply``: the plugin's low-precision transformations
+    rename the op they quantize), else by the name without a trailing ``/WithoutBiases`` (the op a bias Add was split
+    from); a layer found nowhere is left out."""
+    exact: dict[str, dict] = {}
+    for row in openvino_runtime_layers(compiled_model):
+        if row["kernel"] in OPENVINO_SKIP_KERNELS:
+            continue
+        entry = {"precision": row["precision"], "kernel": row["kernel"], "outputs": row["outputs"]}
+        for name in row["names"]:
+            exact.setdefault(name, entry)
+    if layers is None:
+        return exact
+    out = {}
+    for layer in layers:
+        entry = exact.get(layer)
+        if entry is None:
+            entry = next((v for k, v in exact.items() if k.startswith(layer + "/")), None)
+        if entry is None and layer.endswith("/WithoutBiases"):
+            entry = exact.get(layer.rsplit("/", 1)[0])
+        if entry is not None:
+            out[layer] = entry
+    return out

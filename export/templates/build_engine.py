@@ -6,8 +6,16 @@ Run it next to model.onnx:   python3 build_engine.py [--dla-core N] [--workspace
 then check the engine:       biformer-parity .
 
 Precision comes from the ONNX itself (FP32, FP16 with the BRA router kept FP32, or explicit Q/DQ INT8). TensorRT 11
-only builds strongly typed networks; on TensorRT 10 FP16/INT8 graphs are built strongly typed too, so TensorRT never
-lowers the FP32 router. Implicit INT8 calibration is never used. The engine is a plain plan file, nothing prepended.
+only builds strongly typed networks; on TensorRT 10 FP16/INT8 graphs are built strongly typed too (the STRONGLY_TYPED
+network flag), so TensorRT never lowers the FP32 router and runs INT8 exactly where the Q/DQ pairs sit. Implicit INT8
+calibration (BuilderFlag.INT8 + a calibrator) is never used. The engine is a plain plan file, nothing prepended.
+
+Next to the engine it writes engine_layers.json (IEngineInspector, ProfilingVerbosity.DETAILED: every layer with the
+formats and precisions TensorRT picked) and engine_layers.txt (one line per layer, the precision summary, and the
+count of router layers that take INT8 inputs: 0 for the default QAR routing).
+
+INT8 artifacts also carry model.pt2, the quantized ExportedProgram: `python3 build_engine.py --torch-tensorrt`
+compiles it with Torch-TensorRT (dynamo) instead of building from the ONNX, for deployments that stay in PyTorch.
 
 biformer-edge also imports this file (unrendered) to build in-process, so keep `import tensorrt` inside functions:
 `--help` must work on a machine without TensorRT.
@@ -15,6 +23,7 @@ biformer-edge also imports this file (unrendered) to build in-process, so keep `
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -22,7 +31,17 @@ from pathlib import Path
 # Filled in by biformer-edge when it writes the artifact (string.Template with a double-at delimiter).
 PRECISION = "@@precision"
 DLA_CORE = "@@dla_core"            # "" = GPU only
+INPUT_SHAPE = "@@input_shape"      # NxCxHxW, static
 WORKSPACE_MIB = "@@workspace_mib"
+LAYERS_JSON, LAYERS_TXT = "engine_layers.json", "engine_layers.txt"
+PROGRAM_FILE, TORCH_TRT_FILE = "model.pt2", "model_trt.ep"
+ROUTER_SCOPE = "/router/"          # every op of a BRA router is named .../router/... in the ONNX
+# Tokens of the 'Format/Datatype' text of a layer's tensors (e.g. 'Row major linear FP32 format (kLINEAR)',
+# 'Thirty-two wide channel vectorized row major Int8 format', 'Channel major FP16 format ...').
+_PRECISIONS = {"int8": "int8", "uint8": "uint8", "fp8": "fp8", "half": "fp16", "fp16": "fp16", "bfloat16": "bf16",
+               "bf16": "bf16", "float": "fp32", "fp32": "fp32", "int32": "int32", "int64": "int64", "bool": "bool",
+               "int4": "int4", "fp4": "fp4"}
+_PRECISION_TOKEN = re.compile(r"\b(" + "|".join(sorted(_PRECISIONS, key=len, reverse=True)) + r")\b", re.I)
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -49,6 +68,64 @@ def dla_supported(version: tuple[int, int, int]) -> bool:
 def strongly_typed(version: tuple[int, int, int], precision: str) -> bool:
     """TensorRT 11 has no other mode; on 10 an FP16/INT8 graph already says which tensors are low precision."""
     return version[0] >= 11 or precision != "fp32"
+
+
+def tensor_precision(tensor) -> str:
+    """'int8', 'fp16', 'fp32', ... of one tensor entry of the inspector's JSON ('?' when it does not say)."""
+    if not isinstance(tensor, dict):
+        return "?"
+    text = " ".join(str(tensor.get(k, "")) for k in ("Format/Datatype", "DataType", "Format"))
+    match = _PRECISION_TOKEN.search(text)
+    return _PRECISIONS[match.group(1).lower()] if match else "?"
+
+
+def layer_report(info: str | dict) -> tuple[list[dict], dict]:
+    """Rows (name, type, input and output precisions, router) and a summary from IEngineInspector's engine JSON
+    (TensorRT 10: 'Layers' + 'Bindings'; 11: 'Layers' + 'I/O Tensors'; without DETAILED verbosity layers are bare
+    names and every precision is '?')."""
+    data = json.loads(info) if isinstance(info, str) else info
+    rows = []
+    for layer in data.get("Layers", []) if isinstance(data, dict) else []:
+        if not isinstance(layer, dict):
+            layer = {"Name": str(layer)}
+        name = str(layer.get("Name", ""))
+        rows.append({"name": name, "type": str(layer.get("LayerType", "?")),
+                     "inputs": [tensor_precision(t) for t in layer.get("Inputs", [])],
+                     "outputs": [tensor_precision(t) for t in layer.get("Outputs", [])],
+                     "router": ROUTER_SCOPE in name})
+    by_precision: dict[str, int] = {}
+    for row in rows:
+        for p in set(row["inputs"] + row["outputs"]):
+            by_precision[p] = by_precision.get(p, 0) + 1
+    summary = {"layers": len(rows), "layers_by_tensor_precision": dict(sorted(by_precision.items())),
+               "int8_input_layers": sum("int8" in r["inputs"] for r in rows),
+               "router_layers": sum(r["router"] for r in rows),
+               "router_layers_with_int8_inputs": sum(r["router"] and "int8" in r["inputs"] for r in rows)}
+    return rows, summary
+
+
+def render_layer_report(rows: list[dict], summary: dict) -> str:
+    lines = [f"{summary['layers']} engine layers; layers by tensor precision: "
+             + (", ".join(f"{k} {v}" for k, v in summary["layers_by_tensor_precision"].items()) or "none"),
+             f"{summary['int8_input_layers']} layers take INT8 inputs; router layers with INT8 inputs: "
+             f"{summary['router_layers_with_int8_inputs']} of {summary['router_layers']}", ""]
+    for r in rows:
+        lines.append(f"{','.join(r['inputs']) or '-':>16} -> {','.join(r['outputs']) or '-':<12} {r['type']:<24} "
+                     f"{r['name']}{'  [router]' if r['router'] else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def write_layer_report(info: str, directory, log=print) -> dict:
+    """Write engine_layers.json (the inspector's JSON as TensorRT gave it) and engine_layers.txt into ``directory``;
+    returns the summary."""
+    directory = Path(directory)
+    (directory / LAYERS_JSON).write_text(info if info.endswith("\n") else info + "\n")
+    rows, summary = layer_report(info)
+    (directory / LAYERS_TXT).write_text(render_layer_report(rows, summary))
+    log(render_layer_report([], summary).strip())
+    if summary["router_layers_with_int8_inputs"]:
+        log("warning: router layers take INT8 inputs (expected only with --routing naive exports)")
+    return summary
 
 
 def build_engine(onnx_path, engine_path, precision: str, dla_core: int | None = None, workspace_mib: int = 2048,
@@ -79,6 +156,7 @@ def build_engine(onnx_path, engine_path, precision: str, dla_core: int | None = 
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED   # per-layer precisions for the inspector
     if not tf32 and hasattr(trt.BuilderFlag, "TF32"):
         # TF32 rounds FP32 matmul inputs to 10 mantissa bits: enough to flip near-tied top-k routing choices.
         config.clear_flag(trt.BuilderFlag.TF32)
@@ -93,11 +171,17 @@ def build_engine(onnx_path, engine_path, precision: str, dla_core: int | None = 
             log("warning: DLA runs FP16/INT8 only and this artifact is FP32 (export with --fp16); building for the GPU "
                 "only")
         else:
+            # INT8 on DLA comes from the Q/DQ of the strongly typed network (no INT8 flag, no calibrator): symmetric
+            # per-tensor activation scales and per-channel weight scales, as exported, and static shapes. DLA runs
+            # the convolutions, pooling and activations; TopK, Gather, Softmax and the attention matmuls fall back
+            # to the GPU. engine_layers.json shows where each layer landed.
             config.default_device_type = trt.DeviceType.DLA
             config.DLA_core = int(dla_core)
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
             log(f"DLA core {dla_core}, GPU fallback for layers DLA cannot run (TopK, Gather, Softmax, ...)")
 
+    for stale in (LAYERS_JSON, LAYERS_TXT):   # never leave the report of an earlier engine beside a new one
+        (Path(engine_path).parent / stale).unlink(missing_ok=True)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError("TensorRT engine build failed (see the TensorRT messages above)")
@@ -105,7 +189,38 @@ def build_engine(onnx_path, engine_path, precision: str, dla_core: int | None = 
     engine_path.write_bytes(bytes(plan))
     if timing_cache is not None:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(plan))
+    if engine is None:
+        log("warning: cannot load the engine just built to inspect its layers; engine_layers.json not written")
+    else:
+        inspector = engine.create_engine_inspector()
+        write_layer_report(inspector.get_engine_information(trt.LayerInformationFormat.JSON), engine_path.parent,
+                           log)
     return engine_path
+
+
+def compile_torch_tensorrt(program_path, output_path, input_shape, workspace_mib: int = 2048, log=print) -> Path:
+    """Compile the quantized ExportedProgram (model.pt2) with Torch-TensorRT's dynamo frontend, explicit typing (the
+    program's own Q/DQ decide what runs in INT8), and save the compiled program to ``output_path``."""
+    import inspect
+
+    import modelopt.torch.quantization  # noqa: F401  registers tensorrt::quantize_op, the Q/DQ op of model.pt2
+    import torch
+    import torch_tensorrt
+
+    program = torch.export.load(str(program_path))   # exported on a CPU: weights and amax buffers live there
+    move = getattr(getattr(torch.export, "passes", None), "move_to_device_pass", None)
+    if move is not None:
+        program = move(program, "cuda")
+    inputs = [torch.randn(tuple(int(d) for d in input_shape), device="cuda")]
+    log(f"Torch-TensorRT {torch_tensorrt.__version__}: compiling {program_path}")
+    typing = ({"use_explicit_typing": True}
+              if "use_explicit_typing" in inspect.signature(torch_tensorrt.dynamo.compile).parameters
+              else {"enabled_precisions": {torch.float32, torch.int8}})   # releases before explicit typing
+    compiled = torch_tensorrt.dynamo.compile(program, inputs=inputs, min_block_size=1,
+                                             workspace_size=int(workspace_mib) << 20, **typing)
+    torch_tensorrt.save(compiled, str(output_path), inputs=inputs)
+    return Path(output_path)
 
 
 def _default(value: str, fallback: str) -> str:
@@ -129,8 +244,23 @@ def main(argv=None) -> int:
     ap.add_argument("--timing-cache", type=Path, default=here / "timing.cache",
                     help="reused and updated across builds on this device (default: %(default)s)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 for FP32 layers (faster, may change routing)")
+    ap.add_argument("--torch-tensorrt", action="store_true",
+                    help=f"INT8 artifacts: compile {PROGRAM_FILE} with Torch-TensorRT (dynamo) into "
+                         f"{TORCH_TRT_FILE} instead of building model.engine")
+    ap.add_argument("--layer-report", type=Path, metavar="JSON",
+                    help=f"only write {LAYERS_TXT} from an inspector JSON (what build_engine.sh runs after trtexec "
+                         f"--exportLayerInfo)")
     args = ap.parse_args(argv)
 
+    if args.layer_report is not None:
+        try:
+            write_layer_report(args.layer_report.read_text(), args.layer_report.parent)
+        except (OSError, ValueError) as exc:   # json.JSONDecodeError is a ValueError
+            print(f"error: cannot read the layer information in {args.layer_report}: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.torch_tensorrt:
+        return _torch_tensorrt_main(here, args)
     try:
         engine = build_engine(args.onnx, args.engine, args.precision, args.dla_core, args.workspace,
                               args.timing_cache, args.tf32)
@@ -141,8 +271,28 @@ def main(argv=None) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {engine} ({engine.stat().st_size / 2**20:.1f} MiB)")
+    print(f"wrote {engine} ({engine.stat().st_size / 2**20:.1f} MiB) and {LAYERS_TXT}")
     print(f"next: biformer-parity {engine.parent}")
+    return 0
+
+
+def _torch_tensorrt_main(here: Path, args) -> int:
+    program = here / PROGRAM_FILE
+    if not program.is_file():
+        print(f"error: {program} not found: only INT8 exports for jetson/tensorrt carry the quantized "
+              f"ExportedProgram; build the engine from model.onnx instead (no --torch-tensorrt)", file=sys.stderr)
+        return 2
+    try:
+        out = compile_torch_tensorrt(program, here / TORCH_TRT_FILE, _default(INPUT_SHAPE, "1x3x224x224").split("x"),
+                                     args.workspace)
+    except ImportError as exc:
+        print(f"error: --torch-tensorrt needs torch, torch_tensorrt and nvidia-modelopt on this device ({exc})",
+              file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - Torch-TensorRT raises many types; one line says which
+        print(f"error: Torch-TensorRT could not compile {program}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}: load it with torch.export.load('{out.name}').module() after import torch_tensorrt")
     return 0
 
 

@@ -6,7 +6,9 @@
 #
 # Precision comes from model.onnx itself (FP32, FP16 with the BRA router kept FP32, or explicit Q/DQ INT8): TensorRT 11
 # builds strongly typed only and has no --fp16/--int8; on TensorRT 10 FP16/INT8 graphs are built --stronglyTyped so
-# the FP32 router is never lowered. Implicit INT8 calibration is never used. The engine is a plain plan file.
+# the FP32 router is never lowered and INT8 runs exactly where the Q/DQ pairs sit. Implicit INT8 calibration (--int8,
+# --calib) is never used. The engine is a plain plan file; engine_layers.json/.txt next to it say what precision each
+# engine layer runs in. INT8 artifacts also hold model.pt2: python3 build_engine.py --torch-tensorrt compiles it.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,7 +20,7 @@ TRT_VERSION=""
 TF32=0
 
 usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 die() { echo "error: $*" >&2; exit 2; }
 need_value() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
@@ -64,7 +66,8 @@ echo "TensorRT $MAJOR.$MINOR.$PATCH ($TRTEXEC)"
 [ "$MAJOR" -ge 10 ] || die "TensorRT $MAJOR.$MINOR is too old: this artifact needs TensorRT 10 or 11 (JetPack 6+)"
 
 ARGS=(--onnx="$HERE/model.onnx" --saveEngine="$HERE/model.engine" --timingCacheFile="$HERE/timing.cache"
-      --memPoolSize=workspace:"$WORKSPACE_MIB")
+      --memPoolSize=workspace:"$WORKSPACE_MIB"
+      --profilingVerbosity=detailed --exportLayerInfo="$HERE/engine_layers.json")  # per-layer precisions
 if [ "$MAJOR" -eq 10 ] && [ "$PRECISION" != fp32 ]; then
     ARGS+=(--stronglyTyped)  # TensorRT 11: strongly typed is the only mode, no flag
 fi
@@ -81,14 +84,27 @@ if [ -n "$DLA_CORE" ]; then
         echo "warning: DLA runs FP16/INT8 only and this artifact is FP32 (export with --fp16);" \
              "building for the GPU only" >&2
     else
+        # INT8 on DLA comes from the Q/DQ of the strongly typed network, never from --int8 and a calibrator: it needs
+        # symmetric per-tensor activation scales and per-channel weight scales (as exported) and static shapes
+        # (checked at export). DLA runs the convolutions, pooling and activations; TopK, Gather, Softmax and the
+        # attention matmuls fall back to the GPU. engine_layers.json shows where each layer landed.
         ARGS+=(--useDLACore="$DLA_CORE" --allowGPUFallback)
         echo "DLA core $DLA_CORE, GPU fallback for layers DLA cannot run (TopK, Gather, Softmax, ...)"
     fi
 fi
 
+rm -f "$HERE/engine_layers.json" "$HERE/engine_layers.txt"   # never leave a report of an earlier engine
 echo "+ $TRTEXEC ${ARGS[*]}"
 "$TRTEXEC" "${ARGS[@]}"
 [ -s "$HERE/model.engine" ] || die "trtexec did not write $HERE/model.engine"
 echo
 echo "wrote $HERE/model.engine"
+if [ -s "$HERE/engine_layers.json" ]; then
+    # engine_layers.txt (one line per layer, router layers flagged) where python3 is here; the JSON is enough alone
+    if command -v python3 > /dev/null && python3 "$HERE/build_engine.py" --layer-report "$HERE/engine_layers.json"; then
+        echo "wrote $HERE/engine_layers.json and engine_layers.txt (per-layer precision)"
+    else
+        echo "wrote $HERE/engine_layers.json (per-layer precision)"
+    fi
+fi
 echo "next: biformer-parity \"$HERE\""
