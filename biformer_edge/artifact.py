@@ -37,7 +37,8 @@ MANIFEST = "manifest.json"
 SCHEMA_VERSION = 2
 GENERATOR = "biformer-edge"
 REPORT_FILES = ("parity.json", "parity.md")                     # rewritten by every check, not hashed
-DEVICE_FILES = ("model.engine", "timing.cache", "engine_layers.json", "engine_layers.txt")  # built on the device
+# what the device build writes beside the artifact (build_engine.sh / build_engine.py [--torch-tensorrt])
+DEVICE_FILES = ("model.engine", "timing.cache", "engine_layers.json", "engine_layers.txt", "model_trt.ep")
 IN_PROGRESS = ".biformer-export-in-progress"                    # marks a temporary directory as ours
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

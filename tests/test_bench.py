@@ -2,6 +2,7 @@
 input."""
 import csv
 import importlib.util
+import subprocess
 import sys
 
 import pytest
@@ -140,3 +141,19 @@ def test_bench_imports_neither_the_cli_nor_a_runtime_up_front():
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_bench_never_writes_through_links_and_leaves_no_folder_on_failure(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "victim.md").write_text("precious")
+    (out / "bench.md").symlink_to(tmp_path / "victim.md")
+    proc = subprocess.run([sys.executable, "-m", "biformer_edge.bench", "--models", "biformer_seg_demo",
+                           "--backends", "onnxruntime", "--input-size", "64", "64", "--runs", "2", "--warmup", "0",
+                           "--output", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "symbolic link" in proc.stderr and proc.stderr.count("\n") == 1
+    assert (tmp_path / "victim.md").read_text() == "precious"
+    missing = tmp_path / "never"
+    proc = subprocess.run([sys.executable, "-m", "biformer_edge.bench", "--artifact", str(tmp_path / "nope"),
+                           "--output", str(missing)], capture_output=True, text=True)
+    assert proc.returncode == 2 and not missing.exists()

@@ -124,8 +124,7 @@ def test_tampered_artifact_is_rejected(onnx_artifact, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--target", "tensorflow"], "unsupported target 'tensorflow'"),
     (["--target", "onnx", "--model", "biformer_huge"], "unknown model 'biformer_huge'"),
-    (["--target", "coreml", "--int8"], "--int8 is not available for --target coreml"),
-    (["--target", "onnx", "--int8"], "--int8 is not available yet"),
+    (["--target", "coreml", "--bf16"], "unrecognized arguments: --bf16"),
     (["--target", "onnx", "--checkpoint", "/nonexistent.pth"], "does not exist"),
     (["--target", "onnx", "--input-size", "16", "16"], "below the minimum"),
     (["--target", "onnx", "--dla-core", "0"], "--dla-core does not apply to --target onnx"),

@@ -14,9 +14,11 @@ sets how many scenes); torch has no INT8 row. Every backend gets the same thread
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+from ..artifact import AtomicOutputs
 from ..errors import UserError
 
 __all__ = ["main"]
@@ -35,10 +37,10 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     threads = a.threads
     out = Path(a.output)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create {out} ({exc.strerror}): choose a writable --output") from None
+    existing = next((p for p in (out, *out.parents) if p.exists() or p.is_symlink()), None)
+    if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+        raise UserError(f"cannot write the results under {out} ({existing} is not a writable folder): choose "
+                        f"another --output")
 
     if a.artifact:
         configs, manifest = artifact_configs(a)
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
         if not a.artifact:
             for name in dict.fromkeys(c.model for c in configs if not c.skip):
                 arts.model(name)  # missing weights etc. fail here (exit 2), before any measurement
-        bar = tqdm(configs, desc="bench", unit="config", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(configs, desc="bench", unit="config", file=sys.stderr, dynamic_ncols=True, disable=None)
         for config in bar:
             bar.set_postfix_str(f"{config.model} {config.label} {config.precision}")
             row = report.Row(config)
@@ -87,9 +89,14 @@ def main(argv=None) -> int:
 
     meta["load_end"] = report.load_average()
     print(report.render_text(rows, meta), end="")
-    report.write_csv(out / "bench.csv", rows, threads, a.runs, a.warmup)
-    (out / "bench.md").write_text(report.render_markdown(rows, meta))
-    plot_note = report.write_plot(out / "bench.png", rows, meta)
+    out.mkdir(parents=True, exist_ok=True)   # only now: a failed or interrupted run leaves no empty folder
+    with AtomicOutputs([out / "bench.csv", out / "bench.md", out / "bench.png"]) as files:  # never through links
+        report.write_csv(files.temp(out / "bench.csv"), rows, threads, a.runs, a.warmup)
+        files.temp(out / "bench.md").write_text(report.render_markdown(rows, meta))
+        plot_note = report.write_plot(files.temp(out / "bench.png"), rows, meta)
+        if plot_note:
+            files.temps.pop(out / "bench.png").unlink()
+        files.commit()
     written = ["bench.csv", "bench.md"] + ([] if plot_note else ["bench.png"])
     if plot_note:
         print(plot_note)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..console import OneLineParser, error_boundary
+from ..console import OneLineParser, error_boundary, utf8_path
 from ..errors import UserError
 from ..targets import AUTO_ORDER, RUNTIMES, resolve_runtime
 from .sources import DEFAULT_FPS, LIVE_SECONDS, SYNTHETIC_SECONDS
@@ -54,12 +54,20 @@ def parse_args(argv=None, prog: str = "video_segmentation.py") -> argparse.Names
     a = build_parser(prog).parse_args(argv)
     if a.frames is not None and a.frames < 1:
         raise UserError(f"--frames must be >= 1, not {a.frames}")
-    if a.seconds is not None and not a.seconds > 0:
-        raise UserError(f"--seconds must be > 0, not {a.seconds:g}")
+    if a.seconds is not None and not 0 < a.seconds <= 24 * 3600:
+        raise UserError(f"--seconds must be in (0, 86400], not {a.seconds:g}")
     if a.fps is not None and not 0 < a.fps <= 1000:
         raise UserError(f"--fps must be in (0, 1000], not {a.fps:g}")
-    if min(a.size) < 16:
-        raise UserError(f"--size {a.size[0]} {a.size[1]}: frames must be at least 16x16")
+    if min(a.size) < 16 or max(a.size) > 8192:
+        raise UserError(f"--size {a.size[0]} {a.size[1]}: frames must be 16x16 to 8192x8192")
+    if a.seed < 0:
+        raise UserError(f"--seed must be >= 0, not {a.seed}")
+    if a.input.isdigit() and int(a.input) > 1024:
+        raise UserError(f"--input {a.input}: no camera has that index; pass 0, 1, ... or a video file")
+    for value, what in ((a.input, "--input"), (a.output, "--output"), (a.sheet, "--sheet"), (a.artifact,
+                                                                                           "--artifact")):
+        if value:
+            utf8_path(value, what)
     if min(a.csi_size) < 16:
         raise UserError(f"--csi-size {a.csi_size[0]} {a.csi_size[1]} is too small")
     if not 0 <= a.csi_flip <= 7:

@@ -9,6 +9,7 @@ renamed into place only when the whole run succeeded; an error, Ctrl-C or SIGTER
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import deque
@@ -56,6 +57,9 @@ def run(args, log=print) -> dict:
     artifact, manifest = load_artifact(args.artifact)
     protected = artifact_inputs(artifact, manifest)
     protected += [p for p in (input_file(args.input), args.checkpoint and Path(args.checkpoint)) if p]
+    for final in (out, sheet_path, json_path):   # the artifact holds only what biformer-export wrote
+        if os.path.realpath(Path(final).parent) == os.path.realpath(artifact):
+            raise UserError(f"{final} is inside the artifact: write the demo's outputs elsewhere")
     outputs = AtomicOutputs([out, sheet_path, json_path], protected=protected)  # refuses before anything is written
     batch, _, in_h, in_w = manifest["input_shape"]
     source = open_source(args)
