@@ -12,7 +12,10 @@ Importing this module imports no torch (the Session runs on a Mac without it); t
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import re
 import sys
 import uuid
@@ -42,10 +45,25 @@ _DTYPES = {"FLOAT16": "fp16", "FLOAT32": "fp32", "FLOAT64": "fp64", "BFLOAT16": 
            "BOOL": "bool", "STRING": "string"}
 
 
+@contextlib.contextmanager
+def quiet_coremltools():
+    """coremltools reports through Python warnings, ``logging``, tqdm bars on stderr and its native libraries
+    ("Failed to load _MLModelProxy" off macOS): keep all of it off the user's stderr while it converts."""
+    from ..console import captured_native_stderr
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), captured_native_stderr():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _coremltools():
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_coremltools():
             import coremltools as ct
     except ImportError:
         raise UserError("coremltools is not installed: pip install 'biformer-edge[coreml]'") from None
@@ -221,6 +239,12 @@ def _int8(mlmodel, ctx: ExportContext, ios: int):
 
 
 def export(model: nn.Module, ctx: ExportContext) -> list[str]:
+    """Write ``model.mlpackage`` into ``ctx.workdir`` (:func:`export_package`, with coremltools kept quiet)."""
+    with quiet_coremltools():
+        return export_package(model, ctx)
+
+
+def export_package(model: nn.Module, ctx: ExportContext) -> list[str]:
     """Write ``model.mlpackage`` into ``ctx.workdir``.
 
     Options read from ``ctx.options``: ``ios`` (16 default, 17, 18: minimum deployment target), ``weights_8bit``
