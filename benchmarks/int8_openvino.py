@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -112,8 +113,9 @@ def nncf_ir(fp32_dir: Path, workdir: Path, shape: tuple, samples: int, routing: 
 # ----------------------------------------------------------------------------------------------------------- speed
 
 
-def profile(session: bov.OpenVINOSession, x: np.ndarray, runs: int = 10) -> dict[str, float]:
-    """Milliseconds per inference by ``kernel precision`` (PERF_COUNT profile of the same IR and config)."""
+def profile(session: bov.OpenVINOSession, x: np.ndarray, runs: int = 20) -> tuple[dict, dict]:
+    """Milliseconds per inference (PERF_COUNT profile of the same IR and config) by ``kernel precision``, and by
+    runtime node (``kernel precision: name`` with the block index taken out, so the same op of every block adds up)."""
     core = bov._core()
     model = core.read_model(str(session.xml))
     compiled = core.compile_model(model, "CPU", {**session.config, "PERF_COUNT": True})
@@ -121,12 +123,21 @@ def profile(session: bov.OpenVINOSession, x: np.ndarray, runs: int = 10) -> dict
     request = compiled.create_infer_request()
     for _ in range(3):
         request.infer({0: x})
-    total: dict[str, float] = defaultdict(float)
+    by_kind: dict[str, float] = defaultdict(float)
+    by_node: dict[str, float] = defaultdict(float)
     for _ in range(runs):
         request.infer({0: x})
         for info in request.get_profiling_info():
-            total[kinds.get(info.node_name, info.node_type)] += info.real_time.total_seconds() * 1e3 / runs
-    return dict(sorted(total.items(), key=lambda kv: -kv[1]))
+            ms = info.real_time.total_seconds() * 1e3 / runs
+            kind = kinds.get(info.node_name, info.node_type)
+            by_kind[kind] += ms
+            node = re.sub(r"stages\.\d+(\.\d+)?", "stages.*", info.node_name.replace("/model/", ""))
+            node = re.sub(r"_\d+", "_*", node)
+            by_node[f"{kind}: {node}"] += ms
+
+    def ranked(d):
+        return dict(sorted(d.items(), key=lambda kv: -kv[1]))
+    return ranked(by_kind), dict(list(ranked(by_node).items())[:12])
 
 
 def executed_counts(session: bov.OpenVINOSession) -> dict:
@@ -197,7 +208,7 @@ def speed(args, log=print) -> dict:
         if args.profile:
             log("PERF_COUNT profiles")
             for row in rows:
-                row["profile_ms"] = profile(sessions[row["config"]], x)
+                row["profile_ms"], row["profile_nodes_ms"] = profile(sessions[row["config"]], x)
     med = {r["config"]: r["median_ms"] for r in rows}
     targets = {"speedup": med["fp32 f32"] / med["int8 qar f32"], "island_cost": med["int8 qar f32"] /
                med["int8 naive f32"]}
@@ -219,8 +230,13 @@ def accuracy(args, log=print) -> dict:
     hints = ["f32"] + (["bf16"] if "BF16" in bov.cpu_capabilities() else [])
     rows = []
     with tempfile.TemporaryDirectory(prefix="biformer-int8-ov-acc-") as tmp:
-        for routing in ("qar", "naive"):
-            path = export_ir(model, Path(tmp) / routing, "int8", shape, routing, args.calib_samples, log)
+        tmp = Path(tmp)
+        irs = {routing: export_ir(model, tmp / routing, "int8", shape, routing, args.calib_samples, log)
+               for routing in ("qar", "naive")}
+        if args.nncf:
+            fp32 = export_ir(model, tmp / "fp32", "fp32", shape)
+            irs["nncf qar"] = nncf_ir(fp32, tmp / "nncf", shape, args.calib_samples or 128, "qar")
+        for routing, path in irs.items():
             for hint in hints:
                 session = bov.OpenVINOSession(path, precision_hint=hint, threads=args.threads)
                 m = measure_backend(session, ref, "segmentation", getattr(model, "num_classes", None))
@@ -228,7 +244,7 @@ def accuracy(args, log=print) -> dict:
                        **{k: float(m[k]) for k in ("cosine", "pixel", "miou", "routing", "routing_strict",
                                                    "routing_ties") if k in m}}
                 rows.append(row)
-                log(f"  int8 {routing:5} hint {hint:4}: cosine {row['cosine']:.6f} pixel {row['pixel']:.4f} "
+                log(f"  {routing:8} hint {hint:4}: cosine {row['cosine']:.6f} pixel {row['pixel']:.4f} "
                     f"routing {row['routing']:.4f} strict {row['routing_strict']:.4f}")
     return {"model": ACCURACY_MODEL, "size": ACCURACY_SIZE, "weights": "shipped", "scenes": int(np.prod(
         inputs.shape[:2])), "inputs": source, "rows": rows}
@@ -291,12 +307,17 @@ def render(result: dict) -> str:
                 prof = r.get("profile_ms", {})
                 lines.append(f"- {r['config']} (total {sum(prof.values()):.1f} ms): "
                              + ", ".join(f"{k} {v:.1f}" for k, v in list(prof.items())[:8]))
+            lines += ["", "Slowest runtime nodes (summed over blocks), ms per inference:", ""]
+            for r in sp["rows"]:
+                if r["hint"] == "f32" and "profile_nodes_ms" in r:
+                    lines.append(f"- {r['config']}: " + "; ".join(f"{k} {v:.2f}" for k, v in
+                                                                list(r["profile_nodes_ms"].items())[:6]))
         lines.append("")
     acc = result.get("accuracy")
     if acc:
         lines += [f"## Accuracy: {acc['model']} {acc['size']}x{acc['size']} ({acc['weights']} weights), "
                   f"{acc['scenes']} held-out scenes ({acc['inputs']}), against FP32 PyTorch", "",
-                  "| INT8 routing | hint | computes | cosine | pixel | mIoU | routing (tie-aware) | routing strict |",
+                  "| INT8 | hint | computes | cosine | pixel | mIoU | routing (tie-aware) | routing strict |",
                   "|---" * 8 + "|"]
         for r in acc["rows"]:
             lines.append(f"| {r['mode']} | {r['hint']} | {r['computes']} | {r['cosine']:.6f} | {r['pixel']:.4f} | "

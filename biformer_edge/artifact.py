@@ -36,7 +36,7 @@ from .errors import UserError
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 2
 GENERATOR = "biformer-edge"
-REPORT_FILES = ("parity.json", "parity.md")                     # rewritten by every check, not hashed
+REPORT_FILES = ("parity.json", "parity.md", "routing_margins.png")   # rewritten by every check, not hashed
 # what the device build writes beside the artifact (build_engine.sh / build_engine.py [--torch-tensorrt])
 DEVICE_FILES = ("model.engine", "timing.cache", "engine_layers.json", "engine_layers.txt", "model_trt.ep")
 IN_PROGRESS = ".biformer-export-in-progress"                    # marks a temporary directory as ours

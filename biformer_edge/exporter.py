@@ -31,6 +31,7 @@ from .models import create_model, get_spec
 from .models.biformer import MIN_INPUT_SIZE
 from .parity.check import evaluate, reference_device, run_reference, write_reports
 from .parity.inputs import parity_inputs
+from .parity.plots import MARGIN_PLOT
 from .targets import DEFAULT_MODEL, backend_module, load_profile, resolve_target
 
 LIBRARIES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "openvino", "coremltools", "tensorrt",
@@ -203,7 +204,7 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
             save_npz(work / "reference.npz", ref)
             manifest["reference_device"] = str(ref["device"])
             manifest["parity_data"] = source
-            report = evaluate(work, manifest, profile, ref)
+            report = evaluate(work, manifest, profile, ref, plot=work / MARGIN_PLOT)
             write_reports(work, manifest, report)
             manifest["parity"] = {"verdict": report["verdict"],
                                   "backends": {k: v["verdict"] for k, v in report["backends"].items()}}

@@ -43,7 +43,9 @@ def test_a_choice_among_exactly_tied_regions_is_agreement_and_reported():
     ref = [np.array([[[0, 1]]])]
     tie_break = [np.array([[[0, 2]]])]
     out = metrics.routing_agreement(ref, tie_break, [affinity])
-    assert out == {"routing": 1.0, "routing_strict": 0.5, "routing_ties": 1.0, "routing_per_block": [1.0]}
+    assert {k: out[k] for k in ("routing", "routing_strict", "routing_ties", "routing_per_block")} == {
+        "routing": 1.0, "routing_strict": 0.5, "routing_ties": 1.0, "routing_per_block": [1.0]}
+    assert out["routing_regret"] == 0.0   # a tie costs no affinity
 
 
 def test_a_real_flip_stays_a_flip_even_with_affinities():
@@ -93,3 +95,18 @@ def test_compare_segmentation_and_classification():
     cls = rng.standard_normal((4, 10)).astype(np.float32)
     out = metrics.compare(cls, [], cls * -1, [], "classification")
     assert out["cosine"] == pytest.approx(-1.0) and out["top1"] < 1.0
+
+
+def test_decisive_agreement_and_regret():
+    # query 0: a decisive route (5 vs 1 at the k/k+1 boundary); query 1: a near-tie (3.00 vs 2.99)
+    affinity = np.array([[[9.0, 5.0, 1.0, 0.0], [9.0, 3.0, 2.99, 0.0]]], np.float32)
+    ref = [np.array([[[0, 1], [0, 1]]])]
+    near_tie_swap = [np.array([[[0, 1], [0, 2]]])]
+    out = metrics.routing_agreement(ref, near_tie_swap, [affinity])
+    assert out["routing_decisive"] == 1.0 and out["routing_decisive_share"] == 0.5
+    assert out["routing_regret"] == pytest.approx((3.0 - 2.99) / (2 * 9.0) / 2, rel=1e-4)
+    decisive_flip = [np.array([[[0, 2], [0, 1]]])]
+    out = metrics.routing_agreement(ref, decisive_flip, [affinity])
+    assert out["routing_decisive"] == 0.5 and out["routing_regret"] == pytest.approx((5 - 1) / 18 / 2, rel=1e-6)
+    assert metrics.failures(out, {"routing_regret": 0.01}) == [f"routing_regret {out['routing_regret']:.6g} "
+                                                                "(needs <= 0.01)"]

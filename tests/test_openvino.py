@@ -1,8 +1,9 @@
 """OpenVINO backend: IR export, router FP32 marks (found by the router's module name), explicit inference precision
-and the precision rule, parity with PyTorch.
+and the precision rule, parity with PyTorch; INT8 IR (Q/DQ ONNX converted), its router island and the layer report of
+what the CPU plugin executed.
 
-Small inputs on purpose (shared 2-core CI machines): biformer_seg_demo at 128x128 with random weights, a bare BRA
-module for the cheap cases; biformer_tiny at 224 (FP32 parity only).
+Small inputs on purpose (shared 2-core CI machines): biformer_seg_demo at 128x128 with random weights (64x64 for
+INT8), a bare BRA module for the cheap cases; biformer_tiny at 224 (FP32 parity only).
 
 Nothing here assumes the CPU's ISA: where the plugin's behaviour depends on it, the tests read what the runtime says
 (``OPTIMIZATION_CAPABILITIES``, the compiled model's ``INFERENCE_PRECISION_HINT``) and assert the rule.
@@ -340,7 +341,7 @@ def export_int8(model, path, routing):
 @pytest.fixture(scope="module")
 def int8_irs(seg_model, tmp_path_factory):
     """The fake-quantized seg model (ModelOpt, as the exporter calls it, 4 synthetic scenes) exported as INT8 IRs for
-    both routing modes: routing -> (files, ctx, artifact dir)."""
+    both routing modes: routing -> (files, ctx, artifact dir, quantized model)."""
     pytest.importorskip("modelopt.torch.quantization")
     from biformer_edge.quant.calibration import calibration_inputs, resolve_recipe
     from biformer_edge.quant.int8 import quantize
@@ -349,8 +350,9 @@ def int8_irs(seg_model, tmp_path_factory):
     out = {}
     for routing in ("qar", "naive"):
         path = tmp_path_factory.mktemp(f"ov-int8-{routing}")
-        files, ctx = export_int8(quantize(seg_model, batches, routing).model, path, routing)
-        out[routing] = (files, ctx, path)
+        qmodel = quantize(seg_model, batches, routing).model
+        files, ctx = export_int8(qmodel, path, routing)
+        out[routing] = (files, ctx, path, qmodel)
     return out
 
 
@@ -361,7 +363,7 @@ def read_layer_report(path):
 
 @pytest.mark.parametrize("routing", ["qar", "naive"])
 def test_int8_export_writes_ir_and_layer_report(int8_irs, seg_model, routing):
-    files, ctx, path = int8_irs[routing]
+    files, ctx, path, _ = int8_irs[routing]
     assert files == ["model.xml", "model.bin", "layer_precision.json", "layer_precision.md"]
     assert all((path / f).is_file() for f in files)
     model = bov._core().read_model(str(path / "model.xml"))
@@ -396,6 +398,13 @@ def test_int8_router_island_holds_for_qar_only(int8_irs):
     assert not bov.marked_nodes(naive)
     rows = {r["layer"]: r for r in read_layer_report(int8_irs["naive"][2])["layers"]}
     assert all(r["input"] == r["weight"] == "int8" for r in rows.values() if r["router"])
+
+
+def test_int8_export_is_deterministic(int8_irs, tmp_path):
+    _, _, first, qmodel = int8_irs["qar"]
+    export_int8(qmodel, tmp_path, "qar")
+    for name in ("model.xml", "model.bin", "layer_precision.json"):
+        assert (tmp_path / name).read_bytes() == (first / name).read_bytes(), name
 
 
 def test_router_scope_of_onnx_names():

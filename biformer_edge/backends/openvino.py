@@ -35,6 +35,18 @@ IR and reads the model back. The router is found by name: ``ov.convert_model`` n
 Under a bf16 hint OpenVINO 2026.4.1 keeps the marked affinity MatMul and TopK in f32 but fuses the scale Multiply into
 the q-pooling ReduceMean and emits that fused node's output in bf16: the island is f32 from the pooled q/k on.
 
+INT8 (``--int8``): the exporter's fake-quantized model (ModelOpt, the same quantization as every other target) goes
+through the same Q/DQ ONNX as the onnx/tensorrt targets and ``ov.convert_model``, which turns each Q/DQ pair into a
+FakeQuantize; the CPU plugin's low-precision transformations then run those layers in INT8 kernels (FullyConnected
+i8, Convolution u8). Chosen over NNCF's PTQ of the FP32 IR by measurement (benchmarks/int8_openvino.py,
+biformer_tiny 224, 2 threads, AMD Zen 4): Q/DQ 1.34x the FP32 IR with the f32 hint, NNCF (router ignored) 1.39x; both
+under 1.4x, because about half the FP32 time is data movement and element-wise work that INT8 leaves in float
+(Transpose/Reorder/Split of the region gather, the attention Subgraph). The router island is checked on the IR
+(:func:`fake_quantize_into_topk`) and, for ``--routing qar``, the router's float ops are marked to stay FP32 as in the
+FP16 IR, so a bf16 hint (float layers bf16, INT8 layers INT8) leaves the affinity f32. ``layer_precision.json``/``.md``
+list per Conv/MatMul/attention op the precision the IR states and the one the CPU plugin executed it in (runtime
+model, f32 hint).
+
 This module imports no torch: sessions run where only OpenVINO is installed; the export functions import it.
 """
 from __future__ import annotations
@@ -114,12 +126,14 @@ def router_nodes(ov_model) -> list:
     topological order. A TopK fed by a router op counts too: the ONNX frontend names the TopK whose indices are a
     model output after that output (``routing_0``)."""
     marked: dict[int, object] = {}
+    scoped: set[str] = set()
     for op in ov_model.get_ordered_ops():
         if op.get_type_name() == "Constant":
             continue
         if router_scope(op.get_friendly_name()) is None and not (
-                op.get_type_name() == "TopK" and id(op.input_value(0).get_node()) in marked):
+                op.get_type_name() == "TopK" and op.input_value(0).get_node().get_friendly_name() in scoped):
             continue
+        scoped.add(op.get_friendly_name())
         for inp in op.inputs():
             src = inp.get_source_output().get_node()
             if src.get_type_name() == "Constant" and src.get_output_element_type(0).is_real():
@@ -302,9 +316,10 @@ def fake_quantize_into_topk(ov_model) -> list[str]:
         seen, queue = set(), [topk.input_value(0).get_node()]
         while queue:
             node = queue.pop()
-            if id(node) in seen:
+            key = (node.get_type_name(), node.get_friendly_name())
+            if key in seen:
                 continue
-            seen.add(id(node))
+            seen.add(key)
             if node.get_type_name() == "FakeQuantize":
                 found.append(f"{node.get_friendly_name()} -> {topk.get_friendly_name()}")
             elif router_scope(node.get_friendly_name()) or node.get_type_name() in IR_PASS_THROUGH:

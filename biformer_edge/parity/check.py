@@ -11,8 +11,9 @@ from ..errors import UserError
 from ..targets import RUNTIMES, load_profile, open_session, unavailable_reason
 from . import metrics
 from .inputs import parity_inputs
+from .plots import MARGIN_PLOT, write_margin_plot
 
-PARITY_JSON, PARITY_MD = REPORT_FILES
+PARITY_JSON, PARITY_MD = REPORT_FILES[:2]
 REFERENCE = "reference.npz"
 
 
@@ -56,8 +57,9 @@ def numbered(arrays: dict, prefix: str) -> list[np.ndarray]:
     return [np.asarray(arrays[k]) for k in keys]
 
 
-def measure_backend(session, ref: dict, task: str, num_classes: int | None) -> dict:
-    """Run every reference batch through ``session`` and compare logits, labels and routing."""
+def measure_backend(session, ref: dict, task: str, num_classes: int | None, routing_out: list | None = None) -> dict:
+    """Run every reference batch through ``session`` and compare logits, labels and routing (the deployed routing,
+    flattened per block, is appended to ``routing_out`` when given)."""
     logits, routing = [], []
     for batch in ref["inputs"]:
         out = session.run(batch)
@@ -67,15 +69,19 @@ def measure_backend(session, ref: dict, task: str, num_classes: int | None) -> d
 
     def flat(arrays):
         return [a.reshape(-1, *a.shape[2:]) for a in arrays]
+    if routing_out is not None:
+        routing_out.extend(flat(test_routing))
     return metrics.compare(ref["logits"].reshape(-1, *ref["logits"].shape[2:]), flat(numbered(ref, "routing_")),
                            np.stack(logits).reshape(-1, *ref["logits"].shape[2:]), flat(test_routing), task,
                            num_classes, ref_affinity=flat(numbered(ref, "affinity_")) or None)
 
 
 def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backends: list[str] | None = None,
-             thresholds: dict | None = None, require: bool = False, ov_precision: str | None = None) -> dict:
+             thresholds: dict | None = None, require: bool = False, ov_precision: str | None = None,
+             plot: Path | None = None) -> dict:
     """Parity of each backend against ``ref``. ``require``: a named backend that cannot run is an error.
-    ``ov_precision``: the OpenVINO precision hint (auto, f32, f16, bf16) instead of the profile's ``[parity] hint``."""
+    ``ov_precision``: the OpenVINO precision hint (auto, f32, f16, bf16) instead of the profile's ``[parity] hint``.
+    ``plot``: where to write the routing-margin plot of the first backend measured (a report, not hashed)."""
     precision = manifest["precision"]
     user_thresholds = thresholds or {}
     thresholds = {**profile.get("thresholds", {}).get(precision, {}), **user_thresholds}
@@ -101,9 +107,17 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
                 raise UserError(f"openvino computes the '{options['precision_hint']}' hint in bf16 on this CPU (no "
                                 f"native f16): check bf16 against its own thresholds with --ov-precision bf16, or "
                                 f"use --ov-precision auto (f32 compute here)")
-            if computes == "bf16":  # asked for explicitly: [thresholds.bf16] of the profile
+            if computes == "bf16" and precision != "int8":  # asked for: [thresholds.bf16] (FP16/FP32 IRs in bf16)
                 limits = {**profile.get("thresholds", {}).get("bf16", thresholds), **user_thresholds}
-        result = measure_backend(session, ref, manifest["task"], manifest.get("num_classes"))
+        deployed: list = []
+        result = measure_backend(session, ref, manifest["task"], manifest.get("num_classes"), deployed)
+        affinity = [a.reshape(-1, *a.shape[2:]) for a in numbered(ref, "affinity_")]
+        if plot is not None and deployed and affinity:
+            skipped = write_margin_plot(plot, [r.reshape(-1, *r.shape[2:]) for r in numbered(ref, "routing_")],
+                                        deployed, affinity, f"{manifest['model']} {manifest['target']} "
+                                        f"{precision}: routing flips against FP32 margins ({name})")
+            report["margin_plot"] = skipped or f"{plot.name} ({name})"
+            plot = None
         bad = metrics.failures(result, limits)
         per_block = result.pop("routing_per_block", None)
         entry = {"metrics": {k: round(v, 9) for k, v in result.items()}, "failures": bad,
@@ -150,6 +164,8 @@ def render_markdown(manifest: dict, report: dict) -> str:
     for backend, entry in report["backends"].items():
         if entry.get("routing_per_block"):
             lines.append(f"Routing per block ({backend}): " + ", ".join(f"{v:.4f}" for v in entry["routing_per_block"]))
+    if report.get("margin_plot"):
+        lines.append(f"Routing flips against their FP32 margins: {report['margin_plot']}")
     for name, check in manifest.get("checks", {}).items():
         lines.append(f"- check {name}: {'ok' if check.get('ok') else 'FAILED'} {check.get('summary', '')}".rstrip())
     for backend, entry in report["backends"].items():
@@ -270,6 +286,7 @@ def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, da
         ref = run_reference(model, inputs, reference_device(reference))
         manifest = {**manifest, "parity_data": source}
     report = evaluate(artifact_dir, manifest, profile, ref, backends, thresholds, require=bool(backends),
+                      plot=artifact_dir / MARGIN_PLOT if writes else None,
                       ov_precision=ov_precision)
     if writes:
         write_reports(artifact_dir, manifest, report)

@@ -77,18 +77,42 @@ def routing_overlap(ref: np.ndarray, test: np.ndarray, affinity: np.ndarray | No
     return strict + ties, int(ties.sum())
 
 
+DECISIVE_MARGIN = 0.05  # a route is decisive when its FP32 margin is >= 5 % of the query's affinity spread
+
+
+def route_margins(ref: np.ndarray, affinity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query region of one block, from the FP32 affinities: the relative margin (k-th minus (k+1)-th affinity
+    over the query's spread max - min), the spread, and the affinity mass of the FP32 top-k. (Q,) arrays."""
+    k = ref.shape[-1]
+    r2 = ref.reshape(-1, k)
+    a = affinity.reshape(r2.shape[0], -1).astype(np.float64)
+    ordered = -np.sort(-a, axis=-1)
+    spread = ordered[:, 0] - ordered[:, -1]
+    nxt = ordered[:, k] if a.shape[1] > k else ordered[:, k - 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        margin = np.where(spread > 0, (ordered[:, k - 1] - nxt) / spread, 0.0)
+    return margin, spread, np.take_along_axis(a, r2, -1).sum(-1)
+
+
 def routing_agreement(ref: list[np.ndarray], test: list[np.ndarray],
                       affinity: list[np.ndarray] | None = None) -> dict[str, float]:
     """Over blocks and query regions: ``routing`` = mean |topk_ref ∩ topk_test| / k counting choices among exactly
     tied reference affinities as agreement (strict when no affinities are given), ``routing_strict`` = the same
     without that allowance, ``routing_ties`` = how many choices agreed only as a tie (reported, never hidden),
-    ``routing_per_block`` = the tie-aware agreement of each BRA block (a list, in block order)."""
+    ``routing_per_block`` = the tie-aware agreement of each BRA block (a list, in block order).
+
+    With the FP32 affinities also: ``routing_decisive`` = agreement on decisive routes (FP32 margin >= 5 % of the
+    query's affinity spread: the flips that change what a query attends to), ``routing_decisive_share`` = the share
+    of routes that are decisive, and ``routing_regret`` = mean over query regions of (FP32 affinity mass of the FP32
+    top-k minus that of the deployed top-k) / (k x spread): 0 when only near-ties swap, large when a strong region
+    is lost."""
     if not ref:
         return {}
     if len(ref) != len(test):
         raise ValueError(f"routing outputs differ in count: {len(ref)} vs {len(test)}")
     affinity = affinity or [None] * len(ref)
     agree, strict, ties, total, per_block = 0, 0, 0, 0, []
+    decisive_agree, decisive_total, regret, queries = 0, 0, 0.0, 0
     for r, t, a in zip(ref, test, affinity):
         k = r.shape[-1]
         tie_aware, n_ties = routing_overlap(r, t, a)
@@ -97,8 +121,23 @@ def routing_agreement(ref: list[np.ndarray], test: list[np.ndarray],
         ties += n_ties
         total += tie_aware.size * k
         per_block.append(float(tie_aware.sum()) / (tie_aware.size * k))
-    return {"routing": agree / total, "routing_strict": strict / total, "routing_ties": float(ties),
-            "routing_per_block": per_block}
+        if a is not None:
+            margin, spread, mass = route_margins(r, a)
+            decisive = margin >= DECISIVE_MARGIN
+            decisive_agree += int(tie_aware[decisive].sum())
+            decisive_total += int(decisive.sum()) * k
+            a2 = a.reshape(margin.shape[0], -1).astype(np.float64)
+            deployed = np.take_along_axis(a2, t.reshape(-1, k), -1).sum(-1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                regret += float(np.where(spread > 0, np.maximum(mass - deployed, 0) / (k * spread), 0.0).sum())
+            queries += margin.shape[0]
+    out = {"routing": agree / total, "routing_strict": strict / total, "routing_ties": float(ties),
+           "routing_per_block": per_block}
+    if queries:
+        out["routing_decisive"] = decisive_agree / decisive_total if decisive_total else 1.0
+        out["routing_decisive_share"] = decisive_total / total
+        out["routing_regret"] = regret / queries
+    return out
 
 
 def flicker_rate(label_maps: np.ndarray) -> float:
@@ -126,7 +165,8 @@ def compare(ref_logits, ref_routing, test_logits, test_routing, task: str, num_c
 
 # metric -> True when higher is better; thresholds are minimums for those, maximums otherwise
 HIGHER_IS_BETTER = {"cosine": True, "sqnr_db": True, "top1": True, "pixel": True, "miou": True, "routing": True,
-                    "routing_strict": True, "max_abs": False, "flicker_delta": False}
+                    "routing_strict": True, "routing_decisive": True, "routing_regret": False, "max_abs": False,
+                    "flicker_delta": False}
 
 
 def check_thresholds(thresholds: dict) -> None:
