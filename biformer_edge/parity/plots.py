@@ -1,7 +1,8 @@
 """The routing-margin plot of a parity check (``routing_margins.png``, a report beside ``parity.md``): per BRA block,
 the distribution over query regions of the FP32 relative margin (k-th minus (k+1)-th region affinity over the
 query's affinity spread), and where the queries with a flipped route fall on it. Flips left of the 5 % line are
-near-ties; flips right of it changed what a query attends to. Needs matplotlib (the ``apps`` extra); skipped without it."""
+near-ties; flips right of it changed what a query attends to. Needs matplotlib (the ``apps`` extra); skipped
+without it."""
 from __future__ import annotations
 
 from pathlib import Path
