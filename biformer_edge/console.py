@@ -33,7 +33,8 @@ INSTALL_HINTS = {
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``timeout``, CI cancellation, ``docker stop``), raised like Ctrl-C so every cleanup path runs."""
+    """SIGTERM (``timeout``, CI cancellation, ``docker stop``) or SIGHUP (a closed terminal), raised like Ctrl-C so
+    every cleanup path runs."""
 
 
 def _raise_terminated(signum, frame):
@@ -106,11 +107,13 @@ def error_boundary(main):
             debug = True
         if not debug:
             quiet_libraries()
-        previous = signal.getsignal(signal.SIGTERM)
-        try:
-            signal.signal(signal.SIGTERM, _raise_terminated)
-        except ValueError:  # not the main thread (an entry point called from a worker thread): leave SIGTERM alone
-            previous = None
+        previous = {}
+        try:  # SIGHUP too: a closed terminal or ssh session must clean up like Ctrl-C
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, _raise_terminated)
+        except ValueError:  # not the main thread (an entry point called from a worker thread): leave signals alone
+            previous = {}
         try:
             code = main(argv)
         except UserError as exc:
@@ -145,8 +148,8 @@ def error_boundary(main):
                   f"command plus --debug at {ISSUES_URL})", file=sys.stderr)
             code = 3
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         sys.exit(code or 0)
     return wrapper
 
