@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import numpy as np
 from biformer_edge import create_model
 from biformer_edge.backends import openvino as bov
 from biformer_edge.backends.base import ExportContext, QuantSettings
+from biformer_edge.bench.report import cpu_name
 from biformer_edge.parity.check import measure_backend, run_reference
 from biformer_edge.parity.inputs import parity_inputs
 from biformer_edge.quant import prepare_int8
@@ -255,16 +255,6 @@ def accuracy(args, log=print) -> dict:
 
 def fmt_load(load) -> str:
     return " / ".join(f"{v:.2f}" for v in load)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def render(result: dict) -> str:

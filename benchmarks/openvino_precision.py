@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from biformer_edge import create_model
 from biformer_edge.backends import openvino as bov
 from biformer_edge.backends.base import ExportContext
 from biformer_edge.backends.tracing import bra_blocks
+from biformer_edge.bench.report import cpu_name
 from biformer_edge.models.registry import get_spec
 from biformer_edge.parity.check import measure_backend, run_reference
 from biformer_edge.parity.inputs import parity_inputs
@@ -102,16 +102,6 @@ def render(rows: list[dict], meta: dict) -> str:
                      f"{r['router']} | {r['routing']:.4f} | {r['routing_strict']:.4f} | {r['labels']} "
                      f"{r['agreement']:.4f} | {r['cosine']:.6f} |")
     return "\n".join(lines) + "\n"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> None:

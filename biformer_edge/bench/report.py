@@ -167,14 +167,19 @@ def write_plot(path: Path, rows: list[Row], meta: dict) -> str | None:
     return None
 
 
-def machine_meta(threads: int, runs: int, warmup: int, weights: str) -> dict:
-    from importlib import metadata
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what Python's platform module knows."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
     except OSError:
-        pass
+        name = None
+    return name or platform.processor() or platform.machine()
+
+
+def machine_meta(threads: int, runs: int, warmup: int, weights: str) -> dict:
+    from importlib import metadata
+    cpu = cpu_name()
     versions = []
     for lib in (RUNTIMES[r].package for r in runtime_order()):
         try:
