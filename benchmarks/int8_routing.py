@@ -52,7 +52,7 @@ def measure(model_name: str, size: tuple[int, int], variants: list[tuple[str, st
             m = measure_backend(session, ref, model.task, getattr(model, "num_classes", None))
             label_metric = m.get("pixel", m.get("top1"))
             rows.append([model_name, label, data_name, f"{m['cosine']:.5f}", f"{label_metric:.4f}",
-                         f"{m['routing']:.4f}", f"{m['routing_strict']:.4f}",
+                         f"{m['routing_decisive']:.4f}", f"{m['routing_regret']:.4f}", f"{m['routing_strict']:.4f}",
                          " / ".join(f"{v:.3f}" for v in m["routing_per_block"]), f"{seconds:.1f}"])
             print(" | ".join(rows[-1]), flush=True)
     return rows
@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     if a.photos:
         data["photos"] = batches(collect_images(a.photos, 1000), size)
     variants = [("fp16", "fp16", "qar"), ("int8-qar", "int8", "qar"), ("int8-naive", "int8", "naive")]
-    header = ["model", "variant", "data", "cosine", "pixel/top1", "routing", "routing strict", "routing per block",
-              "export s"]
+    header = ["model", "variant", "data", "cosine", "pixel/top1", "decisive", "regret", "routing strict",
+              "routing per block", "export s"]
     print(" | ".join(header))
     with tempfile.TemporaryDirectory(prefix="int8-routing-") as tmp:
         rows = measure("biformer_seg_demo", size, variants, data, Path(tmp))

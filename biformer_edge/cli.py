@@ -29,7 +29,11 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--calib", nargs="+", help="INT8 calibration: image folders or videos")
     p.add_argument("--calib-samples", type=positive_int)
-    p.add_argument("--routing", default="qar", choices=("qar", "naive"))
+    p.add_argument("--routing", default="qar", choices=("qar", "naive"),
+                   help="INT8: qar (router FP32, LayerNorm inputs float, routing-aware layer choice) or naive")
+    p.add_argument("--max-routing-regret", type=float, default=0.002, metavar="R",
+                   help="INT8 qar: keep the fewest layers float until the calibration routing regret is <= R "
+                        "(default 0.002)")
     p.add_argument("--reference", default="auto", choices=("auto", "cuda", "cpu"), help="where FP32 runs")
     p.add_argument("--data", help="images or a video for the parity check (default: synthetic scenes)")
     p.add_argument("--output", help="artifact directory (default artifacts/<model>-<target>-<precision>)")
@@ -55,7 +59,8 @@ def export_main(argv=None):
     req = ExportRequest(
         target=a.target, precision=a.precision, model=a.model, checkpoint=a.checkpoint,
         input_size=tuple(a.input_size) if a.input_size else None, batch=a.batch, calib=a.calib,
-        calib_samples=a.calib_samples, routing=a.routing, reference=a.reference, output=a.output, force=a.force,
+        calib_samples=a.calib_samples, routing=a.routing, max_routing_regret=a.max_routing_regret,
+        reference=a.reference, output=a.output, force=a.force,
         parity=a.parity, data=a.data,
         options={"dla_core": a.dla_core, "workspace_mib": a.workspace_mib, "build": a.build or None,
                  "ios": a.ios, "weights_8bit": a.weights_8bit or None})

@@ -49,6 +49,7 @@ class ExportRequest:
     calib: list[str] | None = None
     calib_samples: int | None = None
     routing: str = "qar"
+    max_routing_regret: float = 0.002   # QAR: keep the fewest layers float until calibration regret <= this
     reference: str = "auto"
     output: str | None = None
     force: bool = False
@@ -71,6 +72,8 @@ def validate(req: ExportRequest) -> tuple[dict, dict]:
         raise UserError("--calib/--calib-samples only apply to --int8 exports")
     if req.routing not in ("qar", "naive"):
         raise UserError(f"--routing must be qar or naive, not '{req.routing}'")
+    if not (isinstance(req.max_routing_regret, (int, float)) and 0 < req.max_routing_regret <= 1):
+        raise UserError(f"--max-routing-regret must be in (0, 1], not {req.max_routing_regret}")
     if req.routing == "naive" and req.precision != "int8":
         raise UserError("--routing naive only changes INT8 exports (FP32/FP16 always keep the router in FP32)")
     get_spec(model_name(req.model))
@@ -115,7 +118,8 @@ def int8_gate(req: ExportRequest) -> None:
 def quant_settings(req: ExportRequest) -> QuantSettings | None:
     if req.precision != "int8":
         return None
-    return QuantSettings(calib=list(req.calib or []), samples=req.calib_samples, routing=req.routing)
+    return QuantSettings(calib=list(req.calib or []), samples=req.calib_samples, routing=req.routing,
+                         max_routing_regret=req.max_routing_regret)
 
 
 def model_name(model) -> str:

@@ -48,7 +48,10 @@ def test_jetson_int8_artifact(jetson_int8):
     m = manifest(jetson_int8)
     q = m["quantization"]
     assert m["precision"] == "int8" and m["router_precision"] == "fp32" and q["routing"] == "qar"
-    assert q["int8_weight_share"] >= 0.9 and q["float_layers"] == ["decode_head.conv_seg"]
+    assert q["int8_weight_share"] >= 0.9 and "decode_head.conv_seg" in q["float_layers"]
+    search = q["routing_search"]   # QAR: the fewest layers kept float for the calibration regret target
+    assert search["max_regret"] == 0.002 and set(search["float_layers"]) <= set(q["float_layers"])
+    assert search["calibration_after"]["routing_regret"] <= search["calibration_before"]["routing_regret"]
     assert q["calibration"]["samples"] == 16 and q["toolkit"].startswith("nvidia-modelopt")
     assert {"model.onnx", "layer_precision.json", "layer_precision.md", "build_engine.sh"} <= set(m["files"])
     assert m["checks"]["router_island"]["ok"] and m["checks"]["tensorrt_onnx"]["ok"]
@@ -78,6 +81,24 @@ def test_reference_stays_fp32(jetson_int8):
     with torch.no_grad():
         expected = create_model("biformer_seg_demo")(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_qar_keeps_layernorm_inputs_and_the_searched_layers_float(jetson_int8):
+    rows = json.loads((jetson_int8 / "layer_precision.json").read_text())["layers"]
+    floats = set(manifest(jetson_int8)["quantization"]["routing_search"]["float_layers"])
+    onnx_float = {r["module"] for r in rows if r["input"] == "float" and r["weight"] == "float"}
+    assert floats <= onnx_float, floats - onnx_float
+    proto = onnx.load(str(jetson_int8 / "model.onnx"))
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    for ln in (n for n in proto.graph.node if n.op_type == "LayerNormalization"):
+        assert producers.get(ln.input[0]) is None or producers[ln.input[0]].op_type != "DequantizeLinear"
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
+def test_regret_target_outside_0_1_is_refused(value, tmp_path, capsys):
+    assert run_cli(export_main, ["--target", "onnx", "--int8", *SIZE, "--max-routing-regret", value, "--output",
+                                 tmp_path / "o"]) == 2
+    assert "--max-routing-regret must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_naive_routing_quantizes_the_router(tmp_path):

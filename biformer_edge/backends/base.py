@@ -45,11 +45,13 @@ class Session:
 @dataclass
 class QuantSettings:
     """INT8 settings of one export (``precision == "int8"``): calibration sources and sample count, and the routing
-    mode: ``qar`` keeps the router island in FP32 (no Q/DQ into TopK), ``naive`` quantizes it like any layer."""
+    mode: ``qar`` keeps the router island in FP32 (no Q/DQ into TopK) and searches for the fewest layers to keep float
+    until the calibration routing regret is at most ``max_routing_regret``; ``naive`` quantizes like any network."""
 
     calib: list[str] = field(default_factory=list)
     samples: int | None = None
     routing: str = "qar"
+    max_routing_regret: float | None = 0.002   # QAR's keep-float search target (calibration set); None: no search
 
 
 @dataclass

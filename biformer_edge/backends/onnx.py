@@ -48,9 +48,25 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
         if ok:
             proto = simplified
             restore_scopes(proto)
+    stable_initializer_names(proto)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
     return proto
+
+
+def stable_initializer_names(proto) -> None:
+    """The TorchScript exporter names folded constants ``onnx::Op_<counter>`` after a process-wide counter, so the same
+    model exported after other work in the process gets other names and other hashes. Rename them by position."""
+    graph = proto.graph
+    renamed = {init.name: f"const_{i}" for i, init in enumerate(graph.initializer) if init.name.startswith("onnx::")}
+    if not renamed:
+        return
+    for init in graph.initializer:
+        init.name = renamed.get(init.name, init.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
 
 
 def restore_scopes(proto) -> int:

@@ -24,8 +24,10 @@ def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, in
     inputs = calibration_inputs(recipe, input_shape)
     for note in recipe.notes:
         log(note)
+    max_regret = settings.max_routing_regret if settings.routing == "qar" else None
     config = {"routing": settings.routing, "method": recipe.method, "input_shape": list(input_shape),
-              "samples": int(np.prod(inputs.shape[:2])), "toolkit": toolkit_version(), "schema": 1}
+              "samples": int(np.prod(inputs.shape[:2])), "toolkit": toolkit_version(), "max_regret": max_regret,
+              "schema": 2}
     key = cache_key(model.state_dict(), inputs, config)
     path = cache_dir() / f"{key}.npz"
     cached = _read_cache(path)
@@ -34,25 +36,27 @@ def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, in
         log(f"calibrating INT8 ({settings.routing} routing) on {config['samples']} samples of {source}")
         result = None
         try:
-            result = quantize(model, inputs, settings.routing,
+            result = quantize(model, inputs, settings.routing, max_regret=max_regret, log=log,
                               progress=lambda b: tqdm(b, desc="calibrate", unit="batch", leave=False,
                                                       disable=None))
         finally:
             if result is not None:
-                _write_cache(path, result.amax)
+                _write_cache(path, result.cache_payload())
     else:
         try:
-            result = quantize(model, inputs, settings.routing, cached=cached)
+            result = quantize(model, inputs, settings.routing, cached=cached, max_regret=max_regret, log=log)
             log(f"INT8 calibration reused from the cache ({path.name[:12]}...)")
         except KeyError:
-            result = quantize(model, inputs, settings.routing)
-            _write_cache(path, result.amax)
+            result = quantize(model, inputs, settings.routing, max_regret=max_regret, log=log)
+            _write_cache(path, result.cache_payload())
     share = int8_weight_share(result.model)
     info = {"toolkit": toolkit_version(), "routing": settings.routing, "router_precision":
             "fp32" if settings.routing == "qar" else "int8 inputs",
             "calibration": {**recipe.describe(), "samples": config["samples"], "source": recipe.source,
                             "cache_key": key, "cache": "hit" if result.from_cache else "miss"},
             "quantizers": result.quantizers, **share}
+    if result.search:
+        info["routing_search"] = result.search
     return result, info
 
 

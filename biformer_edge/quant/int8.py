@@ -77,7 +77,22 @@ class QuantizedModel:
     amax: dict[str, np.ndarray]            # calibrated range of every enabled quantizer (what the cache stores)
     quantizers: int = 0
     from_cache: bool = False
-    layers: list[dict] = field(default_factory=list)
+    search: dict = field(default_factory=dict)   # QAR's routing-aware keep-float search (qar routing only)
+
+    def cache_payload(self) -> dict[str, np.ndarray]:
+        return {**self.amax, FLOAT_LAYERS_KEY: np.array(self.search.get("float_layers", []), dtype=str)}
+
+
+FLOAT_LAYERS_KEY = "__float_layers__"
+
+
+def float_layernorm_inputs(model: nn.Module) -> None:
+    """QAR keeps LayerNorm inputs in float (ModelOpt's default quantizes them): the residual stream they read is what
+    the routers' q/k come from, and INT8 there flips routes (the first block's norm is the second most sensitive layer
+    of the default model)."""
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm) and getattr(module, "input_quantizer", None) is not None:
+            module.input_quantizer.disable()
 
 
 def quantizer_ranges(model: nn.Module) -> dict[str, np.ndarray]:
@@ -90,9 +105,13 @@ def quantizer_ranges(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def quantize(model: nn.Module, batches: np.ndarray, routing: str = "qar", cached: dict | None = None,
-             progress=None) -> QuantizedModel:
+             progress=None, max_regret: float | None = None, log=print) -> QuantizedModel:
     """A fake-quantized copy of ``model``: calibrated on ``batches`` (B, N, 3, H, W), or, when ``cached`` holds the
-    ranges of an identical earlier calibration, restored from them without running a single batch."""
+    ranges (and QAR's float layers) of an identical earlier calibration, restored from them without running a batch.
+    ``routing="qar"`` also keeps LayerNorm inputs float and, with ``max_regret``, runs the routing-aware keep-float
+    search (:mod:`biformer_edge.quant.qar`)."""
+    from .qar import keep_float_search, quantized_modules, set_float
+
     mtq = modelopt()
     qmodel = copy.deepcopy(model).float().eval()
     cfg = int8_config(qmodel)
@@ -102,24 +121,33 @@ def quantize(model: nn.Module, batches: np.ndarray, routing: str = "qar", cached
             for batch in (progress(batches) if progress else batches):
                 m(torch.from_numpy(np.ascontiguousarray(batch)))
 
+    search: dict = {}
     with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers" itself
-        if cached is None:
-            qmodel = mtq.quantize(qmodel, cfg, forward_loop)
-            if routing == "naive":
-                insert_router_quantizers(qmodel)
+        qmodel = mtq.quantize(qmodel, cfg, forward_loop if cached is None else (lambda m: None))
+        if routing == "naive":
+            insert_router_quantizers(qmodel)
+            if cached is None:
                 qmodel = mtq.calibrate(qmodel, "max", forward_loop)   # max ranges: the others come out the same
         else:
-            qmodel = mtq.quantize(qmodel, cfg, lambda m: None)
-            if routing == "naive":
-                insert_router_quantizers(qmodel)
-            restore_ranges(qmodel, cached)
+            float_layernorm_inputs(qmodel)
     qmodel.eval()
+    if cached is not None:
+        floats = [str(n) for n in cached.get(FLOAT_LAYERS_KEY, np.array([], dtype=str))]
+        modules = quantized_modules(qmodel)
+        if any(n not in modules for n in floats):
+            raise KeyError("cached float layers do not match")   # a cache miss for the caller
+        set_float([modules[n] for n in floats], True)
+        restore_ranges(qmodel, {k: v for k, v in cached.items() if k != FLOAT_LAYERS_KEY})
+        if routing == "qar" and max_regret is not None:
+            search = {"max_regret": max_regret, "float_layers": floats, "from_cache": True}
+    elif routing == "qar" and max_regret is not None:
+        search = keep_float_search(qmodel, model, batches, max_regret, log=log)
     ranges = quantizer_ranges(qmodel)
     missing = [n for n, m in enabled_quantizers(qmodel) if n not in ranges]
     if missing:
         raise UserError(f"calibration left {len(missing)} quantizers without a range (e.g. {missing[0]}): the "
                         f"calibration data never reached them; pass more or other --calib data")
-    return QuantizedModel(qmodel, ranges, quantizers=len(ranges), from_cache=cached is not None)
+    return QuantizedModel(qmodel, ranges, quantizers=len(ranges), from_cache=cached is not None, search=search)
 
 
 def enabled_quantizers(model: nn.Module):

@@ -27,6 +27,22 @@ def _source(name: str, producers: dict):
     return node
 
 
+def module_path(node_name: str) -> str:
+    """The PyTorch module a TorchScript-exported node came from: '/model/backbone/stages.0/stages.0.0/pos_embed/Conv'
+    -> 'backbone.stages.0.0.pos_embed' (ModuleList scopes repeat their parent's name with an index)."""
+    segments = [seg for seg in node_name.split("/")[1:-1] if seg]
+    if segments and segments[0] == "model":   # the RoutingOutputs wrapper
+        segments = segments[1:]
+    path, last = "", ""
+    for seg in segments:
+        if last and seg.startswith(last + "."):
+            path = path[: len(path) - len(last)] + seg
+        else:
+            path = f"{path}.{seg}" if path else seg
+        last = seg
+    return path
+
+
 def layer_precision(proto) -> list[dict]:
     """One row per Conv/MatMul/Gemm of ``proto``: name, op, input and weight precision, weight params, router."""
     from onnx import numpy_helper
@@ -48,7 +64,8 @@ def layer_precision(proto) -> list[dict]:
             continue
         act, _ = precision(node.input[0])
         weight, params = precision(node.input[1])
-        rows.append({"layer": node.name, "op": node.op_type, "input": act, "weight": weight,
+        rows.append({"layer": node.name, "module": module_path(node.name), "op": node.op_type, "input": act,
+                     "weight": weight,
                      "weight_params": params, "router": ROUTER_SCOPE in node.name})
     return rows
 

@@ -1,0 +1,147 @@
+"""Routing-aware PTQ (QAR step 2): keep the fewest, most routing-sensitive layers in float until the routing regret
+on the calibration set meets a target.
+
+Measured on the default model (128x128, held-out scenes; ``benchmarks/qar_ptq_search.py``): after max calibration
+the routing regret is 0.0127 and decisive-route agreement 0.931, and almost all of it comes from the first stage:
+the stem convolution's input quantizer (its INT8 step is coarser than one uint8 pixel level) and the first block's
+LayerNorm and position-embedding inputs. Keeping those float (0.3 % of the weights) gives regret 0.0011, decisive
+0.997, strict 0.933, pixel 0.9988. So the search is greedy and cheap: at each step, the candidate group (the stem,
+a downsampling conv, or one part of a BRA block: pos / qkv / attention output / mlp) whose float-ness lowers the
+calibration regret most is kept float, until the regret target holds, the INT8 weight share would fall below its
+floor, or the step / time budget runs out. Only groups before the last router can change a route, so only they are
+candidates.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backends.tracing import run_torch
+from ..parity.metrics import routing_agreement
+
+DEFAULT_MAX_REGRET = 0.002
+MIN_INT8_SHARE = 0.9
+MAX_STEPS = 4
+MIN_DECISIVE = 0.995  # stop only when decisive-route agreement also holds (regret alone stopped too early once)
+TIME_BUDGET_S = 90.0
+SEARCH_SAMPLES = 32  # calibration samples the search scores on (whole batches of the export's batch size)
+
+_STAGE = re.compile(r"(?:backbone\.)?stages\.(\d+)\.(\d+)\.(\w+)")
+_DOWN = re.compile(r"(?:backbone\.)?downsample_layers\.(\d+)\.")
+
+
+def group_of(name: str) -> str | None:
+    """The search group of a quantized module, or None when it sits after every router (neck, head)."""
+    m = _DOWN.match(name)
+    if m:
+        return "stem" if m.group(1) == "0" else f"down{m.group(1)}"
+    m = _STAGE.match(name)
+    if not m:
+        return None
+    block, part = f"s{m.group(1)}.{m.group(2)}", m.group(3)
+    if part == "pos_embed":
+        return f"{block}.pos"
+    if part.startswith("norm"):
+        return f"{block}.norm"
+    if part == "mlp":
+        return f"{block}.mlp"
+    return f"{block}.qkv" if ".attn.qkv" in name else f"{block}.attn_out"
+
+
+def stage_of(group: str) -> int:
+    """The backbone stage a group feeds: the stem feeds stage 0, ``downN`` stage N, ``sN.M.*`` stage N."""
+    if group == "stem":
+        return 0
+    if group.startswith("down"):
+        return int(group[4:])
+    return int(group[1:].split(".")[0])
+
+
+def quantized_modules(qmodel: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in qmodel.named_modules()
+            if getattr(m, "input_quantizer", None) is not None and m.input_quantizer.is_enabled}
+
+
+def set_float(modules: list[nn.Module], on: bool) -> None:
+    for module in modules:
+        for q in (module.input_quantizer, getattr(module, "weight_quantizer", None)):
+            if q is not None:
+                q.disable() if on else q.enable()
+
+
+def weights(modules: list[nn.Module]) -> int:
+    return sum(m.weight.numel() for m in modules if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def router_stages(model: nn.Module) -> int:
+    """The last stage index that holds a BRA router (later stages cannot change any route)."""
+    from ..models.bra import BiLevelRoutingAttention
+    last = -1
+    for name, m in model.named_modules():
+        found = _STAGE.match(name + ".x") if isinstance(m, BiLevelRoutingAttention) else None
+        if found:
+            last = max(last, int(found.group(1)))
+    return last
+
+
+def keep_float_search(qmodel: nn.Module, fp32_model: nn.Module, batches: np.ndarray,
+                      max_regret: float = DEFAULT_MAX_REGRET, log=print) -> dict:
+    """Greedy: keep float the group that lowers calibration regret most, until ``max_regret`` holds. Changes
+    ``qmodel`` in place; returns what it chose and the routing before and after, for the manifest."""
+    started = time.perf_counter()
+    batches = batches[:max(1, -(-SEARCH_SAMPLES // batches.shape[1]))]
+    refs = [run_torch(fp32_model, b, affinities=True) for b in batches]
+    last_stage = router_stages(fp32_model)
+    modules = quantized_modules(qmodel)
+    total_weights = weights([m for m in qmodel.modules() if isinstance(m, (nn.Conv2d, nn.Linear))])
+    int8_weights = sum(weights([m]) for m in modules.values() if getattr(m, "weight_quantizer", None) is not None
+                       and m.weight_quantizer.is_enabled)
+    groups: dict[str, list[str]] = {}
+    for name in modules:
+        group = group_of(name)
+        if group is not None and stage_of(group) <= last_stage:
+            groups.setdefault(group, []).append(name)
+
+    def score() -> dict:
+        with torch.no_grad():
+            outs = [run_torch(qmodel, b) for b in batches]
+        flat = [np.concatenate([r.routing[i] for r in refs]) for i in range(len(refs[0].routing))]
+        test = [np.concatenate([o.routing[i] for o in outs]) for i in range(len(refs[0].routing))]
+        aff = [np.concatenate([r.affinity[i] for r in refs]) for i in range(len(refs[0].routing))]
+        m = routing_agreement(flat, test, aff)
+        return {k: round(float(m[k]), 6) for k in ("routing_regret", "routing_decisive", "routing_strict")}
+
+    before = current = score()
+    chosen: list[str] = []
+    def done(m: dict) -> bool:
+        return m["routing_regret"] <= max_regret and m["routing_decisive"] >= MIN_DECISIVE
+
+    while not done(current) and len(chosen) < MAX_STEPS and groups and time.perf_counter() - started < TIME_BUDGET_S:
+        trials = {}
+        for group, names in groups.items():
+            members = [modules[n] for n in names]
+            if (int8_weights - weights(members)) / total_weights < MIN_INT8_SHARE:
+                continue
+            set_float(members, True)
+            trials[group] = score()
+            set_float(members, False)
+        if not trials:
+            break
+        best = min(trials, key=lambda g: trials[g]["routing_regret"])
+        if trials[best]["routing_regret"] > current["routing_regret"] - 3e-4:
+            break   # nothing left that helps routing measurably
+        members = [modules[n] for n in groups.pop(best)]
+        set_float(members, True)
+        int8_weights -= weights(members)
+        chosen.append(best)
+        current = trials[best]
+        log(f"QAR: keeping {best} float: calibration regret {current['routing_regret']:.4f}, decisive "
+            f"{current['routing_decisive']:.4f}")
+    return {"max_regret": max_regret, "float_groups": chosen,
+            "float_layers": [n for n, m in modules.items() if not m.input_quantizer.is_enabled],
+            "calibration_before": before, "calibration_after": current,
+            "met": done(current), "seconds": round(time.perf_counter() - started, 1)}
