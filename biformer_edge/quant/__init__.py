@@ -14,6 +14,7 @@ from ..backends.base import QuantSettings
 from ..errors import UserError
 from .calibration import cache_dir, cache_key, calibration_inputs, resolve_recipe
 from .int8 import QuantizedModel, int8_weight_share, quantize, toolkit_version
+from .qar import SEARCH_VERSION
 
 
 def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, int, int],
@@ -27,7 +28,7 @@ def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, in
     max_regret = settings.max_routing_regret if settings.routing == "qar" else None
     config = {"routing": settings.routing, "method": recipe.method, "input_shape": list(input_shape),
               "samples": int(np.prod(inputs.shape[:2])), "toolkit": toolkit_version(), "max_regret": max_regret,
-              "schema": 2}
+              "search": SEARCH_VERSION, "schema": 2}
     key = cache_key(model.state_dict(), inputs, config)
     path = cache_dir() / f"{key}.npz"
     cached = _read_cache(path)

@@ -24,6 +24,7 @@ from ..backends.tracing import run_torch
 from ..parity.metrics import routing_agreement
 
 DEFAULT_MAX_REGRET = 0.002
+SEARCH_VERSION = 2   # part of the calibration cache key: a changed search never reuses an old result
 MIN_INT8_SHARE = 0.9
 MAX_STEPS = 4
 MIN_DECISIVE = 0.995  # stop only when decisive-route agreement also holds (regret alone stopped too early once)
