@@ -1,4 +1,4 @@
-"""Facts about our exported ONNX graphs (DESIGN.md, "Export-clean BRA"): TopK with a constant k and sorted=1, no
+"""Facts about our exported ONNX graphs (the export-clean BRA): TopK with a constant k and sorted=1, no
 Expand / GatherElements (the official formulation's export has both, so these checks can fail), rank <= 5 after
 shape inference, onnxruntime equal to PyTorch, and routing outputs equal to PyTorch's top-k indices."""
 import copy
