@@ -790,7 +790,7 @@ def cosine(a, b):
 # Routing floors are first guesses (random weights make near-tied affinities): tighten once measured on a GPU.
 @pytest.mark.parametrize("precision, min_cosine, min_routing", [("fp32", 0.9999, 0.99), ("fp16", 0.999, 0.9)])
 def test_engine_matches_onnxruntime(model, tmp_path, precision, min_cosine, min_routing):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (it comes with JetPack or NVIDIA's index, not PyPI's CPU wheels)")
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (JetPack or NVIDIA's index, not PyPI)")
     why = btrt.cuda_unavailable()
     if why:
         pytest.skip(f"TensorRT needs a CUDA GPU: {why}")
@@ -812,7 +812,7 @@ def test_engine_matches_onnxruntime(model, tmp_path, precision, min_cosine, min_
 def test_int8_engine_matches_onnxruntime_and_keeps_the_router_fp32(model, tmp_path):
     """The strongly typed INT8 engine runs the Q/DQ graph like onnxruntime does, and its inspector says the router
     layers take no INT8 input. Floors are first guesses (random weights): tighten once measured on a GPU."""
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (it comes with JetPack or NVIDIA's index, not PyPI's CPU wheels)")
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (JetPack or NVIDIA's index, not PyPI)")
     why = btrt.cuda_unavailable()
     if why:
         pytest.skip(f"TensorRT needs a CUDA GPU: {why}")
