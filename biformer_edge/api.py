@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .artifact import read_manifest, verify_files
+from .artifact import read_verified
 from .backends.base import Session
 from .errors import UserError
 from .targets import first_runnable, open_session
@@ -25,10 +25,7 @@ def load(artifact: str | Path, backend: str | None = None, **options) -> Session
     """A Session for the best runtime that can run ``artifact`` here (or the one named), after verifying the
     artifact's files against its manifest."""
     artifact = Path(artifact)
-    manifest = read_manifest(artifact)
-    changed = verify_files(artifact, manifest)
-    if changed:
-        raise UserError(f"{artifact}: {changed[0]}: copy the whole artifact directory again")
+    manifest = read_verified(artifact)
     if backend:
         return open_session(backend, artifact, manifest, **options)
     name, reasons = first_runnable(artifact)

@@ -156,6 +156,19 @@ def manifest_problem(m) -> str | None:
     return None
 
 
+def read_verified(artifact_dir: str | Path) -> dict:
+    """The manifest of an artifact whose files all match it (the one check before trusting an artifact)."""
+    manifest = read_manifest(artifact_dir)
+    require_unchanged(artifact_dir, manifest)
+    return manifest
+
+
+def require_unchanged(artifact_dir: str | Path, manifest: dict) -> None:
+    changed = verify_files(Path(artifact_dir), manifest)
+    if changed:
+        raise UserError(f"{artifact_dir}: {changed[0]}: copy the whole artifact directory again")
+
+
 def contained_path(root: Path, rel: str) -> Path:
     """``root / rel`` for a manifest path that stays inside ``root`` and passes through no link; else UserError."""
     pure = PurePosixPath(rel)
@@ -242,8 +255,9 @@ def is_our_artifact(path: Path) -> str | None:
 # ---------------------------------------------------------------------------------------------- writing an artifact
 
 
-def check_output_dir(output: Path, force: bool) -> None:
-    """Refuse, before any work, an output that would overwrite or delete what the tool did not create."""
+def check_output_dir(output: Path, force: bool, verify: bool = True) -> None:
+    """Refuse, before any work, an output that would overwrite or delete what the tool did not create. ``verify``:
+    also prove an existing output is our unchanged artifact (hashes every file; the final rename proves it again)."""
     output = Path(output)
     resolved = Path(os.path.abspath(output))
     cwd = Path.cwd()
@@ -257,7 +271,7 @@ def check_output_dir(output: Path, force: bool) -> None:
         if not force:
             raise UserError(f"{output} already exists: pass --force to replace that earlier export, or choose "
                             f"another --output")
-        why = is_our_artifact(output)
+        why = is_our_artifact(output) if verify else None
         if why:
             raise UserError(f"--force replaces only an earlier biformer-edge artifact, and {output} is not one "
                             f"({why}): nothing was touched; choose another --output")
@@ -360,7 +374,7 @@ def atomic_directory(output: Path, force: bool = False):
         parent.mkdir(parents=True, exist_ok=True)
         with output_lock(output):
             remove_stale_temporaries(output)
-            check_output_dir(output, force)  # again, under the lock: the state may have changed since validation
+            check_output_dir(output, force, verify=False)  # under the lock; _replace verifies before replacing
             tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-{os.getpid()}-", dir=parent))
             try:
                 (tmp / IN_PROGRESS).write_text(f"{socket.gethostname()} {os.getpid()}\n")

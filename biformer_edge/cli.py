@@ -11,6 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
+from .backends.base import DEFAULT_MAX_ROUTING_REGRET
 from .console import OneLineParser, error_boundary, positive_int, utf8_path
 from .errors import UserError
 from .targets import DEFAULT_MODEL, TARGETS
@@ -31,9 +32,9 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-samples", type=positive_int)
     p.add_argument("--routing", default="qar", choices=("qar", "naive"),
                    help="INT8: qar (router FP32, LayerNorm inputs float, routing-aware layer choice) or naive")
-    p.add_argument("--max-routing-regret", type=float, default=0.002, metavar="R",
+    p.add_argument("--max-routing-regret", type=float, default=DEFAULT_MAX_ROUTING_REGRET, metavar="R",
                    help="INT8 qar: keep the fewest layers float until the calibration routing regret is <= R "
-                        "(default 0.002)")
+                        f"(default {DEFAULT_MAX_ROUTING_REGRET})")
     p.add_argument("--reference", default="auto", choices=("auto", "cuda", "cpu"), help="where FP32 runs")
     p.add_argument("--data", help="images or a video for the parity check (default: synthetic scenes)")
     p.add_argument("--output", help="artifact directory (default artifacts/<model>-<target>-<precision>)")

@@ -18,7 +18,7 @@ import tempfile
 import traceback
 import warnings
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 DEBUG_ENV = "BIFORMER_EDGE_DEBUG"
 ISSUES_URL = "https://github.com/biformer-edge/biformer-edge/issues"
@@ -143,7 +143,7 @@ def error_boundary(main):
         except Exception as exc:  # a bug of ours: say what to report, keep the traceback for --debug
             if debug:
                 traceback.print_exc()
-            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            detail = first_line(exc)
             print(f"internal error: {type(exc).__name__}: {detail} (please report it with the output of the same "
                   f"command plus --debug at {ISSUES_URL})", file=sys.stderr)
             code = 3

@@ -23,7 +23,7 @@ from .artifact import (
     sha256_file,
     write_json,
 )
-from .backends.base import ExportContext, QuantSettings
+from .backends.base import DEFAULT_MAX_ROUTING_REGRET, ExportContext, QuantSettings
 from .backends.tracing import bra_blocks
 from .errors import UserError
 from .memory import check_fits
@@ -49,7 +49,7 @@ class ExportRequest:
     calib: list[str] | None = None
     calib_samples: int | None = None
     routing: str = "qar"
-    max_routing_regret: float = 0.002   # QAR: keep the fewest layers float until calibration regret <= this
+    max_routing_regret: float = DEFAULT_MAX_ROUTING_REGRET   # QAR: keep layers float until calibration regret <= it
     reference: str = "auto"
     output: str | None = None
     force: bool = False

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tomllib
 
-from .errors import UserError
+from .errors import UserError, short_reason
 from .profiles import profile_file
 
 DEFAULT_MODEL = "biformer_seg_demo"            # the built-in default: its weights ship with the package
@@ -163,6 +163,6 @@ def open_session(name: str, artifact_dir: str | Path, manifest: dict | None = No
     except (UserError, TypeError):
         raise
     except Exception as exc:  # the runtime's own loader refused the file (corrupt, truncated, other version)
-        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        detail = short_reason(exc, 160)
         raise UserError(f"{rt.name} cannot load {artifact_dir / rt.file} ({detail}): re-export the artifact, or "
                         f"check that this {rt.package} is the version it was exported for") from None

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 INPUT_NAME = "images"
+DEFAULT_MAX_ROUTING_REGRET = 0.002  # QAR's default target: calibration routing regret after the keep-float search
 OUTPUT_NAME = "logits"
 ROUTING_PREFIX = "routing_"  # routing_0 .. routing_{B-1}: top-k region indices (N, R, k) of each BRA block
 
@@ -51,7 +52,7 @@ class QuantSettings:
     calib: list[str] = field(default_factory=list)
     samples: int | None = None
     routing: str = "qar"
-    max_routing_regret: float | None = 0.002   # QAR's keep-float search target (calibration set); None: no search
+    max_routing_regret: float | None = DEFAULT_MAX_ROUTING_REGRET   # QAR's keep-float search target; None: no search
 
 
 @dataclass

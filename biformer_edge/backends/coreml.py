@@ -228,9 +228,9 @@ def _int8(mlmodel, ctx: ExportContext, ios: int):
     from ..quant.calibration import calibration_inputs, resolve_recipe
 
     recipe = resolve_recipe(ctx.quant.calib if ctx.quant else [], ctx.quant.samples if ctx.quant else None)
-    for line in recipe.notes:
-        ctx.log(line)
     batches = calibration_inputs(recipe, tuple(ctx.input_shape))
+    for line in recipe.notes:   # after reading the data: it adds notes of its own
+        ctx.log(line)
     mlmodel = quantize_activations_8bit(mlmodel, [{INPUT_NAME: np.ascontiguousarray(b, dtype=np.float32)}
                                                   for b in batches], log=ctx.log)
     ctx.checks["int8"] = {"ok": True, "summary": f"W8A8: 8-bit per-channel weights, 8-bit activations calibrated on "

@@ -227,19 +227,13 @@ def _stable_names(ov_model) -> None:
             op.set_friendly_name(f"{op.get_type_name()}_{i}")
 
 
-def export(model: nn.Module, ctx: ExportContext) -> list[str]:
-    """Write ``model.xml``/``model.bin`` into ``ctx.workdir``. FP32: plain IR. FP16: weights compressed to FP16 and,
-    unless the model's BRA blocks have ``router_fp32`` switched off, the routers marked to stay FP32. INT8
-    (``model`` is the exporter's fake-quantized copy): :func:`export_int8`."""
+def mark_routers(ov_model, model, keep_fp32: bool, ctx: ExportContext):
+    """With ``keep_fp32`` (and the model's routers FP32), mark every router to stay FP32 in f16/bf16 compute; in any
+    case note the CPU plugin's Snippets hazard. Returns the model to save."""
     from .tracing import bra_blocks
 
-    if ctx.precision == "int8":
-        return export_int8(model, ctx)
-    ov = _openvino()
-    fp16 = ctx.precision == "fp16"
-    ov_model = convert(model, ctx.input_shape)
     blocks = bra_blocks(model)
-    if fp16 and all(b.router_fp32 for b in blocks):
+    if keep_fp32 and all(b.router_fp32 for b in blocks):
         found = sum(n.get_type_name() == "TopK" for n in router_nodes(ov_model))
         if found != len(blocks):  # the router is found by its module name: never leave one unmarked silently
             raise RuntimeError(f"found {found} router TopK ops named '.../{ROUTER_MODULE}/...' in the OpenVINO model, "
@@ -249,6 +243,20 @@ def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     if snippets_hazard(ov_model):
         ctx.log("openvino: a BRA block has as many heads as tokens per region; OpenVINO's CPU plugin needs "
                 "SNIPPETS_MODE=DISABLE for this IR (OpenVINOSession sets it)")
+    return ov_model
+
+
+def export(model: nn.Module, ctx: ExportContext) -> list[str]:
+    """Write ``model.xml``/``model.bin`` into ``ctx.workdir``. FP32: plain IR. FP16: weights compressed to FP16 and,
+    unless the model's BRA blocks have ``router_fp32`` switched off, the routers marked to stay FP32. INT8
+    (``model`` is the exporter's fake-quantized copy): :func:`export_int8`."""
+
+    if ctx.precision == "int8":
+        return export_int8(model, ctx)
+    ov = _openvino()
+    fp16 = ctx.precision == "fp16"
+    ov_model = convert(model, ctx.input_shape)
+    ov_model = mark_routers(ov_model, model, fp16, ctx)
     workdir = Path(ctx.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, str(workdir / XML_NAME), compress_to_fp16=fp16)
@@ -408,7 +416,6 @@ def export_int8(model: nn.Module, ctx: ExportContext) -> list[str]:
     the one OpenVINO's CPU plugin executed it in with the f32 hint (parity's default for INT8)."""
     from ..artifact import write_file, write_json
     from ..quant.report import LAYER_REPORT, render_markdown
-    from .tracing import bra_blocks
 
     ov = _openvino()
     routing = ctx.quant.routing if ctx.quant else "qar"
@@ -423,12 +430,7 @@ def export_int8(model: nn.Module, ctx: ExportContext) -> list[str]:
         if routing == "qar" and into_topk:
             raise UserError(f"internal check failed: a FakeQuantize reaches the router's TopK in the OpenVINO IR "
                             f"({into_topk[0]}); report it with --debug")
-        blocks = bra_blocks(model)
-        if routing == "qar" and all(b.router_fp32 for b in blocks):
-            ov_model = keep_router_fp32(ov_model)
-        if snippets_hazard(ov_model):
-            ctx.log("openvino: a BRA block has as many heads as tokens per region; OpenVINO's CPU plugin needs "
-                    "SNIPPETS_MODE=DISABLE for this IR (OpenVINOSession sets it)")
+        ov_model = mark_routers(ov_model, model, routing == "qar", ctx)
         ov.save_model(ov_model, str(workdir / XML_NAME), compress_to_fp16=False)
     topk = sum(op.get_type_name() == "TopK" for op in ov_model.get_ordered_ops())
     ctx.checks["router_island"] = {"ok": True, "summary": (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..profiles import template_path
 from .base import INPUT_NAME, ExportContext, Session
 
@@ -198,12 +198,12 @@ def check_onnx(proto_or_path, dla: bool = False, max_opset: int = MAX_OPSET) -> 
     return problems
 
 
-def assert_tensorrt_ready(path, dla: bool = False, max_opset: int = MAX_OPSET) -> None:
-    """Raise UserError naming the first problems :func:`check_onnx` finds in ``path``."""
+def assert_tensorrt_ready(path, dla: bool = False, max_opset: int = MAX_OPSET, what: str | None = None) -> None:
+    """Raise UserError naming the first problems :func:`check_onnx` finds in ``path`` (a file or a ModelProto)."""
     problems = check_onnx(path, dla=dla, max_opset=max_opset)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise UserError(f"{path} would not build with TensorRT: {'; '.join(problems[:3])}{more}")
+        raise UserError(f"{what or path} would not build with TensorRT: {'; '.join(problems[:3])}{more}")
 
 
 # --- artifact -------------------------------------------------------------------------------------------------------
@@ -339,10 +339,7 @@ def export(model, ctx: ExportContext) -> list[str]:
     onnx_path = workdir / ONNX_FILE
     ctx.log(f"exporting {ONNX_FILE} ({ctx.precision}, opset {ctx.opset}, input {tuple(ctx.input_shape)})")
     proto = export_onnx(model, onnx_path, tuple(ctx.input_shape), ctx.opset, fp16=ctx.precision == "fp16")
-    problems = check_onnx(proto, dla=dla_core is not None)
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise UserError(f"the exported graph would not build with TensorRT: {'; '.join(problems[:3])}{more}")
+    assert_tensorrt_ready(proto, dla=dla_core is not None, what="the exported graph")
     ctx.checks["tensorrt_onnx"] = {"ok": True, "summary": (
         f"TensorRT 10/11 parser limits (opset {MIN_OPSET}-{MAX_OPSET}, TopK constant K < {TOPK_MAX_K} sorted, no INT8 "
         f"on TopK/Gather, rank <= {MAX_RANK}{', static shapes for DLA' if dla_core is not None else ''}): no problems")}
@@ -356,7 +353,7 @@ def export(model, ctx: ExportContext) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - torch.export/ModelOpt raise anything; the ONNX path stands alone
             (workdir / PROGRAM_FILE).unlink(missing_ok=True)
             ctx.log(f"note: {PROGRAM_FILE} not written, torch.export failed: {type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:200]}")
+                    f"{first_line(exc)}")
             ctx.checks["torch_export"] = {"ok": False, "summary": f"no {PROGRAM_FILE}: {type(exc).__name__}"}
         else:
             routing = ctx.quant.routing if ctx.quant else "qar"

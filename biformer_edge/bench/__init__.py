@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ..artifact import AtomicOutputs
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 __all__ = ["main"]
 
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
                 row.status, row.note = "skipped", f"export: {exc}"
                 continue
             except Exception as exc:  # noqa: BLE001 - one broken export must not stop the table
-                row.status, row.note = "failed", f"export: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                row.status, row.note = "failed", f"export: {type(exc).__name__}: {first_line(exc)}"
                 continue
             row.record(measure(spec), artifact_bytes(Path(spec["artifact"]), config.backend)
                        if "artifact" in spec else None)

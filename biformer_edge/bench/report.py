@@ -88,7 +88,7 @@ def header_lines(meta: dict) -> list[str]:
             f"at end {meta['load_end']}",
             f"versions: {meta['versions']}; weights: {meta['weights']}",
             "each configuration runs in a fresh process: peak = its RSS high-water mark, VmHWM (interpreter + "
-            "imports + session + runs; every worker imports torch, since the backend modules do: see "
+            "imports + session + runs; only the torch row's worker imports torch: see "
             "baseline_rss_mib in bench.csv); "
             "loaded = RSS once the session is created; act. = RSS high-water mark during the runs - loaded; "
             "size = artifact files (torch: parameters and buffers)"]

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from ..errors import first_line
+
 RESULT_MARKER = "BIFORMER_BENCH_RESULT "
 
 
@@ -68,6 +70,7 @@ def open_worker_session(spec: dict):
     runtime = spec["backend"]
     if RUNTIMES[runtime].file is None:  # torch runs the model, from the weights the parent saved
         import torch
+        torch.set_num_threads(spec["threads"])
 
         from ..backends.tracing import TorchSession
         from ..models import create_model
@@ -87,14 +90,11 @@ def open_worker_session(spec: dict):
 
 
 def run_worker(spec: dict) -> dict:
-    import torch
-
     from ..parity.inputs import parity_inputs
-    torch.set_num_threads(spec["threads"])
     # A rendered scene, the input parity uses: Gaussian noise through random weights drives softmax into float32
     # denormals, which x86 runs tens of times slower than any real image (biformer_tiny eager: 4.4 s vs 0.1 s).
     x = parity_inputs(tuple(spec["input_shape"]))[0][0]
-    baseline_kib = _proc_status_kib("VmRSS")  # interpreter + imports (every worker imports torch)
+    baseline_kib = _proc_status_kib("VmRSS")  # interpreter + imports (torch only in the torch row's worker)
     session, size, precision = open_worker_session(spec)
     loaded_kib = _proc_status_kib("VmRSS")
     load_hwm_kib = _proc_status_kib("VmHWM")
@@ -128,8 +128,7 @@ def worker_main(payload: str) -> int:
         result = run_worker(json.loads(payload))
         code = 0
     except Exception as exc:  # noqa: BLE001 - reported to the parent as this configuration's failure
-        text = str(exc).strip().splitlines()
-        result = {"error": f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")}
+        result = {"error": f"{type(exc).__name__}: {first_line(exc)}".rstrip(": ")}
         code = 1
     print(RESULT_MARKER + json.dumps(result), flush=True)
     return code

@@ -61,7 +61,6 @@ PALETTE = np.array([
 ], dtype=np.uint8)
 PALETTE.setflags(write=False)
 
-#: ImageNet mean / std, RGB order, in 0-255 units (``normalize`` takes uint8 images).
 
 #: Dataset item ``i`` with base seed ``s`` renders ``render_scene(s * SEED_STRIDE + i)``.
 SEED_STRIDE = 1_000_003

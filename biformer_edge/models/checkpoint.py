@@ -11,20 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..artifact import sha256_file  # noqa: F401  (re-exported)
-from ..errors import UserError
+from ..errors import UserError, short_reason
 
 WRAPPER_KEYS = ("model", "state_dict", "module")
-
-
-def short_reason(exc: BaseException, limit: int = 120) -> str:
-    """The first line of an exception's message, cut at a word boundary, for one-line errors."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if not text or text.isdigit() or len(text) < 3:
-        text = f"{type(exc).__name__}: {text}".rstrip(": ")
-    if len(text) > limit:
-        text = text[:limit].rsplit(" ", 1)[0] + " ..."
-    return text
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

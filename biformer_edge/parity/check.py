@@ -6,7 +6,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from ..artifact import REPORT_FILES, read_manifest, sha256_file, verify_files, write_file, write_json
+from ..artifact import REPORT_FILES, read_manifest, read_verified, sha256_file, write_file, write_json
 from ..errors import UserError
 from ..targets import RUNTIMES, load_profile, open_session, unavailable_reason
 from . import metrics
@@ -266,10 +266,7 @@ def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, da
     artifact_dir = Path(artifact_dir)
     if isinstance(backends, str):
         backends = [backends]
-    manifest = read_manifest(artifact_dir)
-    changed = verify_files(artifact_dir, manifest)
-    if changed:
-        raise UserError(f"{artifact_dir}: {changed[0]}: copy the whole artifact directory again")
+    manifest = read_verified(artifact_dir)
     profile = load_profile(manifest["target"])
     writes = write and data is None and not backends and not ov_precision
     if writes:

@@ -35,14 +35,9 @@ def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, in
     source = "synthetic scenes" if recipe.source == "synthetic" else ", ".join(recipe.source)
     if cached is None:
         log(f"calibrating INT8 ({settings.routing} routing) on {config['samples']} samples of {source}")
-        result = None
-        try:
-            result = quantize(model, inputs, settings.routing, max_regret=max_regret, log=log,
-                              progress=lambda b: tqdm(b, desc="calibrate", unit="batch", leave=False,
-                                                      disable=None))
-        finally:
-            if result is not None:
-                _write_cache(path, result.cache_payload())
+        result = quantize(model, inputs, settings.routing, max_regret=max_regret, log=log,
+                          progress=lambda b: tqdm(b, desc="calibrate", unit="batch", leave=False, disable=None))
+        _write_cache(path, result.cache_payload())
     else:
         try:
             result = quantize(model, inputs, settings.routing, cached=cached, max_regret=max_regret, log=log)

@@ -19,7 +19,7 @@ import tomllib
 from ..calibration_recipes import recipe_file
 from ..data.synthetic import render_scene, scene_seed
 from ..errors import UserError
-from ..parity.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, collect_images
+from ..parity.inputs import collect_images
 from ..preprocess import preprocess
 
 DEFAULT_SAMPLES = 128
@@ -111,13 +111,7 @@ def calibration_inputs(recipe: Recipe, input_shape: tuple[int, int, int, int]) -
     else:
         images = []
         for src in recipe.source:
-            path = Path(src)
-            if not path.exists():
-                raise UserError(f"calibration source {src} does not exist: pass image folders or video files")
-            if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
-                raise UserError(f"calibration source {src}: unknown file type (images "
-                                f"{', '.join(sorted(IMAGE_SUFFIXES))} or videos {', '.join(sorted(VIDEO_SUFFIXES))})")
-            images += collect_images(path, recipe.samples - len(images), notes=recipe.notes, what="--calib")
+            images += collect_images(Path(src), recipe.samples - len(images), notes=recipe.notes, what="--calib")
             if len(images) >= recipe.samples:
                 break
         if not images:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backends.base import DEFAULT_MAX_ROUTING_REGRET
 from ..backends.tracing import run_torch
 from ..parity.metrics import routing_agreement
 
-DEFAULT_MAX_REGRET = 0.002
 SEARCH_VERSION = 2   # part of the calibration cache key: a changed search never reuses an old result
 MIN_INT8_SHARE = 0.9
 MAX_STEPS = 4
@@ -90,7 +90,7 @@ def router_stages(model: nn.Module) -> int:
 
 
 def keep_float_search(qmodel: nn.Module, fp32_model: nn.Module, batches: np.ndarray,
-                      max_regret: float = DEFAULT_MAX_REGRET, log=print) -> dict:
+                      max_regret: float = DEFAULT_MAX_ROUTING_REGRET, log=print) -> dict:
     """Greedy: keep float the group that lowers calibration regret most, until ``max_regret`` holds. Changes
     ``qmodel`` in place; returns what it chose and the routing before and after, for the manifest."""
     started = time.perf_counter()
@@ -107,13 +107,15 @@ def keep_float_search(qmodel: nn.Module, fp32_model: nn.Module, batches: np.ndar
         if group is not None and stage_of(group) <= last_stage:
             groups.setdefault(group, []).append(name)
 
+    blocks = range(len(refs[0].routing))
+    ref_routing = [np.concatenate([r.routing[i] for r in refs]) for i in blocks]
+    ref_affinity = [np.concatenate([r.affinity[i] for r in refs]) for i in blocks]
+
     def score() -> dict:
         with torch.no_grad():
             outs = [run_torch(qmodel, b) for b in batches]
-        flat = [np.concatenate([r.routing[i] for r in refs]) for i in range(len(refs[0].routing))]
-        test = [np.concatenate([o.routing[i] for o in outs]) for i in range(len(refs[0].routing))]
-        aff = [np.concatenate([r.affinity[i] for r in refs]) for i in range(len(refs[0].routing))]
-        m = routing_agreement(flat, test, aff)
+        m = routing_agreement(ref_routing, [np.concatenate([o.routing[i] for o in outs]) for i in blocks],
+                              ref_affinity)
         return {k: round(float(m[k]), 6) for k in ("routing_regret", "routing_decisive", "routing_strict")}
 
     before = current = score()

@@ -7,7 +7,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifact import MANIFEST, read_manifest, verify_files
+from ..artifact import MANIFEST, read_manifest, require_unchanged
 from ..errors import UserError
 from ..targets import first_runnable, load_profile, open_session
 
@@ -28,9 +28,7 @@ def load_artifact(path: str) -> tuple[Path, dict]:
         raise UserError(f"this demo needs a segmentation artifact; {artifact} was exported from a {manifest['task']} "
                         f"model ({manifest['model']}): export a segmentation model, e.g. biformer-export --target "
                         f"{manifest['target']} --model biformer_seg_demo")
-    changed = verify_files(artifact, manifest)
-    if changed:
-        raise UserError(f"{artifact}: {changed[0]}: copy the whole artifact directory again")
+    require_unchanged(artifact, manifest)
     return artifact, manifest
 
 
