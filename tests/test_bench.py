@@ -90,8 +90,8 @@ def test_int8_rows_time_the_exporters_int8_artifacts(tmp_path):
     ov = rows["openvino"]
     if importlib.util.find_spec("openvino") is None:
         assert ov["status"] == "skipped" and "openvino is not installed" in ov["note"]
-    else:  # a failed OpenVINO INT8 export is the row's reason, never the end of the table
-        assert ov["status"] == "ok" or ov["note"].startswith("export: "), ov
+    else:  # the OpenVINO INT8 IR (from the same Q/DQ graph) is measured like any other row
+        assert ov["status"] == "ok", ov
     assert "| int8 |" in (tmp_path / "bench.md").read_text()
 
 

@@ -316,11 +316,12 @@ def test_parity_bf16_is_explicit_with_its_own_thresholds(seg_irs, seg_reference)
         assert "thresholds" not in entry and report["thresholds"]["pixel"] == 0.5
 
 
-def test_parity_refuses_f16_hint_computed_in_bf16(seg_irs, seg_reference):
+def test_parity_refuses_f16_hint_computed_in_bf16(seg_irs, seg_reference, monkeypatch):
     if plugin_computes("f16") != "bf16":
         entry = evaluate_fp16(seg_irs, seg_reference, ov_precision="f16")["backends"]["openvino"]
         assert entry["inference_precision"] == plugin_computes("f16")
-        return
+        # what a CPU with BF16 but no FP16 units reports (AMD Zen 4/5): the refusal is checked on every CPU
+        monkeypatch.setattr(bov.OpenVINOSession, "_computes", lambda self: "bf16")
     with pytest.raises(be.UserError, match=r"computes the 'f16' hint in bf16 .*--ov-precision bf16"):
         evaluate_fp16(seg_irs, seg_reference, ov_precision="f16")
 
@@ -429,7 +430,7 @@ def test_int8_executed_precision_comes_from_the_runtime(int8_irs):
     summary = read_layer_report(path)["summary"]["executed"]
     assert summary["precision_hint"] == "f32" and sum(summary["by_precision"].values()) == len(rows)
     if plugin_computes("bf16") != "bf16":
-        return
+        pytest.skip("this CPU has no BF16 units: the bf16 half of the report cannot be checked here")
     bf16_rows, _ = bov.int8_layer_report(path / "model.xml", "bf16")
     by_layer = {r["layer"]: r for r in bf16_rows}
     for r in rows:
