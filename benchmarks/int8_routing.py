@@ -4,7 +4,8 @@
 
 For biformer_seg_demo (shipped weights) at 128x128: FP16, INT8 with the router island and INT8 naive, each exported
 with biformer-export's own code and run by onnxruntime, against the FP32 PyTorch reference on held-out synthetic
-scenes (seeds parity and calibration never use) and, with --photos, on a folder of photographs. --tiny adds the
+scenes (seeds parity and calibration never use; mIoU against their ground truth too) and, with --photos, on a
+folder of photographs. --tiny adds the
 cosine of biformer_tiny @ 224 (random weights) INT8 against FP32. Prints a Markdown table and writes
 bench_results/int8_routing.md.
 """
@@ -16,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from biformer_edge.data.synthetic import render_scene
@@ -23,6 +25,7 @@ from biformer_edge.exporter import ExportRequest, export
 from biformer_edge.models import create_model
 from biformer_edge.parity.check import measure_backend, run_reference
 from biformer_edge.parity.inputs import collect_images
+from biformer_edge.parity.metrics import miou, to_labels
 from biformer_edge.preprocess import preprocess
 from biformer_edge.targets import open_session
 
@@ -35,11 +38,27 @@ def batches(images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
     return x.reshape(len(images), 1, 3, *size)
 
 
+def gt_miou(logits: np.ndarray, gt: np.ndarray | None, num_classes: int) -> str:
+    """mIoU of predicted labels against the scenes' ground truth, at the model's output resolution."""
+    if gt is None:
+        return "-"
+    labels = to_labels(logits.reshape(-1, *logits.shape[2:]))
+    gt = np.stack([cv2.resize(g.astype(np.uint8), labels.shape[1:][::-1], interpolation=cv2.INTER_NEAREST)
+                   for g in gt])
+    return f"{miou(gt, labels, num_classes):.4f}"
+
+
 def measure(model_name: str, size: tuple[int, int], variants: list[tuple[str, str, str]], data: dict[str, np.ndarray],
-            tmp: Path) -> list[list[str]]:
+            tmp: Path, truth: dict | None = None) -> list[list[str]]:
     model = create_model(model_name, pretrained=model_name == "biformer_seg_demo")
     rows = []
     refs = {name: run_reference(model, x, "cpu") for name, x in data.items()}
+    truth = truth if model.task == "segmentation" else {}
+    classes = getattr(model, "num_classes", None)
+    for data_name, ref in refs.items():
+        if (truth or {}).get(data_name) is not None:
+            rows.append([model_name, "fp32 (reference)", data_name, "1.00000", "1.0000", "1.0000", "0.0000",
+                         "1.0000", "-", gt_miou(ref["logits"], truth[data_name], classes), "-"])
     for label, precision, routing in variants:
         out = tmp / f"{model_name}-{label}"
         started = time.perf_counter()
@@ -49,11 +68,13 @@ def measure(model_name: str, size: tuple[int, int], variants: list[tuple[str, st
         seconds = time.perf_counter() - started
         session = open_session("onnxruntime", out, None)
         for data_name, ref in refs.items():
-            m = measure_backend(session, ref, model.task, getattr(model, "num_classes", None))
+            m = measure_backend(session, ref, model.task, classes)
+            logits = np.stack([session.run(b).logits for b in ref["inputs"]])
             label_metric = m.get("pixel", m.get("top1"))
             rows.append([model_name, label, data_name, f"{m['cosine']:.5f}", f"{label_metric:.4f}",
                          f"{m['routing_decisive']:.4f}", f"{m['routing_regret']:.4f}", f"{m['routing_strict']:.4f}",
-                         " / ".join(f"{v:.3f}" for v in m["routing_per_block"]), f"{seconds:.1f}"])
+                         " / ".join(f"{v:.3f}" for v in m["routing_per_block"]),
+                         gt_miou(logits, (truth or {}).get(data_name), classes), f"{seconds:.1f}"])
             print(" | ".join(rows[-1]), flush=True)
     return rows
 
@@ -65,15 +86,17 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="also biformer_tiny @ 224 (random weights)")
     a = p.parse_args(argv)
     size = (128, 128)
-    data = {"synthetic": batches([render_scene(HELD_OUT_SEED + i, size)[0] for i in range(a.scenes)], size)}
+    scenes = [render_scene(HELD_OUT_SEED + i, size) for i in range(a.scenes)]
+    data = {"synthetic": batches([image for image, _ in scenes], size)}
+    truth = {"synthetic": np.stack([label for _, label in scenes])}
     if a.photos:
         data["photos"] = batches(collect_images(a.photos, 1000), size)
     variants = [("fp16", "fp16", "qar"), ("int8-qar", "int8", "qar"), ("int8-naive", "int8", "naive")]
     header = ["model", "variant", "data", "cosine", "pixel/top1", "decisive", "regret", "routing strict",
-              "routing per block", "export s"]
+              "routing per block", "mIoU vs ground truth", "export s"]
     print(" | ".join(header))
     with tempfile.TemporaryDirectory(prefix="int8-routing-") as tmp:
-        rows = measure("biformer_seg_demo", size, variants, data, Path(tmp))
+        rows = measure("biformer_seg_demo", size, variants, data, Path(tmp), truth)
         if a.tiny:
             tiny = {"synthetic": batches([render_scene(HELD_OUT_SEED + i, (224, 224))[0] for i in range(8)],
                                          (224, 224))}
