@@ -1,4 +1,4 @@
-"""Console entry points: biformer-export, biformer-parity, biformer-bench, biformer-zoo.
+"""Console entry points: biformer-export, biformer-parity, biformer-qat, biformer-bench, biformer-zoo.
 
 Exit status (``biformer_edge.console``): 0 ok / parity passed, 1 artifact written but parity failed, 2 bad input
 or environment (one line on stderr, no traceback, nothing left behind), 3 internal error, 130 Ctrl-C, 143 SIGTERM.
@@ -116,6 +116,59 @@ def parity_main(argv=None):
     if a.junit:
         write_junit(Path(a.junit), manifest, report)
     return 1 if report["verdict"] == "fail" else 0
+
+
+def qat_parser() -> argparse.ArgumentParser:
+    from .quant.qat import QATSettings
+    d = QATSettings(model=DEFAULT_MODEL)
+    p = OneLineParser(prog="biformer-qat", description="Routing-consistent QAT: a short INT8 fake-quant fine-tune "
+                      "distilled from your FP32 model, label-free. Multi-process: torchrun --nproc_per_node N "
+                      "$(which biformer-qat) ...")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
+    p.add_argument("--checkpoint", help="your FP32 checkpoint, the teacher (default: the model's shipped weights)")
+    p.add_argument("--data", nargs="+", help="unlabeled image folders, images or videos (default: synthetic scenes)")
+    p.add_argument("--samples", type=positive_int, default=d.samples, help=f"training images (default {d.samples})")
+    p.add_argument("--val-samples", type=positive_int, default=d.val_samples,
+                   help=f"held-out images the report is measured on (default {d.val_samples})")
+    p.add_argument("--calib-samples", type=positive_int, default=d.calib_samples,
+                   help=f"images the INT8 ranges are calibrated on before training (default {d.calib_samples})")
+    p.add_argument("--steps", type=positive_int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    p.add_argument("--batch", type=positive_int, default=d.batch, help=f"global batch (default {d.batch})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate, cosine decay (default {d.lr})")
+    p.add_argument("--routing-weight", type=float, default=d.routing_weight,
+                   help=f"weight of the routing margin term (default {d.routing_weight}; 0: output distillation only)")
+    p.add_argument("--max-routing-regret", type=float, default=d.max_routing_regret, metavar="R",
+                   help=f"the PTQ-QAR start point's keep-float target (default {d.max_routing_regret})")
+    p.add_argument("--seed", type=int, default=d.seed, help="data order and flips (default 0)")
+    p.add_argument("--input-size", nargs=2, type=positive_int, metavar=("H", "W"), help="training size")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--output", help="QAT checkpoint to write (default <model>-qat.pt)")
+    p.add_argument("--save-every", type=positive_int, default=d.save_every,
+                   help=f"save the resumable state every N steps (default {d.save_every})")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run saved beside --output")
+    p.add_argument("--force", action="store_true", help="replace an earlier biformer-qat checkpoint at --output")
+    return p
+
+
+@error_boundary
+def qat_main(argv=None):
+    a = qat_parser().parse_args(argv)
+    for value, what in ((a.output, "--output"), (a.checkpoint, "--checkpoint"), *((d, "--data") for d in a.data or [])):
+        if value:
+            utf8_path(value, what)
+    from .quant.qat import QATSettings, train
+    settings = QATSettings(
+        model=a.model, checkpoint=a.checkpoint, data=list(a.data or []), samples=a.samples,
+        val_samples=a.val_samples, calib_samples=a.calib_samples, steps=a.steps, batch=a.batch, lr=a.lr,
+        routing_weight=a.routing_weight, seed=a.seed, input_size=tuple(a.input_size) if a.input_size else None,
+        max_routing_regret=a.max_routing_regret, output=a.output, resume=a.resume, force=a.force,
+        save_every=a.save_every, device=a.device)
+    out, record = train(settings, log=lambda msg: print(msg, flush=True))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {out} ({record['steps']} steps, {record['processes']} process(es), {record['seconds']} s)")
+        print("next:")
+        print(f"  biformer-export --target jetson --int8 --model {a.model} --checkpoint {out}")
+    return 0
 
 
 @error_boundary

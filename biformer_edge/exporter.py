@@ -115,6 +115,41 @@ def int8_gate(req: ExportRequest) -> None:
                             "'biformer-edge[int8]'")
 
 
+def qat_checkpoint(req: ExportRequest, spec, log=print) -> tuple[dict, dict] | None:
+    """The biformer-qat checkpoint this export uses, with where it came from: the one given to --checkpoint, or, for
+    a default ``--int8`` export of a model that ships one, the shipped QAT state of its shipped weights."""
+    from .models.registry import WEIGHTS_DIR
+    from .quant.qat_checkpoint import is_qat_checkpoint, read_qat_checkpoint
+    if not isinstance(req.model, str):
+        return None
+    name = model_name(req.model)
+    if req.checkpoint and is_qat_checkpoint(req.checkpoint):
+        path = req.checkpoint
+        if req.precision != "int8":
+            raise UserError(f"--checkpoint {path} is a biformer-qat checkpoint: it exports only with --int8 (export "
+                            f"FP32/FP16 from the original FP32 checkpoint)")
+        if req.routing != "qar":
+            raise UserError(f"--checkpoint {path} is a biformer-qat checkpoint, trained with the router island: "
+                            f"--routing naive does not apply")
+        if req.calib or req.calib_samples:
+            raise UserError(f"--calib does not apply to a biformer-qat checkpoint: {path} carries the INT8 ranges "
+                            f"it was trained with")
+        qat = read_qat_checkpoint(path)
+        if qat["model"] != name:
+            raise UserError(f"--checkpoint {path} was trained for {qat['model']}, not {name}: pass --model "
+                            f"{qat['model']}")
+        return qat, {"checkpoint": str(path), "sha256": sha256_file(path), "shipped": False}
+    if (req.precision == "int8" and req.routing == "qar" and not req.checkpoint and not req.calib
+            and not req.calib_samples and spec.shipped_qat and (WEIGHTS_DIR / spec.shipped_qat).is_file()):
+        path = WEIGHTS_DIR / spec.shipped_qat
+        qat = read_qat_checkpoint(path)
+        if qat["model"] != name or qat["reference"].get("sha256") != sha256_file(WEIGHTS_DIR / spec.shipped_weights):
+            log(f"note: the shipped QAT state {path.name} is not of the shipped weights: calibrating instead")
+            return None
+        return qat, {"checkpoint": path.name, "sha256": sha256_file(path), "shipped": True}
+    return None
+
+
 def quant_settings(req: ExportRequest) -> QuantSettings | None:
     if req.precision != "int8":
         return None
@@ -163,8 +198,9 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
     ref_device = reference_device(req.reference)
     name = model_name(req.model)
     spec = get_spec(name)
+    qat = qat_checkpoint(req, spec, log)
     if isinstance(req.model, str):
-        model = create_model(name, checkpoint=req.checkpoint)
+        model = create_model(name, checkpoint=req.checkpoint)   # of a QAT checkpoint: its original FP32 weights
         ckpt = model.checkpoint_path
         weights = "checkpoint" if req.checkpoint else ("shipped" if ckpt else "random")
     else:  # a module from create_model, possibly fine-tuned in this process: its weights live only in memory
@@ -184,7 +220,15 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
                             quant=quant_settings(req))
         log(f"exporting {name} {h}x{w} batch {req.batch} -> {req.target} {req.precision}")
         export_model, quantization = model, None
-        if ctx.quant is not None and resolve_target(req.target).int8 == "qdq":
+        if qat is not None and resolve_target(req.target).int8 == "qdq":
+            from .quant import prepare_qat
+            quantized, quantization = prepare_qat(*qat, log)
+            export_model = quantized.model   # the reference below stays the original FP32 model
+        elif qat is not None:   # weights-only INT8 (Core ML) quantizes the fine-tuned weights
+            from .quant import qat_float_model
+            export_model = qat_float_model(qat[0])
+            quantization = {"qat": {**qat[1], "reference": qat[0]["reference"], "train": qat[0].get("train")}}
+        elif ctx.quant is not None and resolve_target(req.target).int8 == "qdq":
             from .quant import prepare_int8
             quantized, quantization = prepare_int8(model, ctx.quant, input_shape, log)
             export_model = quantized.model   # the reference below stays the FP32 model

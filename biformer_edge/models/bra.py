@@ -104,6 +104,8 @@ class BiLevelRoutingAttention(nn.Module):
         self.wo = nn.Linear(dim, dim)
         self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
         self.router = RegionRouter(topk, self.scale)
+        # True only in QAT (biformer_edge.quant.qat): its routing loss on the affinities must reach q and k
+        self.routing_gradients = False
         self.record_routing = False
         self.last_routing: torch.Tensor | None = None
 
@@ -146,8 +148,9 @@ class BiLevelRoutingAttention(nn.Module):
         qkv = partition_regions(qkv, S)                    # one partition for q, k and v: (N*R, T, 2Cq + C)
         q, kv = qkv[..., :Cq], qkv[..., Cq:]                                  # (N*R, T, Cq), (N*R, T, Ckv)
 
-        # Routing is gradient-free in every released config (official detach()).
-        index = self.router(q.detach(), kv[..., :Cq].detach(), N, R)          # (N, R, k)
+        # Routing is gradient-free in every released config (official detach()); QAT's routing term needs gradients.
+        q_route, k_route = (q, kv[..., :Cq]) if self.routing_gradients else (q.detach(), kv[..., :Cq].detach())
+        index = self.router(q_route, k_route, N, R)                            # (N, R, k)
         if self.record_routing:
             self.last_routing = index
         kv_sel = self.gather_regions(kv, index)                               # (N*R, k*T, Ckv)

@@ -2,7 +2,9 @@
 
 Accepted containers: a bare state dict, or one wrapped in ``model`` / ``state_dict`` / ``module`` (the official
 trainer and the mm loaders), with or without a ``module.`` prefix (DataParallel). Half-precision weights (the
-shipped demo weights) are widened to the model's dtype.
+shipped demo weights) are widened to the model's dtype. A biformer-qat checkpoint stands for the FP32 model it was
+distilled from wherever FP32 weights are read (its ``reference_state_dict``): drift is always measured against the
+user's original model, never against the fine-tuned one.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch import nn
 from ..errors import UserError, short_reason
 
 WRAPPER_KEYS = ("model", "state_dict", "module")
+QAT_FORMAT = "biformer-edge-qat"   # the ``format`` tag of biformer-qat checkpoints (biformer_edge.quant.qat_checkpoint)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -29,6 +32,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # torch's unpickler raises anything from KeyError to RuntimeError on foreign bytes
         raise UserError(f"checkpoint {path} is not a readable PyTorch file ({short_reason(exc)}): re-download or "
                         f"re-save it") from None
+    if isinstance(obj, dict) and obj.get("format") == QAT_FORMAT:
+        obj = obj.get("reference_state_dict")
     for _ in range(2):  # e.g. {"state_dict": {"module": {...}}}
         if isinstance(obj, dict):
             inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
@@ -55,6 +60,11 @@ def check_task(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     state = read_state_dict(path)
     check_task(model, state, Path(path))
+    load_state(model, state, path)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Strict load of ``state`` (read from ``path``) with one readable message for any mismatch."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

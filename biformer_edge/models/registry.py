@@ -19,15 +19,17 @@ class ModelSpec:
     input_size: tuple[int, int]          # the size exports use unless --input-size says otherwise
     task: str                            # "classification" | "segmentation"
     shipped_weights: str | None = None   # file name under biformer_edge/weights/, loaded by default
+    shipped_qat: str | None = None       # a biformer-qat checkpoint of those weights: what --int8 exports by default
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
-def register_model(name: str, input_size: tuple[int, int], task: str, shipped_weights: str | None = None):
+def register_model(name: str, input_size: tuple[int, int], task: str, shipped_weights: str | None = None,
+                   shipped_qat: str | None = None):
     def wrap(factory):
-        _REGISTRY[name] = ModelSpec(name, factory, tuple(input_size), task, shipped_weights)
+        _REGISTRY[name] = ModelSpec(name, factory, tuple(input_size), task, shipped_weights, shipped_qat)
         return factory
     return wrap
 

@@ -3,7 +3,8 @@ per-layer precision report of the exported graph (``report.py``).
 
 ``prepare_int8`` is what the exporter calls: it resolves the calibration recipe, renders or reads the samples with the
 model's own preprocessing, reuses a cached calibration when the weights, data and settings are byte-identical, and
-returns the fake-quantized model plus what the manifest records about it.
+returns the fake-quantized model plus what the manifest records about it. ``prepare_qat`` does the same from a
+biformer-qat checkpoint (``qat.py``): its fine-tuned weights, INT8 ranges and float layers, no calibration.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ..artifact import save_npz
 from ..backends.base import QuantSettings
 from ..errors import UserError
 from .calibration import cache_dir, cache_key, calibration_inputs, resolve_recipe
-from .int8 import QuantizedModel, int8_weight_share, quantize, toolkit_version
+from .int8 import FLOAT_LAYERS_KEY, QuantizedModel, int8_weight_share, quantize, toolkit_version
 from .qar import SEARCH_VERSION
 
 
@@ -56,6 +57,36 @@ def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, in
     return result, info
 
 
+def qat_float_model(qat: dict):
+    """The fine-tuned float model of a QAT checkpoint (what weights-only INT8 targets quantize)."""
+    from ..models import create_model
+    from ..models.checkpoint import load_state
+    model = create_model(qat["model"], pretrained=False)
+    load_state(model, qat["state_dict"], "the QAT checkpoint's fine-tuned weights")
+    return model
+
+
+def prepare_qat(qat: dict, source: dict, log=print) -> tuple[QuantizedModel, dict]:
+    """The fake-quantized model of a QAT checkpoint, restored exactly as it was trained, and its manifest record.
+    ``source``: {"checkpoint": path, "sha256", "shipped": bool}."""
+    cached = {name: amax.numpy() for name, amax in qat["quantizers"].items()}
+    cached[FLOAT_LAYERS_KEY] = np.array(qat["float_layers"], dtype=str)
+    finetuned = qat_float_model(qat)
+    try:
+        result = quantize(finetuned, np.zeros((1, 0, 3, 1, 1), np.float32), "qar", cached=cached, log=log)
+    except KeyError:
+        raise UserError(f"QAT checkpoint {source['checkpoint']} does not match this model's quantizers (another "
+                        f"biformer-edge or ModelOpt version?): re-run biformer-qat") from None
+    train = qat.get("train") or {}
+    log(f"INT8 from QAT checkpoint {source['checkpoint']} ({train.get('steps', '?')} steps; held-out decisive "
+        f"{(train.get('after') or {}).get('routing_decisive', '?')})")
+    info = {"toolkit": toolkit_version(), "routing": "qar", "router_precision": "fp32",
+            "calibration": {"source": "qat checkpoint", "cache": "none"},
+            "qat": {**source, "reference": qat["reference"], "train": train, "trained_with": qat.get("toolkit")},
+            "quantizers": result.quantizers, **int8_weight_share(result.model)}
+    return result, info
+
+
 def _read_cache(path):
     if not path.is_file() or path.is_symlink():
         return None
@@ -74,4 +105,4 @@ def _write_cache(path, ranges: dict) -> None:
         pass  # the cache only saves time; a read-only home must not fail an export
 
 
-__all__ = ["prepare_int8"]
+__all__ = ["prepare_int8", "prepare_qat", "qat_float_model"]

@@ -1,0 +1,129 @@
+"""The files of routing-consistent QAT: the finished QAT checkpoint that ``biformer-export --int8 --checkpoint``
+consumes, and the resumable training state beside it.
+
+QAT checkpoint (``torch.save`` of plain tensors, strings and numbers, so it loads with ``weights_only=True``)::
+
+    format      "biformer-edge-qat", version 1
+    model       registered model name (the size it was trained for)
+    state_dict  the fine-tuned float weights (same keys as the FP32 model)
+    quantizers  {quantizer name: amax tensor}: the INT8 ranges it was trained with (fixed during QAT)
+    float_layers  layers QAR kept float (the keep-float search before training)
+    reference_state_dict  the user's original FP32 weights, as they were read: every export of this checkpoint
+                measures drift against them, never against the fine-tuned weights
+    reference   {"origin": "shipped" | "checkpoint", "path", "sha256"}: where those weights came from
+    train       settings, steps, seconds, processes, held-out metrics before/after (for the manifest)
+
+The training state (``OUTPUT.resume``) holds the same plus the optimizer and the step; it is written atomically at
+every ``--save-every`` steps and when the run is interrupted, so an interrupted run resumes from its last good step.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from ..artifact import write_file
+from ..errors import UserError, short_reason
+from ..models.checkpoint import QAT_FORMAT
+
+STATE_FORMAT = "biformer-edge-qat-state"
+QAT_VERSION = 1
+
+
+def state_path(output: Path) -> Path:
+    return output.with_name(output.name + ".resume")
+
+
+def save(path: Path, obj: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_file(path, buffer.getvalue())
+
+
+def _load(path: Path, what: str) -> dict | None:
+    """The dict in ``path``, or None when the file is a PyTorch file but not a dict."""
+    if path.is_symlink() or not path.is_file():
+        raise UserError(f"{what} {path} is not a regular file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as exc:  # torch's unpickler raises anything on foreign or truncated bytes
+        raise UserError(f"{what} {path} is not a readable PyTorch file ({short_reason(exc)}): re-create it") from None
+    return obj if isinstance(obj, dict) else None
+
+
+def is_qat_checkpoint(path: str | Path | None) -> bool:
+    """Cheap test used by the exporter: a file whose dict carries the QAT format tag."""
+    if path is None:
+        return False
+    path = Path(path)
+    if not path.is_file() or path.is_symlink():
+        return False
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False   # not ours; the normal checkpoint loader reports what is wrong with it
+    return isinstance(obj, dict) and obj.get("format") == QAT_FORMAT
+
+
+def read_qat_checkpoint(path: str | Path) -> dict:
+    """A validated QAT checkpoint: every field the exporter reads is present and of the right type."""
+    path = Path(path)
+    obj = _load(path, "QAT checkpoint")
+    if obj is None or obj.get("format") != QAT_FORMAT:
+        raise UserError(f"{path} is not a biformer-qat checkpoint")
+    if obj.get("version") != QAT_VERSION:
+        raise UserError(f"QAT checkpoint {path} has version {obj.get('version')!r}; this biformer-edge reads version "
+                        f"{QAT_VERSION}: re-run biformer-qat")
+    tensors = ("state_dict", "reference_state_dict", "quantizers")
+    for key in tensors:
+        value = obj.get(key)
+        if not isinstance(value, dict) or not value or not all(isinstance(v, torch.Tensor) for v in value.values()):
+            raise UserError(f"QAT checkpoint {path} is damaged: '{key}' holds no tensors; re-run biformer-qat")
+    if not isinstance(obj.get("model"), str) or not isinstance(obj.get("float_layers"), list) or not all(
+            isinstance(n, str) for n in obj["float_layers"]) or not isinstance(obj.get("reference"), dict):
+        raise UserError(f"QAT checkpoint {path} is damaged (model / float_layers / reference); re-run biformer-qat")
+    if not all(bool(torch.isfinite(v).all()) for key in tensors for v in obj[key].values() if v.is_floating_point()):
+        raise UserError(f"QAT checkpoint {path} holds NaN or infinite values: re-run biformer-qat (lower --lr)")
+    return obj
+
+
+def read_state(path: Path) -> dict:
+    obj = _load(path, "QAT resume state")
+    if obj is None or obj.get("format") != STATE_FORMAT or not isinstance(obj.get("fingerprint"), dict) \
+            or not isinstance(obj.get("step"), int):
+        raise UserError(f"{path} is not a biformer-qat resume state: move it away or choose another --output")
+    return obj
+
+
+def check_same_run(saved: dict, current: dict, path: Path) -> None:
+    """A resume continues only the run it was saved from: same model, FP32 weights, data and settings."""
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            raise UserError(f"{path} was saved by a run with other {key.replace('_', ' ')} ({saved.get(key)!r}, "
+                            f"now {current.get(key)!r}): resume with the same settings, or choose another --output "
+                            f"to start a new run")
+
+
+def check_output(output: Path, force: bool, resume: bool) -> None:
+    """Refuse anything that would overwrite or follow what the tool did not write, before any work starts."""
+    state = state_path(output)
+    if not output.parent.is_dir():
+        raise UserError(f"--output {output}: folder {output.parent} does not exist; create it first")
+    for path in (output, state):
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link: biformer-qat never writes through links; choose another "
+                            f"--output")
+    if output.exists():
+        if output.is_dir() or not force:
+            raise UserError(f"{output} exists: pass --force to replace an earlier biformer-qat checkpoint, or choose "
+                            f"another --output")
+        if not is_qat_checkpoint(output):
+            raise UserError(f"{output} exists and is not a biformer-qat checkpoint: --force replaces only those; "
+                            f"choose another --output")
+    if state.exists() and not resume:
+        raise UserError(f"{state} holds an unfinished run: pass --resume to continue it, or choose another --output")
+    if resume and not state.exists():
+        raise UserError(f"--resume: there is no unfinished run at {state}; run without --resume to start one")
