@@ -234,9 +234,9 @@ class StopRequest:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
-    def raise_stop(self):
+    def raise_stop(self, message: str):
         from ..console import Terminated
-        raise (KeyboardInterrupt() if self.signum in (0, signal.SIGINT) else Terminated())
+        raise (KeyboardInterrupt(message) if self.signum in (0, signal.SIGINT) else Terminated(message))
 
 
 def load_teacher(settings: QATSettings) -> tuple[nn.Module, dict, dict]:
@@ -305,8 +305,9 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
         optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(settings.steps))
         step = 0
+        teacher_keys = set(teacher.state_dict())
         if saved:
-            student.load_state_dict(saved["student"])
+            student.load_state_dict(saved["student"], strict=False)   # the quantizers were restored above
             optimizer.load_state_dict(saved["optimizer"])
             schedule.load_state_dict(saved["scheduler"])
             step = saved["step"]
@@ -324,7 +325,7 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
             if rank == 0:
                 files.save(state_file, {
                     "format": files.STATE_FORMAT, "fingerprint": fingerprint, "step": at,
-                    "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                    "student": float_weights(student, teacher_keys), "optimizer": optimizer.state_dict(),
                     "scheduler": schedule.state_dict(), "quantizers": _ranges(quantized.amax),
                     "float_layers": float_layers, "before": before, "history": history,
                     "seconds": elapsed_before + time.perf_counter() - started})
@@ -361,8 +362,8 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
                 if _any_rank(stop.signum, world):
                     save_state(step)
                     bar.close()
-                    say(f"stopped at step {step}: resume with the same command and --resume")
-                    stop.raise_stop()
+                    stop.raise_stop(f"stopped at step {step}/{settings.steps}, state saved in {state_file}: run the "
+                                    f"same command with --resume to continue")
                 if step % settings.save_every == 0 and step < settings.steps:
                     save_state(step)
         bar.close()
@@ -377,8 +378,7 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
                   "held_out": len(val_x), "before": before, "after": after,
                   "final_loss": history[-1][1:] if history else None}
         if rank == 0:
-            teacher_keys = teacher.state_dict().keys()
-            weights = {k: v.detach().float().clone() for k, v in student.state_dict().items() if k in teacher_keys}
+            weights = float_weights(student, teacher_keys)
             files.save(output, {
                 "format": files.QAT_FORMAT, "version": files.QAT_VERSION, "model": settings.model,
                 "input_size": list(size), "routing": "qar", "toolkit": toolkit_version(),
@@ -390,6 +390,11 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
 
 
 QAT_RECIPE = 1   # bump when the loss or the schedule changes: a saved state of another recipe never resumes
+
+
+def float_weights(student: nn.Module, keys: set[str]) -> dict[str, torch.Tensor]:
+    """The student's float weights under the FP32 model's keys (its quantizer buffers are saved as ranges)."""
+    return {k: v.detach().float().clone() for k, v in student.state_dict().items() if k in keys}
 
 
 def _lr_factor(total: int):

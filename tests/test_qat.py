@@ -1,0 +1,245 @@
+"""biformer-qat: routing-consistent QAT. Small runs of the shipped demo model at 64x64 (a few seconds each): the
+checkpoint it writes, that every INT8 target consumes it and measures drift against the original FP32 model, that a
+resumed run equals an uninterrupted one, that torchrun with 2 CPU processes gives the same result as one, and the
+bad inputs of the issue (one line, exit 2, nothing lost)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("modelopt.torch.quantization", reason="QAT needs NVIDIA ModelOpt: pip install '.[int8]'")
+
+from biformer_edge.cli import export_main, qat_main  # noqa: E402
+from biformer_edge.models import create_model  # noqa: E402
+from biformer_edge.models.checkpoint import read_state_dict  # noqa: E402
+from biformer_edge.models.registry import WEIGHTS_DIR  # noqa: E402
+from biformer_edge.quant import qat as qat_module  # noqa: E402
+from biformer_edge.quant.qat import QATSettings, routing_margin_loss, train  # noqa: E402
+from biformer_edge.quant.qat_checkpoint import read_qat_checkpoint, state_path  # noqa: E402
+
+SMALL = ["--input-size", "64", "64", "--samples", "16", "--val-samples", "8", "--calib-samples", "8", "--batch", "4"]
+
+
+def small(**kw) -> QATSettings:
+    base = dict(model="biformer_seg_demo", input_size=(64, 64), samples=16, val_samples=8, calib_samples=8, batch=4,
+                steps=4, save_every=1)
+    return QATSettings(**{**base, **kw})
+
+
+def run_cli(main, args):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    return exc.value.code
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def qat_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qat") / "demo-qat.pt"
+    assert run_cli(qat_main, [*SMALL, "--steps", "6", "--output", out]) == 0
+    return out
+
+
+def test_checkpoint_holds_weights_ranges_and_the_original_model(qat_file):
+    qat = read_qat_checkpoint(qat_file)
+    assert qat["model"] == "biformer_seg_demo" and qat["routing"] == "qar"
+    shipped = read_state_dict(WEIGHTS_DIR / "biformer_seg_demo.pt")
+    # the reference is the original FP32 model, bit for bit, never the fine-tuned weights
+    assert qat["reference_state_dict"].keys() == shipped.keys()
+    assert all(torch.equal(qat["reference_state_dict"][k], shipped[k]) for k in shipped)
+    assert qat["reference"]["sha256"] == sha(WEIGHTS_DIR / "biformer_seg_demo.pt")
+    changed = [k for k in shipped if not torch.equal(qat["state_dict"][k].float(), shipped[k].float())]
+    assert changed, "training changed no weight"
+    assert all(v.numel() >= 1 and float(v.min()) > 0 for v in qat["quantizers"].values())
+    train_record = qat["train"]
+    assert train_record["steps"] == 6 and train_record["processes"] == 1
+    for key in ("routing_decisive", "routing_regret", "routing_strict", "label_agreement"):
+        assert 0 <= train_record["before"][key] <= 1 and 0 <= train_record["after"][key] <= 1
+    assert not state_path(qat_file).exists(), "a finished run leaves no resume state"
+
+
+@pytest.mark.parametrize("target", ["jetson", "openvino"])
+def test_every_qdq_target_consumes_the_checkpoint_and_compares_with_the_original(qat_file, target, tmp_path):
+    pytest.importorskip("onnxruntime" if target == "jetson" else "openvino")
+    out = tmp_path / target
+    assert run_cli(export_main, ["--target", target, "--int8", "--checkpoint", qat_file, "--input-size", "64", "64",
+                                 "--output", out]) in (0, 1)
+    m = json.loads((out / "manifest.json").read_text())
+    q = m["quantization"]
+    assert q["qat"]["sha256"] == sha(qat_file) and q["qat"]["shipped"] is False
+    assert q["qat"]["reference"]["sha256"] == sha(WEIGHTS_DIR / "biformer_seg_demo.pt")   # both checkpoints
+    assert q["calibration"]["source"] == "qat checkpoint" and q["int8_weight_share"] >= 0.9
+    # the reference logits are the original FP32 model's, not the fine-tuned weights'
+    ref = np.load(out / "reference.npz")
+    x = ref["inputs"][0] if "inputs" in ref.files else None
+    if x is not None:
+        original = create_model("biformer_seg_demo")
+        with torch.no_grad():
+            np.testing.assert_allclose(original(torch.from_numpy(x)).numpy(), ref["logits"][0], atol=1e-4)
+
+
+def test_onnx_graph_runs_the_trained_ranges_not_a_new_calibration(qat_file, tmp_path):
+    """The exported INT8 graph computes what the QAT student computed (its weights and its INT8 ranges)."""
+    ort = pytest.importorskip("onnxruntime")
+    from biformer_edge.backends.tracing import run_torch
+    from biformer_edge.quant import prepare_qat
+    out = tmp_path / "onnx"
+    assert run_cli(export_main, ["--target", "onnx", "--int8", "--checkpoint", qat_file, "--input-size", "64", "64",
+                                 "--no-parity", "--output", out]) == 0
+    student, _ = prepare_qat(read_qat_checkpoint(qat_file), {"checkpoint": str(qat_file), "sha256": "-",
+                                                             "shipped": False}, log=lambda *_: None)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"images": x})[0]
+    want = run_torch(student.model, x).logits
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999
+
+
+def test_coreml_int8_quantizes_the_fine_tuned_weights(qat_file, tmp_path):
+    pytest.importorskip("coremltools")
+    out = tmp_path / "coreml"
+    assert run_cli(export_main, ["--target", "coreml", "--int8", "--checkpoint", qat_file, "--input-size", "64", "64",
+                                 "--no-parity", "--output", out]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["quantization"]["qat"]["sha256"] == sha(qat_file)
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    straight, _ = train(small(output=str(tmp_path / "straight.pt")), log=lambda *_: None)
+    real = qat_module.batch_indices
+
+    def interrupt_at_step_2(seed, step, n, batch):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)   # handled at the step boundary: the state is saved, then Ctrl-C
+        return real(seed, step, n, batch)
+
+    resumed = tmp_path / "resumed.pt"
+    monkeypatch.setattr(qat_module, "batch_indices", interrupt_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(small(output=str(resumed)), log=lambda *_: None)
+    monkeypatch.setattr(qat_module, "batch_indices", real)
+    state = torch.load(state_path(resumed), weights_only=True)
+    assert state["step"] == 3 and not resumed.exists()
+    train(small(output=str(resumed), resume=True), log=lambda *_: None)
+    a, b = read_qat_checkpoint(straight), read_qat_checkpoint(resumed)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["train"]["after"] == b["train"]["after"]
+
+
+def test_resume_with_other_settings_is_refused_and_keeps_the_state(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "q.pt"
+    real = qat_module.batch_indices
+
+    def interrupt(seed, step, n, batch):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(seed, step, n, batch)
+    monkeypatch.setattr(qat_module, "batch_indices", interrupt)
+    code = run_cli(qat_main, [*SMALL, "--steps", "4", "--save-every", "1", "--output", out])
+    monkeypatch.setattr(qat_module, "batch_indices", real)
+    assert code == 143
+    assert "--resume" in capsys.readouterr().err
+    saved = state_path(out).read_bytes()
+    for extra, what in ((["--lr", "1e-4"], "lr"), (["--seed", "3"], "seed"), (["--steps", "5"], "steps")):
+        assert run_cli(qat_main, [*SMALL, "--steps", "4", *extra, "--output", out, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"other {what}" in err and err.count("\n") == 1, err
+    assert state_path(out).read_bytes() == saved and not out.exists()
+    assert run_cli(qat_main, [*SMALL, "--steps", "4", "--output", out]) == 2          # unfinished run: no --resume
+    assert "--resume" in capsys.readouterr().err
+    assert run_cli(qat_main, [*SMALL, "--steps", "4", "--output", out, "--resume"]) == 0
+    assert out.is_file() and not state_path(out).exists()
+
+
+def test_routing_loss_cannot_be_met_by_scaling_the_affinities():
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, 16, 16)]
+    student = [teacher[0] + 0.3 * torch.randn(2, 16, 16)]
+    loss = routing_margin_loss(student, teacher, [4])
+    assert loss > 0
+    assert torch.allclose(routing_margin_loss([10 * student[0]], teacher, [4]), loss, rtol=1e-5)
+    assert routing_margin_loss(teacher, teacher, [4]) < loss
+
+
+@pytest.mark.parametrize("case", ["empty folder", "undecodable", "regret 0", "regret 1.5", "lr 0", "not ours",
+                                  "symlink output", "qat as teacher", "no weights"])
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, qat_file):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"not a png")
+    victim = tmp_path / "victim.pt"
+    victim.write_bytes(b"user data")
+    link = tmp_path / "link.pt"
+    link.symlink_to(victim)
+    args, message = {
+        "empty folder": (["--data", empty], "holds no images"),
+        "undecodable": (["--data", tmp_path / "bad"], "--data"),
+        "regret 0": (["--max-routing-regret", "0"], "--max-routing-regret must be in (0, 1]"),
+        "regret 1.5": (["--max-routing-regret", "1.5"], "--max-routing-regret must be in (0, 1]"),
+        "lr 0": (["--lr", "0"], "--lr must be in (0, 1]"),
+        "not ours": (["--output", victim, "--force"], "not a biformer-qat checkpoint"),
+        "symlink output": (["--output", link, "--force"], "symbolic link"),
+        "qat as teacher": (["--checkpoint", qat_file], "is a QAT checkpoint"),
+        "no weights": (["--model", "biformer_tiny"], "ships no weights"),
+    }[case]
+    if "--output" not in args:
+        args = [*args, "--output", tmp_path / "out.pt"]
+    assert run_cli(qat_main, [*SMALL, "--steps", "2", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert victim.read_bytes() == b"user data" and not (tmp_path / "out.pt").exists()
+    assert not list(tmp_path.glob("*.resume"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "biformer_tiny"], "was trained for biformer_seg_demo"),
+    (["--fp16"], "exports only with --int8"),
+    (["--int8", "--routing", "naive"], "--routing naive does not apply"),
+    (["--int8", "--calib-samples", "8"], "--calib does not apply"),
+])
+def test_qat_checkpoint_misuse_in_export_is_one_line(qat_file, extra, message, tmp_path, capsys):
+    args = ["--target", "onnx", "--checkpoint", qat_file, *extra, "--output", tmp_path / "o"]
+    if "--fp16" not in extra and "--int8" not in extra:
+        args.append("--int8")
+    assert run_cli(export_main, args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo, CPU) splits each global batch; DDP averages the gradients: the result
+    equals the single-process run up to summation order."""
+    qat = shutil.which("biformer-qat")
+    if qat is None:
+        pytest.skip("biformer-qat is not installed as a command (pip install -e .)")
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    args = [*SMALL, "--steps", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([qat, *map(str, args), "--output", str(one)], check=True, capture_output=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(29500 + os.getpid() % 1000), qat, *map(str, args), "--output", str(two)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = read_qat_checkpoint(one), read_qat_checkpoint(two)
+    assert b["train"]["processes"] == 2
+    worst = max(float((a["state_dict"][k] - b["state_dict"][k]).abs().max()) for k in a["state_dict"])
+    moved = max(float((a["state_dict"][k] - a["reference_state_dict"][k].float()).abs().max())
+                for k in a["state_dict"])
+    assert worst < 0.05 * moved, (worst, moved)
+    for key in ("routing_decisive", "routing_strict", "label_agreement"):
+        assert abs(a["train"]["after"][key] - b["train"]["after"][key]) < 0.02
