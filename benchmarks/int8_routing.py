@@ -1,8 +1,9 @@
 """INT8 accuracy of the router island (QAR) against --routing naive, through onnxruntime's Q/DQ execution.
 
-    python benchmarks/int8_routing.py [--scenes 64] [--photos DIR] [--tiny]
+    python benchmarks/int8_routing.py [--scenes 64] [--photos DIR] [--tiny] [--qat PATH]
 
-For biformer_seg_demo (shipped weights) at 128x128: FP16, INT8 with the router island and INT8 naive, each exported
+For biformer_seg_demo (shipped weights) at 128x128: FP16, INT8 PTQ-QAR (router island + routing-aware keep-float
+search), INT8 QAT-QAR (the shipped biformer-qat state, or --qat PATH) and INT8 naive, each exported
 with biformer-export's own code and run by onnxruntime, against the FP32 PyTorch reference on held-out synthetic
 scenes (seeds parity and calibration never use; mIoU against their ground truth too) and, with --photos, on a
 folder of photographs. --tiny adds the
@@ -59,12 +60,12 @@ def measure(model_name: str, size: tuple[int, int], variants: list[tuple[str, st
         if (truth or {}).get(data_name) is not None:
             rows.append([model_name, "fp32 (reference)", data_name, "1.00000", "1.0000", "1.0000", "0.0000",
                          "1.0000", "-", gt_miou(ref["logits"], truth[data_name], classes), "-"])
-    for label, precision, routing in variants:
+    for label, precision, routing, extra in variants:
         out = tmp / f"{model_name}-{label}"
         started = time.perf_counter()
         export(ExportRequest(target="onnx", precision=precision, model=model_name if model_name ==
                              "biformer_seg_demo" else model, input_size=size, routing=routing, output=str(out),
-                             parity=False), log=lambda _m: None)
+                             parity=False, **extra), log=lambda _m: None)
         seconds = time.perf_counter() - started
         session = open_session("onnxruntime", out, None)
         for data_name, ref in refs.items():
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--scenes", type=int, default=64, help="held-out synthetic scenes (default 64)")
     p.add_argument("--photos", help="a folder of photographs (any size; resized like every input)")
     p.add_argument("--tiny", action="store_true", help="also biformer_tiny @ 224 (random weights)")
+    p.add_argument("--qat", help="a biformer-qat checkpoint of the demo model for the QAT row (default: the shipped "
+                                 "QAT state, which a default --int8 export uses)")
     a = p.parse_args(argv)
     size = (128, 128)
     scenes = [render_scene(HELD_OUT_SEED + i, size) for i in range(a.scenes)]
@@ -91,7 +94,10 @@ def main(argv=None) -> int:
     truth = {"synthetic": np.stack([label for _, label in scenes])}
     if a.photos:
         data["photos"] = batches(collect_images(a.photos, 1000), size)
-    variants = [("fp16", "fp16", "qar"), ("int8-qar", "int8", "qar"), ("int8-naive", "int8", "naive")]
+    # --calib-samples forces calibration (PTQ); without it, the demo model's --int8 export uses its shipped QAT state
+    ptq = ("int8-ptq-qar", "int8", "qar", {"calib_samples": 128})
+    qat = ("int8-qat-qar", "int8", "qar", {"checkpoint": a.qat} if a.qat else {})
+    variants = [("fp16", "fp16", "qar", {}), ptq, qat, ("int8-naive", "int8", "naive", {})]
     header = ["model", "variant", "data", "cosine", "pixel/top1", "decisive", "regret", "routing strict",
               "routing per block", "mIoU vs ground truth", "export s"]
     print(" | ".join(header))
@@ -100,7 +106,7 @@ def main(argv=None) -> int:
         if a.tiny:
             tiny = {"synthetic": batches([render_scene(HELD_OUT_SEED + i, (224, 224))[0] for i in range(8)],
                                          (224, 224))}
-            rows += measure("biformer_tiny", (224, 224), variants[1:], tiny, Path(tmp))
+            rows += measure("biformer_tiny", (224, 224), [ptq, variants[-1]], tiny, Path(tmp))
     table = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "int8_routing.md").write_text("\n".join(table) + "\n")

@@ -32,7 +32,7 @@ def test_wheel_carries_profiles_and_templates(dists, tmp_path):
     for target in ("jetson", "tensorrt", "openvino", "coreml", "onnx"):
         assert f"biformer_edge/profiles/{target}.toml" in names
     assert {"biformer_edge/profiles/templates/build_engine.sh", "biformer_edge/profiles/templates/build_engine.py",
-            "biformer_edge/weights/biformer_seg_demo.pt"} <= names
+            "biformer_edge/weights/biformer_seg_demo.pt", "biformer_edge/weights/biformer_seg_demo_qat.pt"} <= names
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     code = ("import biformer_edge.targets as t, biformer_edge.profiles as p; "
             "assert t.load_profile('jetson')['thresholds']['fp16']['routing'] > 0; "

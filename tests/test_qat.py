@@ -243,3 +243,23 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert worst < 0.05 * moved, (worst, moved)
     for key in ("routing_decisive", "routing_strict", "label_agreement"):
         assert abs(a["train"]["after"][key] - b["train"]["after"][key]) < 0.02
+
+
+def test_default_int8_export_uses_the_shipped_qat_state(tmp_path):
+    """`biformer-export --target jetson --int8` on the default model exports its shipped QAT state (no calibration),
+    with the shipped FP32 weights as the reference; --calib-samples forces calibration (PTQ-QAR) instead."""
+    shipped = WEIGHTS_DIR / "biformer_seg_demo_qat.pt"
+    if not shipped.is_file():
+        pytest.skip("this checkout ships no QAT state (biformer_edge/weights/biformer_seg_demo_qat.pt)")
+    qat = read_qat_checkpoint(shipped)
+    assert qat["reference"]["sha256"] == sha(WEIGHTS_DIR / "biformer_seg_demo.pt"), "shipped QAT state is stale"
+    out = tmp_path / "default"
+    assert run_cli(export_main, ["--target", "jetson", "--int8", "--input-size", "64", "64", "--no-parity",
+                                 "--output", out]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["weights"] == "shipped" and m["quantization"]["qat"]["shipped"] is True
+    assert m["quantization"]["qat"]["sha256"] == sha(shipped)
+    ptq = tmp_path / "ptq"
+    assert run_cli(export_main, ["--target", "onnx", "--int8", "--input-size", "64", "64", "--calib-samples", "8",
+                                 "--no-parity", "--output", ptq]) == 0
+    assert "qat" not in json.loads((ptq / "manifest.json").read_text())["quantization"]
