@@ -120,10 +120,10 @@ def error_boundary(main):
             print(f"error: {one_line(str(exc))}", file=sys.stderr)
             code = exc.exit_code
         except Terminated as exc:   # a command that keeps resumable state says so in the exception
-            print(f"terminated: {exc or 'temporary files were removed, nothing was written'}", file=sys.stderr)
+            print(f"terminated: {str(exc) or 'temporary files were removed, nothing was written'}", file=sys.stderr)
             code = 143
         except KeyboardInterrupt as exc:
-            print(f"interrupted: {exc or 'temporary files were removed, nothing was written'}", file=sys.stderr)
+            print(f"interrupted: {str(exc) or 'temporary files were removed, nothing was written'}", file=sys.stderr)
             code = 130
         except ModuleNotFoundError as exc:  # a library this command needs is not installed here
             if debug:
