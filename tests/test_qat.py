@@ -82,6 +82,8 @@ def test_every_qdq_target_consumes_the_checkpoint_and_compares_with_the_original
     assert q["qat"]["sha256"] == sha(qat_file) and q["qat"]["shipped"] is False
     assert q["qat"]["reference"]["sha256"] == sha(WEIGHTS_DIR / "biformer_seg_demo.pt")   # both checkpoints
     assert q["calibration"]["source"] == "qat checkpoint" and q["int8_weight_share"] >= 0.9
+    report = json.loads((out / "parity.json").read_text())
+    assert report["thresholds"]["routing_decisive"] == 0.95 and report["thresholds"]["routing_regret"] == 0.006
     # the reference logits are the original FP32 model's, not the fine-tuned weights'
     ref = np.load(out / "reference.npz")
     x = ref["inputs"][0] if "inputs" in ref.files else None
@@ -266,3 +268,17 @@ def test_default_int8_export_uses_the_shipped_qat_state(tmp_path):
     assert run_cli(export_main, ["--target", "onnx", "--int8", "--input-size", "64", "64", "--calib-samples", "8",
                                  "--no-parity", "--output", ptq]) == 0
     assert "qat" not in json.loads((ptq / "manifest.json").read_text())["quantization"]
+
+
+@pytest.mark.parametrize("target", ["jetson", "tensorrt", "onnx", "openvino"])
+def test_qar_int8_is_held_to_decisive_and_regret_limits_naive_is_not(target):
+    from biformer_edge.parity.check import profile_thresholds
+    from biformer_edge.parity.metrics import check_thresholds
+    from biformer_edge.targets import load_profile
+    profile = load_profile(target)
+    qar = profile_thresholds(profile, {"precision": "int8", "routing": "qar"})
+    naive = profile_thresholds(profile, {"precision": "int8", "routing": "naive"})
+    check_thresholds(qar)
+    assert "routing_decisive" not in naive and "routing_regret" not in naive
+    assert qar["routing_decisive"] >= 0.95 and qar["routing_regret"] <= 0.006 and qar["routing"] > naive["routing"]
+    assert profile_thresholds(profile, {"precision": "fp16", "routing": "qar"}) == profile["thresholds"]["fp16"]

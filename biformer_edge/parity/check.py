@@ -84,7 +84,7 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
     ``plot``: where to write the routing-margin plot of the first backend measured (a report, not hashed)."""
     precision = manifest["precision"]
     user_thresholds = thresholds or {}
-    thresholds = {**profile.get("thresholds", {}).get(precision, {}), **user_thresholds}
+    thresholds = {**profile_thresholds(profile, manifest), **user_thresholds}
     hints = {**profile.get("parity", {}).get("hint", {}), **({precision: ov_precision} if ov_precision else {})}
     names = backends or profile.get("parity", {}).get("backends", [])
     report = {"reference": {"device": str(ref["device"]), "samples": int(np.prod(ref["inputs"].shape[:2])),
@@ -198,6 +198,17 @@ def write_junit(path: Path, manifest: dict, report: dict) -> None:
     write_file(path, f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="biformer-parity" '
                     f'tests="{len(cases)}" failures="{failures}" skipped="{skipped}">\n' + "\n".join(cases)
                     + "\n</testsuite>\n")
+
+
+def profile_thresholds(profile: dict, manifest: dict) -> dict:
+    """The profile's thresholds for an artifact: ``[thresholds.<precision>]``, and for INT8 with the router island
+    (``routing = "qar"``) also ``[thresholds.int8_qar]``, which adds decisive-route and regret limits that naive INT8
+    is not held to (it flips decisive routes by design: that is what it measures)."""
+    tables = profile.get("thresholds", {})
+    limits = dict(tables.get(manifest["precision"], {}))
+    if manifest["precision"] == "int8" and manifest.get("routing") == "qar":
+        limits.update(tables.get("int8_qar", {}))
+    return limits
 
 
 def reference_model(manifest: dict, checkpoint: str | Path | None):
