@@ -321,7 +321,7 @@ LOCK_MARK = b"biformer-export lock\n"
 
 
 @contextlib.contextmanager
-def output_lock(output: Path):
+def output_lock(output: Path, holder: str = "biformer-export"):
     """Hold an exclusive lock on ``output`` for the duration of an export: a second export to the same place fails
     at once with one line instead of silently replacing the first one's result. The lock file ``.NAME.lock`` is
     only ever truncated or removed when it is ours (it holds our mark); a user's file of that name is refused."""
@@ -345,7 +345,7 @@ def output_lock(output: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise UserError(f"another biformer-export is writing {output} right now: wait for it to finish, or "
+            raise UserError(f"another {holder} is writing {output} right now: wait for it to finish, or "
                             f"choose another --output") from None
         # the previous holder may have removed the file between our open and flock: lock the file that is there
         if os.path.lexists(lock_path) and os.stat(lock_path).st_ino == os.fstat(fd).st_ino:

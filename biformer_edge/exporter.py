@@ -136,8 +136,19 @@ def qat_checkpoint(req: ExportRequest, spec, log=print) -> tuple[dict, dict] | N
                             f"it was trained with")
         qat = read_qat_checkpoint(path)
         if qat["model"] != name:
+            try:
+                get_spec(qat["model"])
+            except UserError:
+                raise UserError(f"--checkpoint {path} names an unknown model '{qat['model']}': it is damaged or from "
+                                f"a newer biformer-edge; re-run biformer-qat") from None
             raise UserError(f"--checkpoint {path} was trained for {qat['model']}, not {name}: pass --model "
                             f"{qat['model']}")
+        trained = tuple(qat.get("input_size") or ())
+        wanted = tuple(req.input_size or spec.input_size)
+        if trained and trained != wanted:
+            log(f"note: {path} was trained at {trained[0]}x{trained[1]}, exporting at {wanted[0]}x{wanted[1]}: its "
+                f"INT8 ranges carry over, but check the parity report (or pass --input-size {trained[0]} "
+                f"{trained[1]})")
         return qat, {"checkpoint": str(path), "sha256": sha256_file(path), "shipped": False}
     if (req.precision == "int8" and req.routing == "qar" and not req.checkpoint and not req.calib
             and not req.calib_samples and spec.shipped_qat and (WEIGHTS_DIR / spec.shipped_qat).is_file()):

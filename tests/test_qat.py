@@ -282,3 +282,111 @@ def test_qar_int8_is_held_to_decisive_and_regret_limits_naive_is_not(target):
     assert "routing_decisive" not in naive and "routing_regret" not in naive
     assert qar["routing_decisive"] >= 0.95 and qar["routing_regret"] <= 0.006 and qar["routing"] > naive["routing"]
     assert profile_thresholds(profile, {"precision": "fp16", "routing": "qar"}) == profile["thresholds"]["fp16"]
+
+
+def tampered(src: Path, dst: Path, edit) -> Path:
+    obj = torch.load(src, weights_only=True)
+    edit(obj)
+    torch.save(obj, dst)
+    return dst
+
+
+@pytest.mark.parametrize("case, message", [
+    ("negative range", "not a positive number"),
+    ("range of another shape", "does not match this model's quantizers"),
+    ("train record is text", "train record"),
+    ("weights of another model", "do not fit biformer_seg_demo"),
+    ("unknown model name", "unknown model"),
+    ("integer weights", "not floating point"),
+])
+def test_tampered_qat_checkpoint_is_one_line(qat_file, case, message, tmp_path, capsys):
+    def edit(obj):
+        first = next(iter(obj["quantizers"]))
+        if case == "negative range":
+            obj["quantizers"][first] = -obj["quantizers"][first]
+        elif case == "range of another shape":
+            obj["quantizers"][first] = torch.ones(7, 3)
+        elif case == "train record is text":
+            obj["train"] = "trained"
+        elif case == "weights of another model":
+            obj["state_dict"].pop(next(iter(obj["state_dict"])))
+        elif case == "unknown model name":
+            obj["model"] = "biformer_nonexistent"
+        else:
+            key = next(k for k, v in obj["state_dict"].items() if v.is_floating_point())
+            obj["state_dict"][key] = obj["state_dict"][key].long()
+    bad = tampered(qat_file, tmp_path / "bad.pt", edit)
+    out = tmp_path / "o"
+    assert run_cli(export_main, ["--target", "onnx", "--int8", "--checkpoint", bad, "--input-size", "64", "64",
+                                 "--no-parity", "--output", out]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".o*"))
+
+
+@pytest.fixture
+def interrupted_run(tmp_path, monkeypatch):
+    out = tmp_path / "q.pt"
+    real = qat_module.batch_indices
+
+    def interrupt(seed, step, n, batch):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(seed, step, n, batch)
+    monkeypatch.setattr(qat_module, "batch_indices", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(small(output=str(out)), log=lambda *_: None)
+    monkeypatch.setattr(qat_module, "batch_indices", real)
+    return out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no student", "'student'"),
+    ("step beyond the run", "step 99 of 4"),
+    ("weights of another model", "weights of another model"),
+    ("no optimizer", "'optimizer' missing"),
+])
+def test_tampered_resume_state_is_one_line_and_kept(interrupted_run, case, message, capsys):
+    state = state_path(interrupted_run)
+
+    def edit(obj):
+        if case == "no student":
+            obj.pop("student")
+        elif case == "step beyond the run":
+            obj["step"] = 99
+        elif case == "weights of another model":
+            obj["student"] = {"x": torch.zeros(1)}
+        else:
+            obj.pop("optimizer")
+    tampered(state, state, edit)
+    before = state.read_bytes()
+    assert run_cli(qat_main, [*SMALL, "--steps", "4", "--save-every", "1", "--output", interrupted_run,
+                              "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert state.read_bytes() == before and not interrupted_run.exists()
+
+
+def test_interrupt_during_the_final_evaluation_keeps_the_trained_state(tmp_path, monkeypatch):
+    out = tmp_path / "q.pt"
+    real, calls = qat_module.held_out_metrics, []
+
+    def interrupt_after_training(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:    # the evaluation after the last step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kw)
+    monkeypatch.setattr(qat_module, "held_out_metrics", interrupt_after_training)
+    from biformer_edge.console import Terminated
+    with pytest.raises(Terminated, match="--resume"):
+        train(small(output=str(out), save_every=3), log=lambda *_: None)
+    monkeypatch.setattr(qat_module, "held_out_metrics", real)
+    assert torch.load(state_path(out), weights_only=True)["step"] == 4 and not out.exists()
+    train(small(output=str(out), save_every=3, resume=True), log=lambda *_: None)
+    assert read_qat_checkpoint(out)["train"]["steps"] == 4 and not state_path(out).exists()
+
+
+def test_output_directory_is_refused_with_the_right_advice(tmp_path, capsys):
+    assert run_cli(qat_main, [*SMALL, "--steps", "2", "--output", tmp_path, "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory: pass a file path" in err and err.count("\n") == 1

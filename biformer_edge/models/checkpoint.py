@@ -63,21 +63,28 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     load_state(model, state, path)
 
 
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Strict load of ``state`` (read from ``path``) with one readable message for any mismatch."""
+def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading strictly into ``model`` (missing, unexpected, reshaped keys), or None."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                   for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        def few(keys):
-            return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-        parts = [f"{len(missing)} missing keys ({few(missing)})" if missing else "",
-                 f"{len(unexpected)} unexpected keys ({few(unexpected)})" if unexpected else "",
-                 f"{len(mismatched)} shape mismatches ({few(mismatched)})" if mismatched else ""]
+
+    def few(keys):
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+    parts = [f"{len(missing)} missing keys ({few(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected keys ({few(unexpected)})" if unexpected else "",
+             f"{len(mismatched)} shape mismatches ({few(mismatched)})" if mismatched else ""]
+    return "; ".join(p for p in parts if p) or None
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Strict load of ``state`` (read from ``path``) with one readable message for any mismatch."""
+    problem = state_mismatch(model, state)
+    if problem:
         name = getattr(model, "name", type(model).__name__)
-        raise UserError(f"checkpoint {path} does not match {name}: " + "; ".join(p for p in parts if p)
-                        + ": is it from another model size or task? pick the matching --model")
-    dtype_of = {k: v.dtype for k, v in own.items()}
+        raise UserError(f"checkpoint {path} does not match {name}: {problem}: is it from another model size or "
+                        f"task? pick the matching --model")
+    dtype_of = {k: v.dtype for k, v in model.state_dict().items()}
     model.load_state_dict({k: v.to(dtype_of[k]) for k, v in state.items()}, strict=True)

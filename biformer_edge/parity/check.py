@@ -217,6 +217,9 @@ def reference_model(manifest: dict, checkpoint: str | Path | None):
 
     weights = manifest.get("weights")
     if weights == "shipped":
+        if checkpoint is not None:
+            raise UserError(f"this artifact was exported from {manifest['model']}'s shipped weights: drop --checkpoint "
+                            f"(the reference is recomputed from them)")
         return create_model(manifest["model"])
     if weights in ("random", "in-memory"):
         raise UserError(f"{manifest['model']} was exported with {weights} weights, so there is no FP32 model to "

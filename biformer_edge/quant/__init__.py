@@ -60,9 +60,13 @@ def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, in
 def qat_float_model(qat: dict):
     """The fine-tuned float model of a QAT checkpoint (what weights-only INT8 targets quantize)."""
     from ..models import create_model
-    from ..models.checkpoint import load_state
+    from ..models.checkpoint import load_state, state_mismatch
     model = create_model(qat["model"], pretrained=False)
-    load_state(model, qat["state_dict"], "the QAT checkpoint's fine-tuned weights")
+    problem = state_mismatch(model, qat["state_dict"])
+    if problem:
+        raise UserError(f"the QAT checkpoint is damaged: its fine-tuned weights do not fit {qat['model']} ({problem}); "
+                        f"re-run biformer-qat")
+    load_state(model, qat["state_dict"], "(QAT fine-tuned weights)")
     return model
 
 
@@ -74,9 +78,9 @@ def prepare_qat(qat: dict, source: dict, log=print) -> tuple[QuantizedModel, dic
     finetuned = qat_float_model(qat)
     try:
         result = quantize(finetuned, np.zeros((1, 0, 3, 1, 1), np.float32), "qar", cached=cached, log=log)
-    except KeyError:
-        raise UserError(f"QAT checkpoint {source['checkpoint']} does not match this model's quantizers (another "
-                        f"biformer-edge or ModelOpt version?): re-run biformer-qat") from None
+    except (KeyError, ValueError, RuntimeError):
+        raise UserError(f"QAT checkpoint {source['checkpoint']} does not match this model's quantizers (damaged, or "
+                        f"from another biformer-edge or ModelOpt version): re-run biformer-qat") from None
     train = qat.get("train") or {}
     log(f"INT8 from QAT checkpoint {source['checkpoint']} ({train.get('steps', '?')} steps; held-out decisive "
         f"{(train.get('after') or {}).get('routing_decisive', '?')})")

@@ -159,8 +159,23 @@ def restore_ranges(qmodel: nn.Module, ranges: dict[str, np.ndarray]) -> None:
     quantizers = dict(enabled_quantizers(qmodel))
     if set(quantizers) != set(ranges):
         raise KeyError("cached ranges do not match the quantizers")  # the caller treats it as a cache miss
+    modules = dict(qmodel.named_modules())
     for name, module in quantizers.items():
-        module.amax = torch.from_numpy(np.asarray(ranges[name], dtype=np.float32))
+        amax = torch.from_numpy(np.asarray(ranges[name], dtype=np.float32))
+        owner, kind = name.rsplit(".", 1)
+        weight = getattr(modules[owner], "weight", None)
+        fits = amax.numel() == 1 if kind != "weight_quantizer" or weight is None else (
+            amax.dim() <= weight.dim() and _broadcasts(amax.shape, weight.shape))
+        if not fits:
+            raise KeyError(f"range of {name} has shape {tuple(amax.shape)}")   # a cache miss / damaged checkpoint
+        module.amax = amax
+
+
+def _broadcasts(small: torch.Size, big: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(small, big) == big
+    except RuntimeError:
+        return False
 
 
 def int8_weight_share(model: nn.Module) -> dict:

@@ -36,7 +36,7 @@ from ..artifact import output_lock, sha256_file
 from ..backends.base import DEFAULT_MAX_ROUTING_REGRET
 from ..backends.tracing import RoutingOutputs, bra_blocks, run_torch
 from ..data.synthetic import render_scene, scene_seed
-from ..errors import UserError
+from ..errors import UserError, short_reason
 from ..models import create_model, get_spec
 from ..models.biformer import MIN_INPUT_SIZE
 from ..models.checkpoint import read_state_dict
@@ -266,23 +266,22 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
     if settings.batch % world:
         raise UserError(f"--batch {settings.batch} does not split over {world} processes: use a multiple of {world}")
     output = Path(settings.output or f"{settings.model}-qat.pt")
-    files.check_output(output, settings.force, settings.resume)
+    files.check_output(output, settings.force, settings.resume)   # fail fast, before loading anything
     state_file = files.state_path(output)
     spec = get_spec(settings.model)
     size = tuple(settings.input_size or spec.input_size)
     torch.manual_seed(settings.seed)
 
-    teacher, reference_state, reference = load_teacher(settings)
-    train_x, val_x, data_desc = training_data(settings, size, say)
-    fingerprint = {**settings.fingerprint(world), "model": settings.model, "reference_sha256": reference["sha256"],
-                   "data_sha256": _array_digest(train_x, val_x), "toolkit": toolkit_version(), "qat": QAT_RECIPE}
-    saved = None
-    if settings.resume:
-        saved = files.read_state(state_file)
-        files.check_same_run(saved["fingerprint"], fingerprint, state_file)
-
-    lock = output_lock(output) if rank == 0 else _no_lock()
-    with lock:
+    with output_lock(output, "biformer-qat") if rank == 0 else _no_lock():
+        files.check_output(output, settings.force, settings.resume)   # again under the lock: another run may have
+        teacher, reference_state, reference = load_teacher(settings)  # written it meanwhile
+        train_x, val_x, data_desc = training_data(settings, size, say)
+        fingerprint = {**settings.fingerprint(world), "model": settings.model, "reference_sha256": reference["sha256"],
+                       "data_sha256": _array_digest(train_x, val_x), "toolkit": toolkit_version(), "qat": QAT_RECIPE}
+        saved = None
+        if settings.resume:
+            saved = files.read_state(state_file)
+            files.check_same_run(saved["fingerprint"], fingerprint, state_file)
         started = time.perf_counter()
         if saved is None:
             calib = train_x[:max(settings.batch, settings.calib_samples // settings.batch * settings.batch)]
@@ -292,7 +291,11 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
         else:
             cached = {k: v.numpy() for k, v in saved["quantizers"].items()}
             cached[FLOAT_LAYERS_KEY] = np.array(saved["float_layers"], dtype=str)
-            quantized = quantize(teacher, train_x[:0][None], "qar", cached=cached, log=say)
+            try:
+                quantized = quantize(teacher, train_x[:0][None], "qar", cached=cached, log=say)
+            except (KeyError, ValueError, RuntimeError):
+                raise UserError(f"{state_file} holds INT8 ranges that do not fit {settings.model}: move it away to "
+                                f"start over") from None
         student = quantized.model
         float_layers = quantized.search.get("float_layers", []) if saved is None else list(saved["float_layers"])
         refs = [run_torch(teacher, val_x[i:i + settings.batch], affinities=True)
@@ -310,9 +313,14 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
         step = 0
         teacher_keys = set(teacher.state_dict())
         if saved:
-            student.load_state_dict(saved["student"], strict=False)   # the quantizers were restored above
-            optimizer.load_state_dict(saved["optimizer"])
-            schedule.load_state_dict(saved["scheduler"])
+            if set(saved["student"]) != teacher_keys:
+                raise UserError(f"{state_file} holds weights of another model: move it away to start over")
+            try:
+                student.load_state_dict(saved["student"], strict=False)   # the quantizers were restored above
+                optimizer.load_state_dict(saved["optimizer"])
+                schedule.load_state_dict(saved["scheduler"])
+            except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+                raise UserError(f"{state_file} is damaged ({short_reason(exc)}): move it away to start over") from None
             step = saved["step"]
             say(f"resuming {state_file} at step {step}/{settings.steps}")
         model = student
@@ -324,7 +332,10 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
         history = list(saved.get("history", [])) if saved else []
         elapsed_before = saved.get("seconds", 0.0) if saved else 0.0
 
+        last_saved = [saved["step"] if saved else -1]
+
         def save_state(at: int):
+            last_saved[0] = at
             if rank == 0:
                 files.save(state_file, {
                     "format": files.STATE_FORMAT, "fingerprint": fingerprint, "step": at,
@@ -369,12 +380,17 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
                                     f"same command with --resume to continue")
                 if step % settings.save_every == 0 and step < settings.steps:
                     save_state(step)
-        bar.close()
-        for block in bra_blocks(student):
-            block.routing_gradients = False
-        student.to("cpu")
-        teacher.to("cpu")
-        after = held_out_metrics(student, refs, val_x, settings.batch)
+            bar.close()
+            if last_saved[0] != step:
+                save_state(step)   # the trained weights are kept even if the evaluation below is interrupted
+            for block in bra_blocks(student):
+                block.routing_gradients = False
+            student.to("cpu")
+            teacher.to("cpu")
+            after = held_out_metrics(student, refs, val_x, settings.batch)
+            if stop.signum:
+                stop.raise_stop(f"stopped after the last step, state saved in {state_file}: run the same command "
+                                f"with --resume to write the checkpoint")
         say(f"held out ({len(val_x)} images), QAT-QAR: " + _fmt(after))
         record = {"settings": {**settings.fingerprint(world), "data": data_desc}, "steps": step,
                   "processes": world, "seconds": round(elapsed_before + time.perf_counter() - started, 1),

@@ -77,25 +77,59 @@ def read_qat_checkpoint(path: str | Path) -> dict:
     if obj.get("version") != QAT_VERSION:
         raise UserError(f"QAT checkpoint {path} has version {obj.get('version')!r}; this biformer-edge reads version "
                         f"{QAT_VERSION}: re-run biformer-qat")
-    tensors = ("state_dict", "reference_state_dict", "quantizers")
-    for key in tensors:
-        value = obj.get(key)
-        if not isinstance(value, dict) or not value or not all(isinstance(v, torch.Tensor) for v in value.values()):
-            raise UserError(f"QAT checkpoint {path} is damaged: '{key}' holds no tensors; re-run biformer-qat")
-    if not isinstance(obj.get("model"), str) or not isinstance(obj.get("float_layers"), list) or not all(
-            isinstance(n, str) for n in obj["float_layers"]) or not isinstance(obj.get("reference"), dict):
-        raise UserError(f"QAT checkpoint {path} is damaged (model / float_layers / reference); re-run biformer-qat")
-    if not all(bool(torch.isfinite(v).all()) for key in tensors for v in obj[key].values() if v.is_floating_point()):
-        raise UserError(f"QAT checkpoint {path} holds NaN or infinite values: re-run biformer-qat (lower --lr)")
+    damaged = f"QAT checkpoint {path} is damaged"
+    for key in ("state_dict", "reference_state_dict", "quantizers"):
+        _require_tensors(obj.get(key), f"{damaged}: '{key}'")
+    _require_ranges(obj["quantizers"], damaged)
+    if not all(v.is_floating_point() for v in obj["state_dict"].values()):
+        raise UserError(f"{damaged}: its fine-tuned weights are not floating point; re-run biformer-qat")
+    reference = obj.get("reference")
+    if not isinstance(obj.get("model"), str) or not _strings(obj.get("float_layers")) or not isinstance(
+            reference, dict) or not all(isinstance(reference.get(k), str) for k in ("origin", "path", "sha256")):
+        raise UserError(f"{damaged} (model / float_layers / reference); re-run biformer-qat")
+    if not isinstance(obj.get("train", {}), dict):
+        raise UserError(f"{damaged} (train record); re-run biformer-qat")
+    size = obj.get("input_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size)):
+        raise UserError(f"{damaged} (input_size); re-run biformer-qat")
     return obj
 
 
 def read_state(path: Path) -> dict:
+    """A validated resume state (every field ``train`` reads, with its type); anything else is one line, exit 2."""
     obj = _load(path, "QAT resume state")
-    if obj is None or obj.get("format") != STATE_FORMAT or not isinstance(obj.get("fingerprint"), dict) \
-            or not isinstance(obj.get("step"), int):
-        raise UserError(f"{path} is not a biformer-qat resume state: move it away or choose another --output")
+    bad = f"{path} is not a usable biformer-qat resume state"
+    if obj is None or obj.get("format") != STATE_FORMAT or not isinstance(obj.get("fingerprint"), dict):
+        raise UserError(f"{bad}: move it away or choose another --output")
+    step, steps = obj.get("step"), obj["fingerprint"].get("steps")
+    if type(step) is not int or type(steps) is not int or not 0 <= step <= steps:
+        raise UserError(f"{bad} (step {step!r} of {steps!r}): move it away to start over")
+    for key in ("optimizer", "scheduler", "before"):
+        if not isinstance(obj.get(key), dict):
+            raise UserError(f"{bad} ('{key}' missing): move it away to start over")
+    _require_tensors(obj.get("student"), f"{bad}: 'student'")
+    _require_tensors(obj.get("quantizers"), f"{bad}: 'quantizers'")
+    _require_ranges(obj["quantizers"], bad)
+    if not _strings(obj.get("float_layers")) or not isinstance(obj.get("history", []), list) or not isinstance(
+            obj.get("seconds", 0.0), (int, float)):
+        raise UserError(f"{bad} (float_layers / history / seconds): move it away to start over")
     return obj
+
+
+def _require_tensors(value, what: str) -> None:
+    if not isinstance(value, dict) or not value or not all(isinstance(v, torch.Tensor) for v in value.values()):
+        raise UserError(f"{what} holds no tensors; re-run biformer-qat")
+    if not all(bool(torch.isfinite(v).all()) for v in value.values() if v.is_floating_point()):
+        raise UserError(f"{what} holds NaN or infinite values; re-run biformer-qat (lower --lr)")
+
+
+def _require_ranges(ranges: dict, what: str) -> None:
+    if not all(v.is_floating_point() and v.numel() >= 1 and bool((v > 0).all()) for v in ranges.values()):
+        raise UserError(f"{what}: an INT8 range is not a positive number; re-run biformer-qat")
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def check_same_run(saved: dict, current: dict, path: Path) -> None:
@@ -116,8 +150,10 @@ def check_output(output: Path, force: bool, resume: bool) -> None:
         if path.is_symlink():
             raise UserError(f"{path} is a symbolic link: biformer-qat never writes through links; choose another "
                             f"--output")
+    if output.is_dir():
+        raise UserError(f"--output {output} is a directory: pass a file path, e.g. {output / 'qat.pt'}")
     if output.exists():
-        if output.is_dir() or not force:
+        if not force:
             raise UserError(f"{output} exists: pass --force to replace an earlier biformer-qat checkpoint, or choose "
                             f"another --output")
         if not is_qat_checkpoint(output):
