@@ -2,6 +2,8 @@
 
     python -m biformer_edge.train_demo                 # default recipe, resumes runs/train_demo/last.pt if present
     python -m biformer_edge.train_demo --steps 200     # a quick run
+    python -m biformer_edge.train_demo --init biformer_edge/weights/biformer_seg_demo.pt --steps 300 --lr 2e-4 \
+        --routing-margin 0.1 --run-dir runs/margin --out margin.pt   # fine-tune with the routing margin term
 
 Writes the FP16 weights that ship with the package (biformer_edge/weights/biformer_seg_demo.pt) and a JSON with the
 held-out mIoU and per-class IoU next to them.
@@ -22,6 +24,7 @@ from .data.dataset import SyntheticScenes
 from .data.synthetic import CLASSES
 from .models import create_model
 from .models.registry import WEIGHTS_DIR
+from .models.routing_margin import RoutingMargin
 from .parity.metrics import to_labels
 
 TRAIN_SEED, VAL_SEED = 0, 9_000  # base seeds of disjoint scene sets
@@ -66,13 +69,18 @@ def main(argv=None) -> int:
     p.add_argument("--val-scenes", type=int, default=200)
     p.add_argument("--run-dir", default="runs/train_demo", help="resumable checkpoint lives here")
     p.add_argument("--out", default=str(WEIGHTS_DIR / "biformer_seg_demo.pt"))
+    p.add_argument("--init", help="start from these weights (a fine-tune) instead of random init")
+    p.add_argument("--routing-margin", type=float, default=0.0, metavar="W",
+                   help="weight of the routing margin term (models/routing_margin.py; 0: off)")
+    p.add_argument("--margin", type=float, default=0.05, help="the relative k-th/(k+1)-th gap it asks for")
+    p.add_argument("--seed", type=int, default=TRAIN_SEED, help="base seed of the training scenes")
     a = p.parse_args(argv)
     from tqdm import tqdm
 
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = create_model("biformer_seg_demo", pretrained=False).train()
+    model = create_model("biformer_seg_demo", checkpoint=a.init, pretrained=False).train()
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.05)
     run_dir = Path(a.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +93,7 @@ def main(argv=None) -> int:
         step = int(state["step"])
         print(f"resuming from {last} at step {step}")
     # Each step draws fresh scenes (seeded by step), so resuming continues the same data stream.
-    data = SyntheticScenes(a.steps * a.batch, size=(a.size, a.size), seed=TRAIN_SEED)
+    data = SyntheticScenes(a.steps * a.batch, size=(a.size, a.size), seed=a.seed)
     sampler = range(step * a.batch, a.steps * a.batch)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, sampler), batch_size=a.batch, num_workers=1,
                                          persistent_workers=False)
@@ -95,8 +103,11 @@ def main(argv=None) -> int:
     for x, y in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, a.steps, a.lr, warmup=100)
-        logits = F.interpolate(model(x), size=y.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, y)
+        with RoutingMargin(model, a.margin) as routing:
+            logits = F.interpolate(model(x), size=y.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(logits, y)
+            if a.routing_margin:
+                loss = loss + a.routing_margin * routing.loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
