@@ -82,8 +82,9 @@ def prepare_qat(qat: dict, source: dict, log=print) -> tuple[QuantizedModel, dic
         raise UserError(f"QAT checkpoint {source['checkpoint']} does not match this model's quantizers (damaged, or "
                         f"from another biformer-edge or ModelOpt version): re-run biformer-qat") from None
     train = qat.get("train") or {}
+    decisive = (train.get("after") or {}).get("routing_decisive")
     log(f"INT8 from QAT checkpoint {source['checkpoint']} ({train.get('steps', '?')} steps; held-out decisive "
-        f"{(train.get('after') or {}).get('routing_decisive', '?')})")
+        f"{decisive:.4f})" if isinstance(decisive, float) else f"INT8 from QAT checkpoint {source['checkpoint']}")
     info = {"toolkit": toolkit_version(), "routing": "qar", "router_precision": "fp32",
             "calibration": {"source": "qat checkpoint", "cache": "none"},
             "qat": {**source, "reference": qat["reference"], "train": train, "trained_with": qat.get("toolkit")},
