@@ -46,6 +46,19 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def interrupt_at(monkeypatch, at_step: int, signum=signal.SIGINT):
+    """Send ``signum`` to this process when the training loop asks for step ``at_step``'s batch (QAT handles it at
+    the step boundary). Returns a function that removes the patch."""
+    real = qat_module.batch_indices
+
+    def patched(seed, step, n, batch):
+        if step == at_step:
+            os.kill(os.getpid(), signum)
+        return real(seed, step, n, batch)
+    monkeypatch.setattr(qat_module, "batch_indices", patched)
+    return lambda: monkeypatch.setattr(qat_module, "batch_indices", real)
+
+
 @pytest.fixture(scope="module")
 def qat_file(tmp_path_factory):
     out = tmp_path_factory.mktemp("qat") / "demo-qat.pt"
@@ -121,18 +134,11 @@ def test_coreml_int8_quantizes_the_fine_tuned_weights(qat_file, tmp_path):
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     straight, _ = train(small(output=str(tmp_path / "straight.pt")), log=lambda *_: None)
-    real = qat_module.batch_indices
-
-    def interrupt_at_step_2(seed, step, n, batch):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)   # handled at the step boundary: the state is saved, then Ctrl-C
-        return real(seed, step, n, batch)
-
     resumed = tmp_path / "resumed.pt"
-    monkeypatch.setattr(qat_module, "batch_indices", interrupt_at_step_2)
+    restore = interrupt_at(monkeypatch, 2)   # the state is saved at the step boundary, then Ctrl-C
     with pytest.raises(KeyboardInterrupt):
         train(small(output=str(resumed)), log=lambda *_: None)
-    monkeypatch.setattr(qat_module, "batch_indices", real)
+    restore()
     state = torch.load(state_path(resumed), weights_only=True)
     assert state["step"] == 3 and not resumed.exists()
     train(small(output=str(resumed), resume=True), log=lambda *_: None)
@@ -143,15 +149,9 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
 
 def test_resume_with_other_settings_is_refused_and_keeps_the_state(tmp_path, monkeypatch, capsys):
     out = tmp_path / "q.pt"
-    real = qat_module.batch_indices
-
-    def interrupt(seed, step, n, batch):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(seed, step, n, batch)
-    monkeypatch.setattr(qat_module, "batch_indices", interrupt)
+    restore = interrupt_at(monkeypatch, 1, signal.SIGTERM)
     code = run_cli(qat_main, [*SMALL, "--steps", "4", "--save-every", "1", "--output", out])
-    monkeypatch.setattr(qat_module, "batch_indices", real)
+    restore()
     assert code == 143
     assert "--resume" in capsys.readouterr().err
     saved = state_path(out).read_bytes()
@@ -327,16 +327,10 @@ def test_tampered_qat_checkpoint_is_one_line(qat_file, case, message, tmp_path, 
 @pytest.fixture
 def interrupted_run(tmp_path, monkeypatch):
     out = tmp_path / "q.pt"
-    real = qat_module.batch_indices
-
-    def interrupt(seed, step, n, batch):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(seed, step, n, batch)
-    monkeypatch.setattr(qat_module, "batch_indices", interrupt)
+    restore = interrupt_at(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         train(small(output=str(out)), log=lambda *_: None)
-    monkeypatch.setattr(qat_module, "batch_indices", real)
+    restore()
     return out
 
 
