@@ -1,6 +1,7 @@
 """INT8 accuracy of the router island (QAR) against --routing naive, through onnxruntime's Q/DQ execution.
 
-    python benchmarks/int8_routing.py [--scenes 64] [--photos DIR] [--tiny] [--qat PATH]
+    python benchmarks/int8_routing.py [--scenes 64] [--photos DIR] [--tiny] [--qat PATH] [--runtime openvino]
+                                      [--checkpoint FP32.pt] [--time-rounds 60]
 
 For biformer_seg_demo (shipped weights) at 128x128: FP16, INT8 PTQ-QAR (router island + routing-aware keep-float
 search), INT8 QAT-QAR (the shipped biformer-qat state, or --qat PATH) and INT8 naive, each exported
@@ -49,35 +50,60 @@ def gt_miou(logits: np.ndarray, gt: np.ndarray | None, num_classes: int) -> str:
     return f"{miou(gt, labels, num_classes):.4f}"
 
 
-def measure(model_name: str, size: tuple[int, int], variants: list[tuple[str, str, str]], data: dict[str, np.ndarray],
-            tmp: Path, truth: dict | None = None) -> list[list[str]]:
-    model = create_model(model_name, pretrained=model_name == "biformer_seg_demo")
+def measure(model_name: str, size: tuple[int, int], variants: list[tuple[str, str, str, dict]],
+            data: dict[str, np.ndarray], tmp: Path, truth: dict | None = None, runtime: str = "onnxruntime",
+            checkpoint: str | None = None, time_rounds: int = 0) -> list[list[str]]:
+    """One row per variant and data set against the FP32 model (``checkpoint``, else the shipped weights, else
+    seeded random ones), each variant exported by biformer-export's own code for ``runtime``. With ``time_rounds``,
+    the p10 latency of each variant (batch 1, timed interleaved, round by round) is the last column."""
+    model = create_model(model_name, checkpoint=checkpoint, pretrained=model_name == "biformer_seg_demo")
+    target = "openvino" if runtime == "openvino" else "onnx"
     rows = []
     refs = {name: run_reference(model, x, "cpu") for name, x in data.items()}
     truth = truth if model.task == "segmentation" else {}
     classes = getattr(model, "num_classes", None)
     for data_name, ref in refs.items():
         if (truth or {}).get(data_name) is not None:
-            rows.append([model_name, "fp32 (reference)", data_name, "1.00000", "1.0000", "1.0000", "0.0000",
-                         "1.0000", "-", gt_miou(ref["logits"], truth[data_name], classes), "-"])
+            rows.append([model_name, runtime, "fp32 (reference)", data_name, "1.00000", "1.0000", "1.0000", "0.0000",
+                         "1.0000", "-", "-", gt_miou(ref["logits"], truth[data_name], classes), "-", "-"])
+    sessions = {}
     for label, precision, routing, extra in variants:
-        out = tmp / f"{model_name}-{label}"
+        out = tmp / f"{model_name}-{runtime}-{label}"
         started = time.perf_counter()
-        export(ExportRequest(target="onnx", precision=precision, model=model_name if model_name ==
-                             "biformer_seg_demo" else model, input_size=size, routing=routing, output=str(out),
-                             parity=False, **extra), log=lambda _m: None)
+        export(ExportRequest(target=target, precision=precision, model=model_name if model_name ==
+                             "biformer_seg_demo" and not checkpoint else model, input_size=size, routing=routing,
+                             output=str(out), parity=False, **extra), log=lambda _m: None)
         seconds = time.perf_counter() - started
-        session = open_session("onnxruntime", out, None)
+        session = sessions[label] = open_session(runtime, out, None)
         for data_name, ref in refs.items():
             m = measure_backend(session, ref, model.task, classes)
             logits = np.stack([session.run(b).logits for b in ref["inputs"]])
             label_metric = m.get("pixel", m.get("top1"))
-            rows.append([model_name, label, data_name, f"{m['cosine']:.5f}", f"{label_metric:.4f}",
+            rows.append([model_name, runtime, label, data_name, f"{m['cosine']:.5f}", f"{label_metric:.4f}",
                          f"{m['routing_decisive']:.4f}", f"{m['routing_regret']:.4f}", f"{m['routing_strict']:.4f}",
                          " / ".join(f"{v:.3f}" for v in m["routing_per_block"]),
-                         gt_miou(logits, (truth or {}).get(data_name), classes), f"{seconds:.1f}"])
+                         f"{100 * m['routing_decisive_share']:.1f} %",
+                         gt_miou(logits, (truth or {}).get(data_name), classes), f"{seconds:.1f}", "-"])
             print(" | ".join(rows[-1]), flush=True)
+    if time_rounds:
+        p10 = interleaved_p10(sessions, next(iter(data.values()))[0], time_rounds)
+        for row in rows:
+            row[-1] = f"{p10[row[2]]:.2f}" if row[2] in p10 else "-"
     return rows
+
+
+def interleaved_p10(sessions: dict, x: np.ndarray, rounds: int) -> dict[str, float]:
+    """p10 latency in ms of each session on ``x``: every round runs every session once, so load drifts hit all."""
+    for session in sessions.values():
+        for _ in range(10):
+            session.run(x)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            started = time.perf_counter()
+            session.run(x)
+            times[name].append((time.perf_counter() - started) * 1e3)
+    return {name: float(np.percentile(t, 10)) for name, t in times.items()}
 
 
 def main(argv=None) -> int:
@@ -87,6 +113,12 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="also biformer_tiny @ 224 (random weights)")
     p.add_argument("--qat", help="a biformer-qat checkpoint of the demo model for the QAT row (default: the shipped "
                                  "QAT state, which a default --int8 export uses)")
+    p.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                   help="onnxruntime runs the onnx target's Q/DQ graph, openvino the openvino target's IR")
+    p.add_argument("--checkpoint", help="FP32 weights of the demo model to measure instead of the shipped ones "
+                                        "(e.g. a train_demo --routing-margin fine-tune); no QAT row then")
+    p.add_argument("--time-rounds", type=int, default=0, metavar="N",
+                   help="also time each variant: p10 of N interleaved rounds, batch 1")
     a = p.parse_args(argv)
     size = (128, 128)
     scenes = [render_scene(HELD_OUT_SEED + i, size) for i in range(a.scenes)]
@@ -95,21 +127,26 @@ def main(argv=None) -> int:
     if a.photos:
         data["photos"] = batches(collect_images(a.photos, 1000), size)
     # --calib-samples forces calibration (PTQ); without it, the demo model's --int8 export uses its shipped QAT state
-    ptq = ("int8-ptq-qar", "int8", "qar", {"calib_samples": 128})
+    weights = {"checkpoint": a.checkpoint} if a.checkpoint else {}
+    ptq = ("int8-ptq-qar", "int8", "qar", {"calib_samples": 128, **weights})
     qat = ("int8-qat-qar", "int8", "qar", {"checkpoint": a.qat} if a.qat else {})
-    variants = [("fp16", "fp16", "qar", {}), ptq, qat, ("int8-naive", "int8", "naive", {})]
-    header = ["model", "variant", "data", "cosine", "pixel/top1", "decisive", "regret", "routing strict",
-              "routing per block", "mIoU vs ground truth", "export s"]
+    variants = [*([("fp32", "fp32", "qar", weights)] if a.time_rounds else []), ("fp16", "fp16", "qar", weights), ptq,
+                *([] if a.checkpoint else [qat]), ("int8-naive", "int8", "naive", weights)]
+    header = ["model", "runtime", "variant", "data", "cosine", "pixel/top1", "decisive", "regret", "routing strict",
+              "routing per block", "FP32 decisive share", "mIoU vs ground truth", "export s", "p10 ms"]
     print(" | ".join(header))
     with tempfile.TemporaryDirectory(prefix="int8-routing-") as tmp:
-        rows = measure("biformer_seg_demo", size, variants, data, Path(tmp), truth)
+        rows = measure("biformer_seg_demo", size, variants, data, Path(tmp), truth, a.runtime, a.checkpoint,
+                       a.time_rounds)
         if a.tiny:
             tiny = {"synthetic": batches([render_scene(HELD_OUT_SEED + i, (224, 224))[0] for i in range(8)],
                                          (224, 224))}
-            rows += measure("biformer_tiny", (224, 224), [ptq, variants[-1]], tiny, Path(tmp))
+            tiny_variants = [ptq[:3] + ({"calib_samples": 128},), ("int8-naive", "int8", "naive", {})]
+            rows += measure("biformer_tiny", (224, 224), tiny_variants, tiny, Path(tmp), runtime=a.runtime)
     table = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "int8_routing.md").write_text("\n".join(table) + "\n")
+    name = "int8_routing" + ("" if a.runtime == "onnxruntime" else f"_{a.runtime}") + ".md"
+    (RESULTS / name).write_text("\n".join(table) + "\n")
     print("\n".join(table))
     return 0
 

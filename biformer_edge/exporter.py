@@ -119,11 +119,12 @@ def qat_checkpoint(req: ExportRequest, spec, log=print) -> tuple[dict, dict] | N
     """The biformer-qat checkpoint this export uses, with where it came from: the one given to --checkpoint, or, for
     a default ``--int8`` export of a model that ships one, the shipped QAT state of its shipped weights."""
     from .models.registry import WEIGHTS_DIR
-    from .quant.qat_checkpoint import is_qat_checkpoint, read_qat_checkpoint
+    from .quant.qat_checkpoint import read_qat_checkpoint, tagged_qat
     if not isinstance(req.model, str):
         return None
     name = model_name(req.model)
-    if req.checkpoint and is_qat_checkpoint(req.checkpoint):
+    loaded = tagged_qat(req.checkpoint)
+    if loaded is not None:
         path = req.checkpoint
         if req.precision != "int8":
             raise UserError(f"--checkpoint {path} is a biformer-qat checkpoint: it exports only with --int8 (export "
@@ -134,7 +135,7 @@ def qat_checkpoint(req: ExportRequest, spec, log=print) -> tuple[dict, dict] | N
         if req.calib or req.calib_samples:
             raise UserError(f"--calib does not apply to a biformer-qat checkpoint: {path} carries the INT8 ranges "
                             f"it was trained with")
-        qat = read_qat_checkpoint(path)
+        qat = read_qat_checkpoint(path, loaded)
         if qat["model"] != name:
             try:
                 get_spec(qat["model"])
@@ -236,9 +237,9 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
             quantized, quantization = prepare_qat(*qat, log)
             export_model = quantized.model   # the reference below stays the original FP32 model
         elif qat is not None:   # weights-only INT8 (Core ML) quantizes the fine-tuned weights
-            from .quant import qat_float_model
+            from .quant import qat_float_model, qat_record
             export_model = qat_float_model(qat[0])
-            quantization = {"qat": {**qat[1], "reference": qat[0]["reference"], "train": qat[0].get("train")}}
+            quantization = {"qat": qat_record(*qat)}
         elif ctx.quant is not None and resolve_target(req.target).int8 == "qdq":
             from .quant import prepare_int8
             quantized, quantization = prepare_int8(model, ctx.quant, input_shape, log)

@@ -140,6 +140,15 @@ def routing_agreement(ref: list[np.ndarray], test: list[np.ndarray],
     return out
 
 
+def runs_agreement(refs: list, outs: list) -> dict[str, float]:
+    """:func:`routing_agreement` over several runs at once (reference runs with ``affinity``, deployed runs; each
+    with one array per block), concatenated along the batch."""
+    blocks = range(len(refs[0].routing))
+    return routing_agreement([np.concatenate([r.routing[b] for r in refs]) for b in blocks],
+                             [np.concatenate([o.routing[b] for o in outs]) for b in blocks],
+                             [np.concatenate([r.affinity[b] for r in refs]) for b in blocks])
+
+
 def flicker_rate(label_maps: np.ndarray) -> float:
     """Fraction of pixels whose label changes between consecutive frames, averaged over the clip. (T, H, W)."""
     if len(label_maps) < 2:

@@ -70,6 +70,13 @@ def qat_float_model(qat: dict):
     return model
 
 
+def qat_record(qat: dict, source: dict) -> dict:
+    """What the manifest records of a QAT checkpoint: the file, the original FP32 weights it was distilled from, and
+    its training record."""
+    return {**source, "reference": qat["reference"], "train": qat.get("train") or {},
+            "trained_with": qat.get("toolkit")}
+
+
 def prepare_qat(qat: dict, source: dict, log=print) -> tuple[QuantizedModel, dict]:
     """The fake-quantized model of a QAT checkpoint, restored exactly as it was trained, and its manifest record.
     ``source``: {"checkpoint": path, "sha256", "shipped": bool}."""
@@ -87,7 +94,7 @@ def prepare_qat(qat: dict, source: dict, log=print) -> tuple[QuantizedModel, dic
         f"{decisive:.4f})" if isinstance(decisive, float) else f"INT8 from QAT checkpoint {source['checkpoint']}")
     info = {"toolkit": toolkit_version(), "routing": "qar", "router_precision": "fp32",
             "calibration": {"source": "qat checkpoint", "cache": "none"},
-            "qat": {**source, "reference": qat["reference"], "train": train, "trained_with": qat.get("toolkit")},
+            "qat": qat_record(qat, source),
             "quantizers": result.quantizers, **int8_weight_share(result.model)}
     return result, info
 
@@ -110,4 +117,4 @@ def _write_cache(path, ranges: dict) -> None:
         pass  # the cache only saves time; a read-only home must not fail an export
 
 
-__all__ = ["prepare_int8", "prepare_qat", "qat_float_model"]
+__all__ = ["prepare_int8", "prepare_qat", "qat_float_model", "qat_record"]

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..backends.base import DEFAULT_MAX_ROUTING_REGRET
 from ..backends.tracing import run_torch
-from ..parity.metrics import routing_agreement
+from ..parity.metrics import runs_agreement
 
 SEARCH_VERSION = 2   # part of the calibration cache key: a changed search never reuses an old result
 MIN_INT8_SHARE = 0.9
@@ -107,15 +107,9 @@ def keep_float_search(qmodel: nn.Module, fp32_model: nn.Module, batches: np.ndar
         if group is not None and stage_of(group) <= last_stage:
             groups.setdefault(group, []).append(name)
 
-    blocks = range(len(refs[0].routing))
-    ref_routing = [np.concatenate([r.routing[i] for r in refs]) for i in blocks]
-    ref_affinity = [np.concatenate([r.affinity[i] for r in refs]) for i in blocks]
-
     def score() -> dict:
         with torch.no_grad():
-            outs = [run_torch(qmodel, b) for b in batches]
-        m = routing_agreement(ref_routing, [np.concatenate([o.routing[i] for o in outs]) for i in blocks],
-                              ref_affinity)
+            m = runs_agreement(refs, [run_torch(qmodel, b) for b in batches])
         return {k: round(float(m[k]), 6) for k in ("routing_regret", "routing_decisive", "routing_strict")}
 
     before = current = score()

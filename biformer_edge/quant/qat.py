@@ -20,6 +20,7 @@ the user's data) before and after training, and recorded in the checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -42,7 +43,7 @@ from ..models.biformer import MIN_INPUT_SIZE
 from ..models.checkpoint import read_state_dict
 from ..models.registry import WEIGHTS_DIR
 from ..parity.inputs import collect_images
-from ..parity.metrics import agreement, routing_agreement, to_labels
+from ..parity.metrics import agreement, runs_agreement, to_labels
 from ..preprocess import preprocess
 from . import qat_checkpoint as files
 from .int8 import FLOAT_LAYERS_KEY, quantize, toolkit_version
@@ -199,12 +200,8 @@ def routing_margin_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]
 # ----------------------------------------------------------------------------------------------------- evaluation
 def held_out_metrics(student: nn.Module, refs: list, val: np.ndarray, batch: int) -> dict:
     """Routing (decisive, regret, strict) and label agreement of ``student`` against the teacher's runs ``refs``."""
-    chunks = [val[i:i + batch] for i in range(0, len(val), batch)]
-    outs = [run_torch(student, c) for c in chunks]
-    blocks = range(len(refs[0].routing))
-    m = routing_agreement([np.concatenate([r.routing[b] for r in refs]) for b in blocks],
-                          [np.concatenate([o.routing[b] for o in outs]) for b in blocks],
-                          [np.concatenate([r.affinity[b] for r in refs]) for b in blocks])
+    outs = [run_torch(student, val[i:i + batch]) for i in range(0, len(val), batch)]
+    m = runs_agreement(refs, outs)
     labels = agreement(to_labels(np.concatenate([r.logits for r in refs])),
                        to_labels(np.concatenate([o.logits for o in outs])))
     return {"routing_decisive": round(m["routing_decisive"], 6), "routing_regret": round(m["routing_regret"], 6),
@@ -272,7 +269,7 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
     size = tuple(settings.input_size or spec.input_size)
     torch.manual_seed(settings.seed)
 
-    with output_lock(output, "biformer-qat") if rank == 0 else _no_lock():
+    with output_lock(output, "biformer-qat") if rank == 0 else contextlib.nullcontext():
         files.check_output(output, settings.force, settings.resume)   # again under the lock: another run may have
         teacher, reference_state, reference = load_teacher(settings)  # written it meanwhile
         train_x, val_x, data_desc = training_data(settings, size, say)
@@ -449,10 +446,3 @@ def _fmt(m: dict) -> str:
     return (f"decisive {m['routing_decisive']:.4f}, regret {m['routing_regret']:.4f}, strict "
             f"{m['routing_strict']:.4f}, label agreement {m['label_agreement']:.4f}")
 
-
-class _no_lock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

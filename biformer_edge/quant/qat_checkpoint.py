@@ -54,24 +54,30 @@ def _load(path: Path, what: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def is_qat_checkpoint(path: str | Path | None) -> bool:
-    """Cheap test used by the exporter: a file whose dict carries the QAT format tag."""
+def tagged_qat(path: str | Path | None) -> dict | None:
+    """The loaded file when it carries the QAT format tag (not yet validated), else None: one read that both tells a
+    QAT checkpoint from an FP32 one and hands the content on to :func:`read_qat_checkpoint`."""
     if path is None:
-        return False
+        return None
     path = Path(path)
     if not path.is_file() or path.is_symlink():
-        return False
+        return None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
-        return False   # not ours; the normal checkpoint loader reports what is wrong with it
-    return isinstance(obj, dict) and obj.get("format") == QAT_FORMAT
+        return None   # not ours; the normal checkpoint loader reports what is wrong with it
+    return obj if isinstance(obj, dict) and obj.get("format") == QAT_FORMAT else None
 
 
-def read_qat_checkpoint(path: str | Path) -> dict:
-    """A validated QAT checkpoint: every field the exporter reads is present and of the right type."""
+def is_qat_checkpoint(path: str | Path | None) -> bool:
+    return tagged_qat(path) is not None
+
+
+def read_qat_checkpoint(path: str | Path, loaded: dict | None = None) -> dict:
+    """A validated QAT checkpoint: every field the exporter reads is present and of the right type. ``loaded``: its
+    content when :func:`tagged_qat` already read it."""
     path = Path(path)
-    obj = _load(path, "QAT checkpoint")
+    obj = loaded if loaded is not None else _load(path, "QAT checkpoint")
     if obj is None or obj.get("format") != QAT_FORMAT:
         raise UserError(f"{path} is not a biformer-qat checkpoint")
     if obj.get("version") != QAT_VERSION:
