@@ -48,6 +48,7 @@ from biformer_edge import create_model
 from biformer_edge.backends import openvino as bov
 from biformer_edge.backends.base import ExportContext, QuantSettings
 from biformer_edge.bench.report import cpu_name
+from biformer_edge.cpu import DEFAULT_CPU_CLASS
 from biformer_edge.parity.check import measure_backend, run_reference
 from biformer_edge.parity.inputs import parity_inputs
 from biformer_edge.quant import prepare_int8
@@ -66,12 +67,12 @@ def quiet(*_):
 
 
 def export_ir(model, workdir: Path, precision: str, shape: tuple, routing: str = "qar",
-              calib_samples: int | None = None, log=print) -> Path:
+              calib_samples: int | None = None, log=print, cpu: str = DEFAULT_CPU_CLASS) -> Path:
     """The IR ``biformer-export --target openvino`` writes: FP32, or INT8 from ``prepare_int8``'s fake-quantized
     copy (the exporter's path, calibration cache included)."""
     export_model, quant = model, None
     if precision == "int8":
-        quant = QuantSettings(samples=calib_samples, routing=routing)
+        quant = QuantSettings(samples=calib_samples, routing=routing, cpu=cpu)
         export_model = prepare_int8(model, quant, shape, log)[0].model
     ctx = ExportContext(workdir=workdir, target="openvino", precision=precision, input_shape=tuple(shape),
                         log=quiet, quant=quant)
@@ -165,11 +166,14 @@ def speed(args, log=print) -> dict:
         irs = {"fp32": export_ir(model, tmp / "fp32", "fp32", shape),
                "int8 qar": export_ir(model, tmp / "qar", "int8", shape, "qar", args.calib_samples, log),
                "int8 naive": export_ir(model, tmp / "naive", "int8", shape, "naive", args.calib_samples, log),
+               "int8 qar 8-bit weights": export_ir(model, tmp / "qar8", "int8", shape, "qar", args.calib_samples, log,
+                                                   cpu="vnni"),
                "fp32 via onnx": fp32_onnx_ir(model, tmp / "fp32-onnx", shape)}
         if args.nncf:
             log("NNCF PTQ of the FP32 IR (qar: router ops ignored)")
             irs["nncf qar"] = nncf_ir(irs["fp32"], tmp / "nncf", shape, args.calib_samples or 128, "qar")
-        configs = [("fp32", "f32"), ("int8 qar", "f32"), ("int8 naive", "f32"), ("fp32 via onnx", "f32")]
+        configs = [("fp32", "f32"), ("int8 qar", "f32"), ("int8 naive", "f32"), ("fp32 via onnx", "f32"),
+                   ("int8 qar 8-bit weights", "f32")]
         if args.nncf:
             configs.append(("nncf qar", "f32"))
         if bf16:

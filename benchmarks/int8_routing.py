@@ -1,13 +1,14 @@
 """INT8 accuracy of the router island (QAR) against --routing naive, through onnxruntime's Q/DQ execution.
 
     python benchmarks/int8_routing.py [--scenes 64] [--photos DIR] [--tiny] [--qat PATH] [--runtime openvino]
-                                      [--checkpoint FP32.pt] [--time-rounds 60]
+                                      [--checkpoint FP32.pt] [--time-rounds 60] [--cpu portable vnni]
 
 For biformer_seg_demo (shipped weights) at 128x128: FP16, INT8 PTQ-QAR (router island + routing-aware keep-float
 search), INT8 QAT-QAR (the shipped biformer-qat state, or --qat PATH) and INT8 naive, each exported
 with biformer-export's own code and run by onnxruntime, against the FP32 PyTorch reference on held-out synthetic
 scenes (seeds parity and calibration never use; mIoU against their ground truth too) and, with --photos, on a
-folder of photographs. --tiny adds the
+folder of photographs. ``--cpu`` exports the INT8 variants for each CPU class named (the weight range of
+``biformer-export --cpu``; default portable) and names the machine's class in the table. --tiny adds the
 cosine of biformer_tiny @ 224 (random weights) INT8 against FP32. Prints a Markdown table and writes
 bench_results/int8_routing.md.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from biformer_edge.cpu import CPU_CLASSES, DEFAULT_CPU_CLASS, describe, detect
 from biformer_edge.data.synthetic import render_scene
 from biformer_edge.exporter import ExportRequest, export
 from biformer_edge.models import create_model
@@ -117,6 +119,8 @@ def main(argv=None) -> int:
                    help="onnxruntime runs the onnx target's Q/DQ graph, openvino the openvino target's IR")
     p.add_argument("--checkpoint", help="FP32 weights of the demo model to measure instead of the shipped ones "
                                         "(e.g. a train_demo --routing-margin fine-tune); no QAT row then")
+    p.add_argument("--cpu", nargs="+", choices=CPU_CLASSES, default=[DEFAULT_CPU_CLASS],
+                   help="INT8 variants for each of these --cpu classes (default %(default)s)")
     p.add_argument("--time-rounds", type=int, default=0, metavar="N",
                    help="also time each variant: p10 of N interleaved rounds, batch 1")
     a = p.parse_args(argv)
@@ -128,12 +132,16 @@ def main(argv=None) -> int:
         data["photos"] = batches(collect_images(a.photos, 1000), size)
     # --calib-samples forces calibration (PTQ); without it, the demo model's --int8 export uses its shipped QAT state
     weights = {"checkpoint": a.checkpoint} if a.checkpoint else {}
-    ptq = ("int8-ptq-qar", "int8", "qar", {"calib_samples": 128, **weights})
-    qat = ("int8-qat-qar", "int8", "qar", {"checkpoint": a.qat} if a.qat else {})
-    variants = [*([("fp32", "fp32", "qar", weights)] if a.time_rounds else []), ("fp16", "fp16", "qar", weights), ptq,
-                *([] if a.checkpoint else [qat]), ("int8-naive", "int8", "naive", weights)]
+    variants = [*([("fp32", "fp32", "qar", weights)] if a.time_rounds else []), ("fp16", "fp16", "qar", weights)]
+    for cpu_class in a.cpu:
+        tag, options = (f" --cpu {cpu_class}" if len(a.cpu) > 1 else ""), {"options": {"cpu": cpu_class}}
+        variants += [(f"int8-ptq-qar{tag}", "int8", "qar", {"calib_samples": 128, **weights, **options}),
+                     *([] if a.checkpoint else [(f"int8-qat-qar{tag}", "int8", "qar",
+                                                 {**({"checkpoint": a.qat} if a.qat else {}), **options})]),
+                     (f"int8-naive{tag}", "int8", "naive", {**weights, **options})]
     header = ["model", "runtime", "variant", "data", "cosine", "pixel/top1", "decisive", "regret", "routing strict",
               "routing per block", "FP32 decisive share", "mIoU vs ground truth", "export s", "p10 ms"]
+    print(f"CPU: {describe(detect())}; INT8 weights for --cpu {', '.join(a.cpu)}")
     print(" | ".join(header))
     with tempfile.TemporaryDirectory(prefix="int8-routing-") as tmp:
         rows = measure("biformer_seg_demo", size, variants, data, Path(tmp), truth, a.runtime, a.checkpoint,
@@ -141,9 +149,12 @@ def main(argv=None) -> int:
         if a.tiny:
             tiny = {"synthetic": batches([render_scene(HELD_OUT_SEED + i, (224, 224))[0] for i in range(8)],
                                          (224, 224))}
-            tiny_variants = [ptq[:3] + ({"calib_samples": 128},), ("int8-naive", "int8", "naive", {})]
+            tiny_variants = [(label, precision, routing, {"options": extra["options"], **(
+                {"calib_samples": 128} if label.startswith("int8-ptq") else {})})
+                for label, precision, routing, extra in variants if label.startswith(("int8-ptq", "int8-naive"))]
             rows += measure("biformer_tiny", (224, 224), tiny_variants, tiny, Path(tmp), runtime=a.runtime)
-    table = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
+    table = [f"CPU: {describe(detect())}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + [
+        "| " + " | ".join(r) + " |" for r in rows]
     RESULTS.mkdir(exist_ok=True)
     name = "int8_routing" + ("" if a.runtime == "onnxruntime" else f"_{a.runtime}") + ".md"
     (RESULTS / name).write_text("\n".join(table) + "\n")

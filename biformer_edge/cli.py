@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .backends.base import DEFAULT_MAX_ROUTING_REGRET
 from .console import OneLineParser, error_boundary, positive_int, utf8_path
+from .cpu import CPU_CLASSES
 from .errors import UserError
 from .targets import DEFAULT_MODEL, TARGETS
 
@@ -46,6 +47,8 @@ def export_parser() -> argparse.ArgumentParser:
     g.add_argument("--build", action="store_true", help="jetson/tensorrt: build model.engine here (needs TensorRT)")
     g.add_argument("--ios", type=int, help="coreml: minimum iOS (16, 17, 18)")
     g.add_argument("--weights-8bit", action="store_true", help="coreml: int8 per-channel weights")
+    g.add_argument("--cpu", help=f"openvino/onnx --int8: the x86 CPU class the INT8 weights are made for, one of "
+                                 f"{', '.join(CPU_CLASSES)} (default portable: accurate on every class)")
     return p
 
 
@@ -64,7 +67,7 @@ def export_main(argv=None):
         reference=a.reference, output=a.output, force=a.force,
         parity=a.parity, data=a.data,
         options={"dla_core": a.dla_core, "workspace_mib": a.workspace_mib, "build": a.build or None,
-                 "ios": a.ios, "weights_8bit": a.weights_8bit or None})
+                 "ios": a.ios, "weights_8bit": a.weights_8bit or None, "cpu": a.cpu})
     out, manifest = export(req, log=lambda msg: print(msg, flush=True))
     print("\n".join(summary_lines(out, manifest, req)))
     return 1 if manifest["parity"]["verdict"] == "fail" else 0

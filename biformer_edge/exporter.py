@@ -25,6 +25,7 @@ from .artifact import (
 )
 from .backends.base import DEFAULT_MAX_ROUTING_REGRET, ExportContext, QuantSettings
 from .backends.tracing import bra_blocks
+from .cpu import check_cpu_class
 from .errors import UserError
 from .memory import check_fits
 from .models import create_model, get_spec
@@ -93,6 +94,13 @@ def validate(req: ExportRequest) -> tuple[dict, dict]:
     if options.get("workspace_mib") is not None and not (type(options["workspace_mib"]) is int
                                                          and options["workspace_mib"] >= 64):
         raise UserError(f"--workspace-mib must be a whole number of MiB >= 64, not {options['workspace_mib']}")
+    if "cpu" in options:
+        if req.precision != "int8":
+            if (req.options or {}).get("cpu") is not None:
+                raise UserError("--cpu only changes INT8 exports (the CPU class their INT8 weights are made for)")
+            del options["cpu"]
+        else:
+            check_cpu_class(options["cpu"])
     if req.target == "coreml" and options.get("ios") not in (16, 17, 18):
         raise UserError(f"--ios must be 16, 17 or 18, not {options.get('ios')}")
     if "dla_core" in (req.options or {}) and req.options["dla_core"] is not None:
@@ -162,11 +170,11 @@ def qat_checkpoint(req: ExportRequest, spec, log=print) -> tuple[dict, dict] | N
     return None
 
 
-def quant_settings(req: ExportRequest) -> QuantSettings | None:
+def quant_settings(req: ExportRequest, options: dict) -> QuantSettings | None:
     if req.precision != "int8":
         return None
     return QuantSettings(calib=list(req.calib or []), samples=req.calib_samples, routing=req.routing,
-                         max_routing_regret=req.max_routing_regret)
+                         max_routing_regret=req.max_routing_regret, cpu=options.get("cpu"))
 
 
 def model_name(model) -> str:
@@ -229,12 +237,12 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
     with atomic_directory(out, req.force) as work:
         ctx = ExportContext(workdir=work, target=req.target, precision=req.precision, input_shape=input_shape,
                             opset=profile["target"].get("opset", 17), profile=profile, options=options, log=log,
-                            quant=quant_settings(req))
+                            quant=quant_settings(req, options))
         log(f"exporting {name} {h}x{w} batch {req.batch} -> {req.target} {req.precision}")
         export_model, quantization = model, None
         if qat is not None and resolve_target(req.target).int8 == "qdq":
             from .quant import prepare_qat
-            quantized, quantization = prepare_qat(*qat, log)
+            quantized, quantization = prepare_qat(*qat, log, cpu=ctx.quant.cpu)
             export_model = quantized.model   # the reference below stays the original FP32 model
         elif qat is not None:   # weights-only INT8 (Core ML) quantizes the fine-tuned weights
             from .quant import qat_float_model, qat_record

@@ -136,6 +136,11 @@ def test_tampered_artifact_is_rejected(onnx_artifact, tmp_path):
     (["--target", "onnx", "--batch", "100000"], "use a smaller --input-size or --batch"),
     (["--target", "coreml", "--ios", "12"], "--ios must be 16, 17 or 18"),
     (["--target", "onnx", "--fp16", "--routing", "naive"], "--routing naive only changes INT8 exports"),
+    (["--target", "openvino", "--int8", "--cpu", "zen4"], "--cpu must be one of portable, avx2, vnni, amx"),
+    (["--target", "onnx", "--int8", "--cpu", ""], "--cpu must be one of portable, avx2, vnni, amx"),
+    (["--target", "openvino", "--cpu", "vnni"], "--cpu only changes INT8 exports"),
+    (["--target", "jetson", "--int8", "--cpu", "avx2"], "--cpu does not apply to --target jetson"),
+    (["--target", "coreml", "--int8", "--cpu", "vnni"], "--cpu does not apply to --target coreml"),
     pytest.param(["--target", "onnx", "--reference", "cuda"], "no CUDA GPU is visible",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
 ])

@@ -215,3 +215,46 @@ def test_int8_without_modelopt_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 2 and "pip install 'biformer-edge[int8]'" in proc.stderr
     assert proc.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def weight_integers(path: Path) -> dict[str, int]:
+    """Largest |integer| of each INT8 weight of a Q/DQ ONNX: QuantizeLinear of a float initializer (rounded with
+    its scale, as the runtime folds it) or DequantizeLinear of an int8 initializer."""
+    from onnx import numpy_helper
+    proto = onnx.load(str(path))
+    init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    out = {}
+    for node in proto.graph.node:
+        if node.input and node.input[0] in init and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            data, scale = init[node.input[0]], init.get(node.input[1])
+            if node.op_type == "QuantizeLinear" and data.dtype.kind == "f" and scale is not None and data.ndim > 1:
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+                shape = [1] * data.ndim
+                shape[axis] = -1
+                q = np.round(data / (scale.reshape(shape) if scale.ndim else scale))
+                out[node.input[0]] = int(np.abs(np.clip(q, -128, 127)).max())
+            elif node.op_type == "DequantizeLinear" and data.dtype == np.int8 and data.ndim > 1:
+                out[node.input[0]] = int(np.abs(data.astype(np.int32)).max())
+    return out
+
+
+def test_cpu_class_bounds_the_weights_and_is_recorded(jetson_int8, tmp_path):
+    """CPU targets default to --cpu portable: weights |q| <= 64, which cannot saturate the 16-bit pair sums of CPUs
+    without VNNI (biformer_edge/cpu.py); GPU targets keep the full 8-bit range. Both are in the manifest."""
+    from biformer_edge.cpu import WEIGHT_BOUND
+    gpu = manifest(jetson_int8)["quantization"]
+    assert gpu["cpu_class"] is None and gpu["weight_bound"] == 127
+    full = weight_integers(jetson_int8 / "model.onnx")
+    assert len(full) > 20 and max(full.values()) > 100
+    out = tmp_path / "portable"
+    assert run_cli(export_main, ["--target", "onnx", "--int8", *SIZE, *FEW, "--output", out]) == 0
+    q = manifest(out)["quantization"]
+    assert q["cpu_class"] == "portable" and q["weight_bound"] == WEIGHT_BOUND["portable"] == 64
+    assert "cannot saturate" in q["weight_range"]
+    bounded = weight_integers(out / "model.onnx")
+    assert set(bounded) == set(full) and max(bounded.values()) <= 64
+    assert sum(v >= 63 for v in bounded.values()) > len(bounded) // 2   # the bound is used, not just respected
+    vnni = tmp_path / "vnni"
+    assert run_cli(export_main, ["--target", "onnx", "--int8", "--cpu", "vnni", *SIZE, *FEW, "--output", vnni]) == 0
+    assert manifest(vnni)["quantization"]["weight_bound"] == 127
+    assert max(weight_integers(vnni / "model.onnx").values()) > 100

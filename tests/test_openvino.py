@@ -20,6 +20,7 @@ import torch
 ov = pytest.importorskip("openvino")
 
 import biformer_edge as be  # noqa: E402
+from biformer_edge import cpu  # noqa: E402
 from biformer_edge.backends import openvino as bov  # noqa: E402
 from biformer_edge.backends.base import ExportContext  # noqa: E402
 from biformer_edge.backends.tracing import RoutingOutputs, run_torch  # noqa: E402
@@ -341,9 +342,11 @@ def export_int8(model, path, routing):
 
 @pytest.fixture(scope="module")
 def int8_irs(seg_model, tmp_path_factory):
-    """The fake-quantized seg model (ModelOpt, as the exporter calls it, 4 synthetic scenes) exported as INT8 IRs for
-    both routing modes: routing -> (files, ctx, artifact dir, quantized model)."""
+    """The fake-quantized seg model (ModelOpt, as the exporter calls it, 4 synthetic scenes, the default --cpu
+    class's weight bound) exported as INT8 IRs for both routing modes: routing -> (files, ctx, artifact dir,
+    quantized model)."""
     pytest.importorskip("modelopt.torch.quantization")
+    from biformer_edge.cpu import DEFAULT_CPU_CLASS, weight_bound
     from biformer_edge.quant.calibration import calibration_inputs, resolve_recipe
     from biformer_edge.quant.int8 import quantize
 
@@ -351,7 +354,7 @@ def int8_irs(seg_model, tmp_path_factory):
     out = {}
     for routing in ("qar", "naive"):
         path = tmp_path_factory.mktemp(f"ov-int8-{routing}")
-        qmodel = quantize(seg_model, batches, routing).model
+        qmodel = quantize(seg_model, batches, routing, weight_bound=weight_bound(DEFAULT_CPU_CLASS)).model
         files, ctx = export_int8(qmodel, path, routing)
         out[routing] = (files, ctx, path, qmodel)
     return out
@@ -457,10 +460,82 @@ def test_int8_parity_hint(int8_irs, int8_reference, ov_precision):
     from biformer_edge.parity.check import evaluate
     from biformer_edge.targets import load_profile
 
-    manifest = {"precision": "int8", "task": "segmentation", "num_classes": None}
-    report = evaluate(int8_irs["qar"][2], manifest, load_profile("openvino"), int8_reference,
+    report = evaluate(int8_irs["qar"][2], PORTABLE_MANIFEST, load_profile("openvino"), int8_reference,
                       ov_precision=ov_precision)
     entry = report["backends"]["openvino"]
     expected = "f32" if ov_precision is None else plugin_computes("bf16")
     assert entry["precision_hint"] == (ov_precision or "f32") and entry["inference_precision"] == expected
     assert entry["metrics"]["cosine"] >= 0.98 and entry["metrics"]["routing"] >= 0.7
+    check_cpu_record(entry, cpu.detect())
+
+
+PORTABLE_MANIFEST = {"precision": "int8", "task": "segmentation", "num_classes": None,
+                     "quantization": {"cpu_class": "portable", "weight_bound": 64}}
+FULL_RANGE_MANIFEST = {**PORTABLE_MANIFEST, "quantization": {"cpu_class": "vnni", "weight_bound": 127}}
+
+
+def check_cpu_record(entry: dict, machine: dict) -> None:
+    """The parity entry names the CPU class it ran on and what OpenVINO executed; the INT8 kernels it chose agree
+    with the class (oneDNN names a kernel after its ISA: no VNNI/AMX/AVX-512 kernel on an avx2-class machine)."""
+    assert entry["cpu"]["class"] == machine["class"] and entry["cpu"]["isa_cap"] == machine["isa_cap"]
+    executed = entry["executed"]
+    assert executed["by_precision"].get("i8", 0) + executed["by_precision"].get("u8", 0) > 20
+    assert sum(executed["int8_kernels"].values()) == executed["by_precision"].get("i8", 0) + \
+        executed["by_precision"].get("u8", 0)
+    if machine["class"] == "avx2":
+        assert not [k for k in executed["int8_kernels"] if any(isa in k for isa in ("vnni", "amx", "avx512"))]
+        assert any("avx2" in k for k in executed["int8_kernels"])
+
+
+@pytest.fixture(scope="module")
+def int8_full_range_ir(seg_model, tmp_path_factory):
+    """The QAR INT8 IR with full 8-bit weights (--cpu vnni): what saturates on CPUs without VNNI."""
+    from biformer_edge.quant.calibration import calibration_inputs, resolve_recipe
+    from biformer_edge.quant.int8 import quantize
+
+    path = tmp_path_factory.mktemp("ov-int8-full")
+    qmodel = quantize(seg_model, calibration_inputs(resolve_recipe(None, 4), INT8_SHAPE), "qar", weight_bound=127)
+    export_int8(qmodel.model, path, "qar")
+    return path
+
+
+CAPPED_PARITY = """
+import json, sys
+import numpy as np
+from biformer_edge.parity.check import evaluate
+from biformer_edge.targets import load_profile
+ref = dict(np.load(sys.argv[1]))
+out = {}
+for name, path, manifest in json.loads(sys.argv[2]):
+    report = evaluate(path, manifest, load_profile("openvino"), ref)
+    out[name] = report["backends"]["openvino"]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(cpu.detect(cap=None)["class"] is None, reason="not an x86 CPU with AVX2: no oneDNN ISA classes")
+def test_int8_on_an_avx2_class_cpu(int8_irs, int8_full_range_ir, int8_reference, tmp_path):
+    """The AVX2 path on whatever x86 CPU runs the suite: oneDNN (so OpenVINO's CPU plugin) honours
+    ONEDNN_MAX_CPU_ISA, set before OpenVINO loads, in a fresh interpreter. The portable INT8 IR meets the same
+    thresholds as natively (test_int8_parity_hint's fixture, thresholds unchanged); the full-range IR gets the
+    one-line saturation note, and every INT8 kernel is an AVX2 one."""
+    import json
+    import os
+    import subprocess
+
+    np.savez(tmp_path / "ref.npz", **int8_reference)
+    irs = [["portable", str(int8_irs["qar"][2]), PORTABLE_MANIFEST],
+           ["full", str(int8_full_range_ir), FULL_RANGE_MANIFEST]]
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    env.pop("DNNL_MAX_CPU_ISA", None)
+    proc = subprocess.run([sys.executable, "-c", CAPPED_PARITY, str(tmp_path / "ref.npz"), json.dumps(irs)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    entries = json.loads(proc.stdout.strip().splitlines()[-1])
+    machine = cpu.detect(cap="avx2")
+    assert machine["class"] == "avx2"
+    for entry in entries.values():
+        check_cpu_record(entry, machine)
+    portable, full = entries["portable"], entries["full"]
+    assert portable["metrics"]["cosine"] >= 0.98 and portable["metrics"]["routing"] >= 0.7
+    assert "cpu_note" not in portable and "--cpu portable" in full["cpu_note"]

@@ -53,6 +53,7 @@ class QuantSettings:
     samples: int | None = None
     routing: str = "qar"
     max_routing_regret: float | None = DEFAULT_MAX_ROUTING_REGRET   # QAR's keep-float search target; None: no search
+    cpu: str | None = None   # CPU targets: the class the INT8 weights are made for (biformer_edge.cpu); None: a GPU
 
 
 @dataclass

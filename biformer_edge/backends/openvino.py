@@ -79,6 +79,9 @@ PRECISION_HINTS = {"f32": "f32", "fp32": "f32", "float32": "f32",
                    "bf16": "bf16", "bfloat16": "bf16",
                    "auto": "auto"}
 
+# Runtime-model layer types that do a model's multiply-accumulate work (what OpenVINOSession.executed counts).
+RUNTIME_COMPUTE_KERNELS = ("Convolution", "FullyConnected", "MatMul", "ScaledDotProductAttention", "Deconvolution")
+
 # The CPU plugin's OPTIMIZATION_CAPABILITIES entry that says it computes a precision natively.
 NATIVE_CAPABILITY = {"f16": "FP16", "bf16": "BF16"}
 
@@ -538,6 +541,22 @@ class OpenVINOSession(Session):
         self.request = self.compiled.create_infer_request()
         self.input_shape = tuple(self.compiled.inputs[0].get_shape())
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+
+    def executed(self) -> dict:
+        """What the CPU plugin compiled the compute layers into (its runtime model): counts by runtime precision
+        (i8/u8 are INT8 kernels) and, for the INT8 ones, the oneDNN kernels by name, which carry the ISA they were
+        chosen for (``jit_avx2_I8``, ``brgconv_avx512_core_vnni``, ``brgemm_avx512_amx``...)."""
+        from collections import Counter
+        by_precision, int8_kernels = Counter(), Counter()
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if "layerType" not in info or info["layerType"].astype(str) not in RUNTIME_COMPUTE_KERNELS:
+                continue
+            precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+            by_precision[precision] += 1
+            if precision in ("i8", "u8"):
+                int8_kernels[info["primitiveType"].astype(str) if "primitiveType" in info else "?"] += 1
+        return {"by_precision": dict(sorted(by_precision.items())), "int8_kernels": dict(sorted(int8_kernels.items()))}
 
     def _computes(self) -> str:
         return self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()

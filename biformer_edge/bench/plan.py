@@ -229,6 +229,7 @@ def validate(a) -> None:
     if a.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {a.warmup}")
     known = all_precisions()
+    a.precisions = [p for item in a.precisions for p in item.split(",") if p]   # "fp32,int8" or "fp32 int8"
     for prec in a.precisions:
         if prec not in known:
             raise UserError(f"unknown precision '{prec}': choose from {', '.join(known)}")

@@ -84,7 +84,8 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
 def header_lines(meta: dict) -> list[str]:
     return [f"threads: {meta['threads']} for every backend (torch.set_num_threads, ORT intra_op_num_threads, "
             f"OV INFERENCE_NUM_THREADS); runs {meta['runs']} after {meta['warmup']} warm-up",
-            f"machine: {meta['cpu']}, {meta['cores']} cores; load average at start {meta['load_start']}, "
+            f"machine: {meta['cpu']}, {meta['cores']} cores, INT8 class {meta.get('cpu_class', '?')}; load "
+            f"average at start {meta['load_start']}, "
             f"at end {meta['load_end']}",
             f"versions: {meta['versions']}; weights: {meta['weights']}",
             "each configuration runs in a fresh process: peak = its RSS high-water mark, VmHWM (interpreter + "
@@ -92,6 +93,26 @@ def header_lines(meta: dict) -> list[str]:
             "baseline_rss_mib in bench.csv); "
             "loaded = RSS once the session is created; act. = RSS high-water mark during the runs - loaded; "
             "size = artifact files (torch: parameters and buffers)"]
+
+
+def int8_lines(rows: list[Row], meta: dict) -> list[str]:
+    """INT8 against FP32 of the same model, backend and input, from this run's medians, and, where INT8 is not
+    faster, one line saying so and what to use instead (without VNNI, x86 INT8 kernels gain little: cpu.py)."""
+    by_key = {(r.config.model, r.config.backend, tuple(r.config.input_shape), r.config.precision): r.stats()
+              for r in rows if r.status == "ok" and not r.config.default_hint}
+    lines = []
+    for (model, backend, shape, precision), stats in by_key.items():
+        fp32 = by_key.get((model, backend, shape, "fp32"))
+        if precision != "int8" or not fp32:
+            continue
+        ratio = fp32["median_ms"] / stats["median_ms"]
+        lines.append(f"int8 vs fp32, {model} {backend}: {ratio:.2f}x")
+        if ratio < 1.0:
+            lines.append(f"note: this CPU gains nothing from INT8 in {backend} ({model}: {ratio:.2f}x of FP32 on "
+                         f"{meta.get('cpu_class', 'this CPU')}): deploy FP32 here"
+                         + (", and INT8 where the CPU has VNNI or AMX" if "no VNNI" in meta.get("cpu_class", "")
+                            else ""))
+    return lines
 
 
 def render_text(rows: list[Row], meta: dict) -> str:
@@ -103,8 +124,9 @@ def render_text(rows: list[Row], meta: dict) -> str:
     def line(cells):
         return "  ".join(c.rjust(widths[i]) if i in numeric else c.ljust(widths[i])
                          for i, c in enumerate(cells)).rstrip()
+    summary = int8_lines(rows, meta)
     return "\n".join(header_lines(meta) + ["", line(HEADERS), line(["-" * w for w in widths])]
-                     + [line(r) for r in body]) + "\n"
+                     + [line(r) for r in body] + ([""] + summary if summary else [])) + "\n"
 
 
 def render_markdown(rows: list[Row], meta: dict) -> str:
@@ -113,7 +135,8 @@ def render_markdown(rows: list[Row], meta: dict) -> str:
     lines.append("|" + "|".join("---:" if 4 <= i <= 10 else "---" for i in range(len(HEADERS))) + "|")
     for r in table_rows(rows):
         lines.append("| " + " | ".join(c.replace("|", "/") for c in r) + " |")
-    return "\n".join(lines) + "\n"
+    summary = int8_lines(rows, meta)
+    return "\n".join(lines + ([""] + [f"- {s}" for s in summary] if summary else [])) + "\n"
 
 
 def write_csv(path: Path, rows: list[Row], threads: int, runs: int, warmup: int) -> None:
@@ -186,7 +209,9 @@ def machine_meta(threads: int, runs: int, warmup: int, weights: str) -> dict:
             versions.append(f"{lib} {metadata.version(lib)}")
         except metadata.PackageNotFoundError:
             pass
+    from ..cpu import class_phrase, detect
     return {"threads": threads, "runs": runs, "warmup": warmup, "cpu": cpu, "cores": os.cpu_count(),
+            "cpu_class": class_phrase(detect()),
             "versions": ", ".join(versions), "weights": weights, "load_start": load_average(), "load_end": "?"}
 
 

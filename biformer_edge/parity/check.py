@@ -6,6 +6,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
+from .. import cpu
 from ..artifact import REPORT_FILES, read_manifest, read_verified, sha256_file, write_file, write_json
 from ..errors import UserError
 from ..targets import RUNTIMES, load_profile, open_session, unavailable_reason
@@ -87,6 +88,7 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
     thresholds = {**profile_thresholds(profile, manifest), **user_thresholds}
     hints = {**profile.get("parity", {}).get("hint", {}), **({precision: ov_precision} if ov_precision else {})}
     names = backends or profile.get("parity", {}).get("backends", [])
+    machine = cpu.detect()
     report = {"reference": {"device": str(ref["device"]), "samples": int(np.prod(ref["inputs"].shape[:2])),
                             "data": manifest.get("parity_data", "synthetic")},
               "thresholds": thresholds, "backends": {}}
@@ -124,6 +126,13 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
                  "verdict": "fail" if bad else "pass", "device": getattr(session, "device", "cpu")}
         if per_block is not None:
             entry["routing_per_block"] = [round(v, 6) for v in per_block]
+        if getattr(session, "device", "cpu") == "cpu":
+            entry["cpu"] = machine
+            note = cpu.saturation_note(manifest, machine)
+            if note:
+                entry["cpu_note"] = note
+        if hasattr(session, "executed"):
+            entry["executed"] = session.executed()
         if options:
             entry["precision_hint"] = options["precision_hint"]
             entry["inference_precision"] = computes
@@ -161,6 +170,17 @@ def render_markdown(manifest: dict, report: dict) -> str:
         if entry.get("thresholds") and entry["thresholds"] != report["thresholds"]:
             lines.append(f"Thresholds for {backend} (computes {entry.get('inference_precision')}): "
                          + limits(entry["thresholds"]))
+    for backend, entry in report["backends"].items():
+        if entry.get("cpu"):
+            lines.append(f"CPU ({backend}): {cpu.describe(entry['cpu'])}")
+        if entry.get("executed"):
+            ex = entry["executed"]
+            lines.append(f"Executed ({backend}): compute layers by precision "
+                         + ", ".join(f"{p} {n}" for p, n in ex["by_precision"].items())
+                         + ("; INT8 kernels " + ", ".join(f"{k} x{n}" for k, n in ex["int8_kernels"].items())
+                            if ex["int8_kernels"] else ""))
+        if entry.get("cpu_note"):
+            lines.append(f"- note ({backend}): {entry['cpu_note']}")
     for backend, entry in report["backends"].items():
         if entry.get("routing_per_block"):
             lines.append(f"Routing per block ({backend}): " + ", ".join(f"{v:.4f}" for v in entry["routing_per_block"]))

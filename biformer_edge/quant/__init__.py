@@ -12,6 +12,7 @@ import numpy as np
 
 from ..artifact import save_npz
 from ..backends.base import QuantSettings
+from ..cpu import FULL_WEIGHT_BOUND, weight_bound
 from ..errors import UserError
 from .calibration import cache_dir, cache_key, calibration_inputs, resolve_recipe
 from .int8 import FLOAT_LAYERS_KEY, QuantizedModel, int8_weight_share, quantize, toolkit_version
@@ -27,31 +28,33 @@ def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, in
     for note in recipe.notes:
         log(note)
     max_regret = settings.max_routing_regret if settings.routing == "qar" else None
+    bound = _weight_bound(settings.cpu)
     config = {"routing": settings.routing, "method": recipe.method, "input_shape": list(input_shape),
               "samples": int(np.prod(inputs.shape[:2])), "toolkit": toolkit_version(), "max_regret": max_regret,
-              "search": SEARCH_VERSION, "schema": 2}
+              "search": SEARCH_VERSION, "schema": 2, "weight_bound": bound}
     key = cache_key(model.state_dict(), inputs, config)
     path = cache_dir() / f"{key}.npz"
     cached = _read_cache(path)
     source = "synthetic scenes" if recipe.source == "synthetic" else ", ".join(recipe.source)
     if cached is None:
         log(f"calibrating INT8 ({settings.routing} routing) on {config['samples']} samples of {source}")
-        result = quantize(model, inputs, settings.routing, max_regret=max_regret, log=log,
+        result = quantize(model, inputs, settings.routing, max_regret=max_regret, log=log, weight_bound=bound,
                           progress=lambda b: tqdm(b, desc="calibrate", unit="batch", leave=False, disable=None))
         _write_cache(path, result.cache_payload())
     else:
         try:
-            result = quantize(model, inputs, settings.routing, cached=cached, max_regret=max_regret, log=log)
+            result = quantize(model, inputs, settings.routing, cached=cached, max_regret=max_regret, log=log,
+                              weight_bound=bound)
             log(f"INT8 calibration reused from the cache ({path.name[:12]}...)")
         except KeyError:
-            result = quantize(model, inputs, settings.routing, max_regret=max_regret, log=log)
+            result = quantize(model, inputs, settings.routing, max_regret=max_regret, log=log, weight_bound=bound)
             _write_cache(path, result.cache_payload())
     share = int8_weight_share(result.model)
     info = {"toolkit": toolkit_version(), "routing": settings.routing, "router_precision":
             "fp32" if settings.routing == "qar" else "int8 inputs",
             "calibration": {**recipe.describe(), "samples": config["samples"], "source": recipe.source,
                             "cache_key": key, "cache": "hit" if result.from_cache else "miss"},
-            "quantizers": result.quantizers, **share}
+            "quantizers": result.quantizers, **weight_record(settings.cpu), **share}
     if result.search:
         info["routing_search"] = result.search
     return result, info
@@ -77,14 +80,16 @@ def qat_record(qat: dict, source: dict) -> dict:
             "trained_with": qat.get("toolkit")}
 
 
-def prepare_qat(qat: dict, source: dict, log=print) -> tuple[QuantizedModel, dict]:
-    """The fake-quantized model of a QAT checkpoint, restored exactly as it was trained, and its manifest record.
+def prepare_qat(qat: dict, source: dict, log=print, cpu: str | None = None) -> tuple[QuantizedModel, dict]:
+    """The fake-quantized model of a QAT checkpoint, restored exactly as it was trained (full 8-bit weights; ``cpu``:
+    the CPU class whose weight bound applies, :mod:`biformer_edge.cpu`), and its manifest record.
     ``source``: {"checkpoint": path, "sha256", "shipped": bool}."""
     cached = {name: amax.numpy() for name, amax in qat["quantizers"].items()}
     cached[FLOAT_LAYERS_KEY] = np.array(qat["float_layers"], dtype=str)
     finetuned = qat_float_model(qat)
     try:
-        result = quantize(finetuned, np.zeros((1, 0, 3, 1, 1), np.float32), "qar", cached=cached, log=log)
+        result = quantize(finetuned, np.zeros((1, 0, 3, 1, 1), np.float32), "qar", cached=cached, log=log,
+                          weight_bound=_weight_bound(cpu))
     except (KeyError, ValueError, RuntimeError):
         raise UserError(f"QAT checkpoint {source['checkpoint']} does not match this model's quantizers (damaged, or "
                         f"from another biformer-edge or ModelOpt version): re-run biformer-qat") from None
@@ -95,8 +100,20 @@ def prepare_qat(qat: dict, source: dict, log=print) -> tuple[QuantizedModel, dic
     info = {"toolkit": toolkit_version(), "routing": "qar", "router_precision": "fp32",
             "calibration": {"source": "qat checkpoint", "cache": "none"},
             "qat": qat_record(qat, source),
-            "quantizers": result.quantizers, **int8_weight_share(result.model)}
+            "quantizers": result.quantizers, **weight_record(cpu), **int8_weight_share(result.model)}
     return result, info
+
+
+def _weight_bound(cpu: str | None) -> int:
+    return weight_bound(cpu) if cpu is not None else FULL_WEIGHT_BOUND
+
+
+def weight_record(cpu: str | None) -> dict:
+    """What the manifest records of the INT8 path's CPU choice: the class the weights are made for (None: a GPU
+    target) and their bound (|q| <= 64 where a CPU without VNNI must run them, 127 otherwise)."""
+    bound = _weight_bound(cpu)
+    return {"cpu_class": cpu, "weight_bound": bound,
+            "weight_range": f"int8 weights |q| <= {bound}" + (" (cannot saturate without VNNI)" if bound <= 64 else "")}
 
 
 def _read_cache(path):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cpu import FULL_WEIGHT_BOUND
 from ..errors import UserError
 from ..models.bra import RegionRouter
 
@@ -105,11 +106,14 @@ def quantizer_ranges(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def quantize(model: nn.Module, batches: np.ndarray, routing: str = "qar", cached: dict | None = None,
-             progress=None, max_regret: float | None = None, log=print) -> QuantizedModel:
+             progress=None, max_regret: float | None = None, log=print,
+             weight_bound: int = FULL_WEIGHT_BOUND) -> QuantizedModel:
     """A fake-quantized copy of ``model``: calibrated on ``batches`` (B, N, 3, H, W), or, when ``cached`` holds the
     ranges (and QAR's float layers) of an identical earlier calibration, restored from them without running a batch.
     ``routing="qar"`` also keeps LayerNorm inputs float and, with ``max_regret``, runs the routing-aware keep-float
-    search (:mod:`biformer_edge.quant.qar`)."""
+    search (:mod:`biformer_edge.quant.qar`). ``weight_bound``: the largest |integer| an INT8 weight takes
+    (:func:`bound_weights`; 64 for CPUs without VNNI), applied before the search so that it chooses for the weights
+    that deploy. The ranges returned (and cached) are the calibrated 8-bit ones, whatever the bound."""
     from .qar import keep_float_search, quantized_modules, set_float
 
     mtq = modelopt()
@@ -140,14 +144,29 @@ def quantize(model: nn.Module, batches: np.ndarray, routing: str = "qar", cached
         restore_ranges(qmodel, {k: v for k, v in cached.items() if k != FLOAT_LAYERS_KEY})
         if routing == "qar" and max_regret is not None:
             search = {"max_regret": max_regret, "float_layers": floats, "from_cache": True}
-    elif routing == "qar" and max_regret is not None:
+    calibrated = quantizer_ranges(qmodel)
+    bound_weights(qmodel, weight_bound)
+    if cached is None and routing == "qar" and max_regret is not None:
         search = keep_float_search(qmodel, model, batches, max_regret, log=log)
-    ranges = quantizer_ranges(qmodel)
+    ranges = {name: calibrated[name] for name in quantizer_ranges(qmodel)}
     missing = [n for n, m in enabled_quantizers(qmodel) if n not in ranges]
     if missing:
         raise UserError(f"calibration left {len(missing)} quantizers without a range (e.g. {missing[0]}): the "
                         f"calibration data never reached them; pass more or other --calib data")
     return QuantizedModel(qmodel, ranges, quantizers=len(ranges), from_cache=cached is not None, search=search)
+
+
+def bound_weights(qmodel: nn.Module, bound: int) -> None:
+    """Bound every INT8 weight to |q| <= ``bound`` by widening its weight quantizer's range by 127 / bound: ModelOpt
+    quantizes to round(w x 127 / amax), so the widened range gives round(w x bound / max|w|). The exported Q/DQ graph
+    is unchanged but for the weight scales. 64 is the bound for CPUs without VNNI (:mod:`biformer_edge.cpu`)."""
+    if not 1 <= bound <= FULL_WEIGHT_BOUND:
+        raise ValueError(f"weight bound {bound} outside 1..{FULL_WEIGHT_BOUND}")
+    if bound == FULL_WEIGHT_BOUND:
+        return
+    for name, module in enabled_quantizers(qmodel):
+        if name.rsplit(".", 1)[-1] == "weight_quantizer" and module.amax is not None:
+            module.amax = module.amax * (FULL_WEIGHT_BOUND / bound)
 
 
 def enabled_quantizers(model: nn.Module):
