@@ -142,6 +142,16 @@ def saturation_note(manifest: dict, machine: dict) -> str | None:
             f"no VNNI, where the int8 kernels' 16-bit pair sums saturate: re-export with --cpu portable to run here")
 
 
+def int8_speed_note(machine: dict) -> str | None:
+    """One line for an INT8 export on a CPU without VNNI: accurate, but about FP32's speed there (measured: README
+    "INT8 on every x86 CPU": oneDNN's AVX2 INT8 inner product is slower than its FP32 one)."""
+    if machine.get("class") != "avx2":
+        return None
+    return (f"note: this CPU ({describe(machine)}) has no VNNI: INT8 runs here at about FP32 speed or slower "
+            f"(biformer-bench --precisions fp32,int8 compares them); the artifact is accurate here, and INT8 pays on "
+            f"VNNI or AMX CPUs")
+
+
 def class_phrase(info: dict) -> str:
     """The class of :func:`detect`'s ``info`` in words, e.g. 'avx2: no VNNI'."""
     what = {"avx2": "avx2: no VNNI", "vnni": "vnni", "amx": "amx", None: "no x86 INT8 class"}[info["class"]]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__
+from . import __version__, cpu
 from .artifact import (
     GENERATOR,
     MANIFEST,
@@ -25,7 +25,6 @@ from .artifact import (
 )
 from .backends.base import DEFAULT_MAX_ROUTING_REGRET, ExportContext, QuantSettings
 from .backends.tracing import bra_blocks
-from .cpu import check_cpu_class
 from .errors import UserError
 from .memory import check_fits
 from .models import create_model, get_spec
@@ -100,7 +99,7 @@ def validate(req: ExportRequest) -> tuple[dict, dict]:
                 raise UserError("--cpu only changes INT8 exports (the CPU class their INT8 weights are made for)")
             del options["cpu"]
         else:
-            check_cpu_class(options["cpu"])
+            cpu.check_cpu_class(options["cpu"])
     if req.target == "coreml" and options.get("ios") not in (16, 17, 18):
         raise UserError(f"--ios must be 16, 17 or 18, not {options.get('ios')}")
     if "dla_core" in (req.options or {}) and req.options["dla_core"] is not None:
@@ -253,6 +252,9 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
             quantized, quantization = prepare_int8(model, ctx.quant, input_shape, log)
             export_model = quantized.model   # the reference below stays the FP32 model
         files = module.export(export_model, ctx)
+        speed_note = cpu.int8_speed_note(cpu.detect()) if ctx.quant is not None and ctx.quant.cpu else None
+        if speed_note:
+            log(speed_note)
         manifest = {
             "schema_version": SCHEMA_VERSION, "generator": GENERATOR, "model": name, "task": spec.task,
             "num_classes": getattr(model, "num_classes", None) if spec.task == "segmentation" else None,

@@ -73,15 +73,25 @@ def test_unavailable_backends_are_skipped_with_a_note(tmp_path):
     assert not (tmp_path / "bench.png").exists()  # nothing measured, nothing to draw
 
 
-def test_int8_rows_time_the_exporters_int8_artifacts(tmp_path):
-    """--precisions int8: onnxruntime runs the Q/DQ ONNX and OpenVINO its INT8 IR (each exported once by the
-    exporter, calibrated on 8 synthetic scenes); torch has no INT8 and says so."""
+def test_int8_rows_time_the_exporters_int8_artifacts(tmp_path, capsys):
+    """--precisions fp32,int8: onnxruntime runs the Q/DQ ONNX and OpenVINO its INT8 IR (each exported once by the
+    exporter, calibrated on 8 synthetic scenes); torch has no INT8 and says so. INT8 against FP32 is one line per
+    runtime, and a note where INT8 is not faster on this CPU."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("modelopt", reason="INT8 export needs nvidia-modelopt")
     backends = ["onnxruntime", "openvino", "torch"]
-    assert main(TINY + ["--backends", *backends, "--precisions", "int8", "--calib-samples", "8", "--output",
+    assert main(TINY + ["--backends", *backends, "--precisions", "fp32,int8", "--calib-samples", "8", "--output",
                         str(tmp_path)]) == 0
-    rows = {r["backend"]: r for r in read_rows(tmp_path)}
+    out = capsys.readouterr().out
+    both = read_rows(tmp_path)
+    fp32 = {r["backend"]: r for r in both if r["precision"] == "fp32" and "default" not in r["backend"]}
+    rows = {r["backend"]: r for r in both if r["precision"] == "int8"}
+    for backend, row in rows.items():
+        if row["status"] == "ok" and fp32[backend]["status"] == "ok":
+            ratio = float(fp32[backend]["median_ms"]) / float(row["median_ms"])
+            assert f"int8 vs fp32, {row['model']} {backend}: " in out
+            if abs(ratio - 1.0) > 0.01:   # the CSV's rounded medians decide only clear cases
+                assert (f"gains nothing from INT8 in {backend}" in out) == (ratio < 1.0)
     assert list(rows) == backends and {r["precision"] for r in rows.values()} == {"int8"}
     ort = rows["onnxruntime"]
     assert ort["status"] == "ok", ort["note"]

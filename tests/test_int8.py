@@ -238,16 +238,20 @@ def weight_integers(path: Path) -> dict[str, int]:
     return out
 
 
-def test_cpu_class_bounds_the_weights_and_is_recorded(jetson_int8, tmp_path):
+def test_cpu_class_bounds_the_weights_and_is_recorded(jetson_int8, tmp_path, capsys):
     """CPU targets default to --cpu portable: weights |q| <= 64, which cannot saturate the 16-bit pair sums of CPUs
-    without VNNI (biformer_edge/cpu.py); GPU targets keep the full 8-bit range. Both are in the manifest."""
-    from biformer_edge.cpu import WEIGHT_BOUND
+    without VNNI (biformer_edge/cpu.py); GPU targets keep the full 8-bit range. Both are in the manifest. On a CPU
+    without VNNI the export says in one line that INT8 gains no speed there."""
+    from biformer_edge.cpu import WEIGHT_BOUND, detect
     gpu = manifest(jetson_int8)["quantization"]
     assert gpu["cpu_class"] is None and gpu["weight_bound"] == 127
     full = weight_integers(jetson_int8 / "model.onnx")
     assert len(full) > 20 and max(full.values()) > 100
     out = tmp_path / "portable"
+    capsys.readouterr()
     assert run_cli(export_main, ["--target", "onnx", "--int8", *SIZE, *FEW, "--output", out]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "has no VNNI: INT8 runs here at" in line]
+    assert len(notes) == (detect()["class"] == "avx2")
     q = manifest(out)["quantization"]
     assert q["cpu_class"] == "portable" and q["weight_bound"] == WEIGHT_BOUND["portable"] == 64
     assert "cannot saturate" in q["weight_range"]

@@ -47,6 +47,12 @@ FP16 IR, so a bf16 hint (float layers bf16, INT8 layers INT8) leaves the affinit
 list per Conv/MatMul/attention op the precision the IR states and the one the CPU plugin executed it in (runtime
 model, f32 hint).
 
+INT8 weights and the CPU class (``--cpu``, :mod:`biformer_edge.cpu`): on CPUs without VNNI the plugin's INT8 kernels
+(oneDNN ``jit_avx2_I8``, ``jit_gemm_i8``) sum pairs of u8 x s8 products in saturating 16-bit lanes, which full 8-bit
+weights overflow (random-weight test model: cosine 0.966 instead of 0.999). The default ``--cpu portable`` bounds the
+weights to |q| <= 64 so the IR is accurate on every class; :meth:`OpenVINOSession.executed` reports the kernels the
+plugin chose, whose names carry the ISA.
+
 This module imports no torch: sessions run where only OpenVINO is installed; the export functions import it.
 """
 from __future__ import annotations

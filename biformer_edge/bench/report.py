@@ -108,8 +108,8 @@ def int8_lines(rows: list[Row], meta: dict) -> list[str]:
         ratio = fp32["median_ms"] / stats["median_ms"]
         lines.append(f"int8 vs fp32, {model} {backend}: {ratio:.2f}x")
         if ratio < 1.0:
-            lines.append(f"note: this CPU gains nothing from INT8 in {backend} ({model}: {ratio:.2f}x of FP32 on "
-                         f"{meta.get('cpu_class', 'this CPU')}): deploy FP32 here"
+            lines.append(f"note: this CPU ({meta.get('cpu_class', '?')}) gains nothing from INT8 in {backend} "
+                         f"({model}: {ratio:.2f}x of FP32): deploy FP32 here"
                          + (", and INT8 where the CPU has VNNI or AMX" if "no VNNI" in meta.get("cpu_class", "")
                             else ""))
     return lines

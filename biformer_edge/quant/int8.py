@@ -7,6 +7,9 @@ float. Chosen over onnxruntime's quantizer, NNCF and torchao PT2E because ModelO
 itself (one quantized model for every target, exported by the same TorchScript exporter as FP32/FP16), writes the
 Q/DQ TensorRT expects, and already leaves anything named ``router`` unquantized.
 
+Weights keep the full 8-bit range (|q| <= 127) for GPU targets; CPU targets bound them to |q| <= 64 where the CPU
+class they are made for has no VNNI (:func:`bound_weights`, :mod:`biformer_edge.cpu`).
+
 The router island (QAR): the router (``attn.router``: region pooling, affinity, TopK) has no Conv/Linear, so with
 ``routing="qar"`` no quantizer sits on any path into TopK. ``routing="naive"`` quantizes the affinity's inputs (the
 pooled q and k regions) like any matmul input, so the cost of quantizing the router is measured, not claimed.
