@@ -139,7 +139,8 @@ def saturation_note(manifest: dict, machine: dict) -> str | None:
     quant = manifest.get("quantization") if isinstance(manifest.get("quantization"), dict) else {}
     made = quant.get("cpu_class") if isinstance(quant.get("cpu_class"), str) else "a VNNI/AMX CPU or a GPU"
     return (f"this artifact's INT8 weights use the full 8-bit range (|q| <= {bound}, made for {made}); this CPU has "
-            f"no VNNI, where the int8 kernels' 16-bit pair sums saturate: re-export with --cpu portable to run here")
+            f"no VNNI, where OpenVINO's INT8 kernels saturate their 16-bit pair sums: re-export with --cpu portable "
+            f"to run here")
 
 
 def int8_speed_note(machine: dict) -> str | None:

@@ -223,6 +223,8 @@ def weight_integers(path: Path) -> dict[str, int]:
     from onnx import numpy_helper
     proto = onnx.load(str(path))
     init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    init.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in proto.graph.node
+                 if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     out = {}
     for node in proto.graph.node:
         if node.input and node.input[0] in init and node.op_type in ("QuantizeLinear", "DequantizeLinear"):

@@ -160,16 +160,25 @@ def quantize(model: nn.Module, batches: np.ndarray, routing: str = "qar", cached
 
 
 def bound_weights(qmodel: nn.Module, bound: int) -> None:
-    """Bound every INT8 weight to |q| <= ``bound`` by widening its weight quantizer's range by 127 / bound: ModelOpt
-    quantizes to round(w x 127 / amax), so the widened range gives round(w x bound / max|w|). The exported Q/DQ graph
-    is unchanged but for the weight scales. 64 is the bound for CPUs without VNNI (:mod:`biformer_edge.cpu`)."""
+    """Bound every INT8 weight to |q| <= ``bound``: clip each weight to its quantizer's range (what the 8-bit
+    quantizer already did to weights beyond it, e.g. QAT-trained weights that outgrew their fixed range), then widen
+    that range by 127 / bound, so ModelOpt's round(w x 127 / amax) becomes round(w x bound / range). The exported
+    Q/DQ graph is unchanged but for the weight scales. 64 is the bound for CPUs without VNNI
+    (:mod:`biformer_edge.cpu`)."""
     if not 1 <= bound <= FULL_WEIGHT_BOUND:
         raise ValueError(f"weight bound {bound} outside 1..{FULL_WEIGHT_BOUND}")
     if bound == FULL_WEIGHT_BOUND:
         return
+    modules = dict(qmodel.named_modules())
     for name, module in enabled_quantizers(qmodel):
-        if name.rsplit(".", 1)[-1] == "weight_quantizer" and module.amax is not None:
-            module.amax = module.amax * (FULL_WEIGHT_BOUND / bound)
+        owner, kind = name.rsplit(".", 1)
+        weight = getattr(modules[owner], "weight", None)
+        if kind != "weight_quantizer" or module.amax is None or weight is None:
+            continue
+        limit = module.amax.to(weight.dtype)
+        with torch.no_grad():
+            weight.copy_(torch.maximum(torch.minimum(weight, limit), -limit))
+        module.amax = module.amax * (FULL_WEIGHT_BOUND / bound)
 
 
 def enabled_quantizers(model: nn.Module):
