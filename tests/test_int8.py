@@ -260,6 +260,10 @@ def test_cpu_class_bounds_the_weights_and_is_recorded(jetson_int8, tmp_path, cap
     bounded = weight_integers(out / "model.onnx")
     assert set(bounded) == set(full) and max(bounded.values()) <= 64
     assert sum(v >= 63 for v in bounded.values()) > len(bounded) // 2   # the bound is used, not just respected
+    again = tmp_path / "again"   # from the calibration cache: bounded once, the same bytes
+    assert run_cli(export_main, ["--target", "onnx", "--int8", *SIZE, *FEW, "--output", again, "--no-parity"]) == 0
+    assert manifest(again)["quantization"]["calibration"]["cache"] == "hit"
+    assert manifest(again)["files"]["model.onnx"] == manifest(out)["files"]["model.onnx"]
     vnni = tmp_path / "vnni"
     assert run_cli(export_main, ["--target", "onnx", "--int8", "--cpu", "vnni", *SIZE, *FEW, "--output", vnni]) == 0
     assert manifest(vnni)["quantization"]["weight_bound"] == 127

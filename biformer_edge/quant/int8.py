@@ -104,7 +104,7 @@ def quantizer_ranges(model: nn.Module) -> dict[str, np.ndarray]:
     out = {}
     for name, module in model.named_modules():
         if isinstance(module, TensorQuantizer) and module.is_enabled and module.amax is not None:
-            out[name] = module.amax.detach().cpu().float().numpy()
+            out[name] = module.amax.detach().cpu().float().numpy().copy()   # not a view: amax changes in place
     return out
 
 
