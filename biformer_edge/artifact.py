@@ -149,10 +149,51 @@ def manifest_problem(m) -> str | None:
         return f"'num_classes' is {m['num_classes']!r}"
     if m.get("routing_blocks") is not None and not (type(m["routing_blocks"]) is int and m["routing_blocks"] >= 0):
         return f"'routing_blocks' is {m['routing_blocks']!r}"
+    problem = _optional_fields_problem(m)
+    if problem:
+        return problem
     for rel, info in m["files"].items():
         if not (isinstance(info, dict) and isinstance(info.get("sha256"), str) and _SHA256.fullmatch(info["sha256"])
                 and type(info.get("bytes")) is int and info["bytes"] >= 0):
             return f"the entry for '{rel}' in 'files' is not a sha256 and a size"
+    return None
+
+
+ROUTER_PRECISION = {"qar": "fp32", "naive": "int8 inputs"}   # what each routing leaves the router computing in
+
+
+def _optional_fields_problem(m: dict) -> str | None:
+    """The fields parity and the tools read with ``.get``: absent or null is allowed (older artifacts), anything
+    else must have the type written at export. ``routing`` picks the parity thresholds, so it must also agree with
+    ``router_precision`` and with what the quantization record says."""
+    def text(v):
+        return isinstance(v, str) and v != ""
+
+    def sha(v):
+        return isinstance(v, str) and _SHA256.fullmatch(v) is not None
+
+    checks = {
+        "routing": lambda v: isinstance(v, str) and v in ROUTER_PRECISION,
+        "router_precision": lambda v: isinstance(v, str) and v in ROUTER_PRECISION.values(),
+        "weights": lambda v: isinstance(v, str) and v in ("shipped", "checkpoint", "random", "in-memory"),
+        "checkpoint_path": text, "checkpoint_sha256": sha, "parity_data": text, "reference_device": text,
+        "quantization": lambda v: isinstance(v, dict),
+        "checks": lambda v: isinstance(v, dict) and all(
+            isinstance(c, dict) and type(c.get("ok", True)) is bool and isinstance(c.get("summary", ""), str)
+            for c in v.values()),
+    }
+    for key, ok in checks.items():
+        if m.get(key) is not None and not ok(m[key]):
+            return f"'{key}' is {json.dumps(m[key])[:60]}"
+    routing = m.get("routing")
+    if routing is not None and m.get("router_precision") not in (None, ROUTER_PRECISION[routing]):
+        return f"'routing' {routing} with 'router_precision' {m['router_precision']}"
+    quant = m.get("quantization") or {}
+    for key, want in (("routing", routing), ("router_precision", ROUTER_PRECISION.get(routing))):
+        if quant.get(key) is not None and quant[key] != want:
+            return f"'quantization.{key}' is {json.dumps(quant[key])[:40]} for 'routing' {json.dumps(routing)}"
+    if m.get("weights") == "checkpoint" and not (text(m.get("checkpoint_path")) and sha(m.get("checkpoint_sha256"))):
+        return "'weights' is checkpoint without its path and sha256"
     return None
 
 
@@ -329,7 +370,7 @@ def output_lock(output: Path, holder: str = "biformer-export"):
     while True:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            os.write(fd, LOCK_MARK)
+            os.write(fd, LOCK_MARK + f"{holder}\n".encode())   # the second line names the holder for others
         except FileExistsError:
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_NOFOLLOW)
@@ -344,8 +385,9 @@ def output_lock(output: Path, holder: str = "biformer-export"):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            other = os.read(fd, 64).decode("utf-8", "replace").split("\n")[0].strip() or "biformer-export"
             os.close(fd)
-            raise UserError(f"another {holder} is writing {output} right now: wait for it to finish, or "
+            raise UserError(f"another {other} is writing {output} right now: wait for it to finish, or "
                             f"choose another --output") from None
         # the previous holder may have removed the file between our open and flock: lock the file that is there
         if os.path.lexists(lock_path) and os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
@@ -422,18 +464,13 @@ class AtomicOutputs:
     def __init__(self, finals: list[Path], protected: list[Path] = ()):
         self.finals = [Path(p) for p in finals]
         self.temps: dict[Path, Path] = {}
-        guarded = {_identity(p) for p in protected if _identity(p) is not None}
         for final in self.finals:
             if final.is_symlink():
                 raise UserError(f"{final} is a symbolic link: biformer-edge never writes through links; choose "
                                 f"another output path")
             if final.exists() and not final.is_file():
                 raise UserError(f"{final} exists and is not a file: choose another output path")
-            ident = _identity(final)
-            if ident is not None and ident in guarded or Path(os.path.abspath(final)) in {
-                    Path(os.path.abspath(p)) for p in protected}:
-                raise UserError(f"{final} is also an input of this run: choose another output path (it would "
-                                f"overwrite its own input)")
+            check_not_input(final, protected, "output")
             if not final.parent.is_dir():
                 raise UserError(f"cannot write {final}: folder {final.parent} does not exist")
             if not os.access(final.parent, os.W_OK | os.X_OK):
@@ -466,6 +503,30 @@ class AtomicOutputs:
     def __exit__(self, exc_type, exc, tb):
         self.discard()  # after commit() there is nothing left to discard
         return False
+
+
+def check_not_input(output: str | Path, inputs, what: str) -> None:
+    """The one rule every writer follows (export and QAT --output, parity --junit, the video demo's outputs): an
+    output is none of the run's ``inputs`` (compared by resolved path and by device and inode, so another spelling
+    or a hard link is caught), lies inside no input folder and holds no input, and lies inside no artifact directory
+    (an artifact holds only what biformer-export wrote; a foreign file would stop --force from replacing it)."""
+    output = Path(output)
+    real, ident = Path(os.path.realpath(output)), _identity(output)
+    sources = [Path(p) for p in inputs if p is not None and str(p) != ""]
+    for src in sources:
+        if real == Path(os.path.realpath(src)) or ident is not None and ident == _identity(src):
+            raise UserError(f"{what} {output} is also an input of this run ({src}): choose another path (it would "
+                            f"overwrite its own input)")
+    for folder in real.parents:
+        if (folder / MANIFEST).is_file():
+            raise UserError(f"{what} {output} is inside the artifact {folder}: write it elsewhere (an artifact holds "
+                            f"only what biformer-export wrote)")
+    for src in sources:
+        resolved = Path(os.path.realpath(src))
+        if resolved in real.parents:
+            raise UserError(f"{what} {output} is inside the input folder {src}: choose a path outside it")
+        if real in resolved.parents:
+            raise UserError(f"{what} {output} holds the input {src}: choose another path")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -11,6 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
+from .artifact import check_not_input
 from .backends.base import DEFAULT_MAX_ROUTING_REGRET
 from .console import OneLineParser, error_boundary, positive_int, utf8_path
 from .cpu import CPU_CLASSES
@@ -73,17 +74,18 @@ def export_main(argv=None):
     return 1 if manifest["parity"]["verdict"] == "fail" else 0
 
 
-def check_report_path(path: Path, artifact: Path) -> None:
-    """--junit may create or replace a regular file, never a link, a device, a FIFO, or a file of the artifact."""
+def check_report_path(text: str, inputs: list) -> None:
+    """--junit may create or replace a regular file, never a link, a device, a FIFO, an input of the run (the
+    artifact, --data, --checkpoint) or anything inside the artifact."""
+    if not text.strip():
+        raise UserError("--junit needs a file name, e.g. --junit parity.xml")
+    path = Path(text)
     folder = Path(os.path.abspath(path)).parent
     if not folder.is_dir():
         raise UserError(f"--junit {path}: folder {folder} does not exist; create it or choose another path")
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise UserError(f"--junit {path} is a link, a directory or a device: choose a regular file path")
-    if os.path.realpath(folder) == os.path.realpath(artifact) or Path(os.path.realpath(artifact)) in Path(
-            os.path.realpath(path)).parents:
-        raise UserError(f"--junit {path} is inside the artifact: write the report elsewhere (the artifact holds "
-                        f"only what biformer-export wrote)")
+    check_not_input(path, inputs, "--junit")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"--junit {path}: cannot write to {folder}")
 
@@ -110,13 +112,13 @@ def parity_main(argv=None):
             utf8_path(value, what)
     if (a.samples or a.checkpoint) and not a.data:
         raise UserError("--samples and --checkpoint only apply with --data (a re-reference on your own images)")
-    if a.junit:  # refuse a bad report path before the check, not after it passed
-        check_report_path(Path(a.junit), Path(a.artifact))
+    if a.junit is not None:  # refuse a bad report path before the check, not after it passed
+        check_report_path(a.junit, [a.artifact, a.data, a.checkpoint])
     manifest = read_manifest(a.artifact)
     report = check_parity(a.artifact, backends=a.backend, data=a.data, checkpoint=a.checkpoint, samples=a.samples,
                           reference=a.reference, ov_precision=a.ov_precision)
     print(render_markdown(manifest, report))
-    if a.junit:
+    if a.junit is not None:
         write_junit(Path(a.junit), manifest, report)
     return 1 if report["verdict"] == "fail" else 0
 

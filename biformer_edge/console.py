@@ -21,7 +21,6 @@ import warnings
 from .errors import UserError, first_line
 
 DEBUG_ENV = "BIFORMER_EDGE_DEBUG"
-ISSUES_URL = "https://github.com/biformer-edge/biformer-edge/issues"
 
 
 INSTALL_HINTS = {
@@ -144,8 +143,8 @@ def error_boundary(main):
             if debug:
                 traceback.print_exc()
             detail = first_line(exc)
-            print(f"internal error: {type(exc).__name__}: {detail} (please report it with the output of the same "
-                  f"command plus --debug at {ISSUES_URL})", file=sys.stderr)
+            print(f"internal error: {type(exc).__name__}: {detail} (a bug: report it with the output of the same "
+                  f"command plus --debug, as the README's Exit status says)", file=sys.stderr)
             code = 3
         finally:
             for sig, handler in previous.items():

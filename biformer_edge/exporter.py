@@ -17,6 +17,7 @@ from .artifact import (
     MANIFEST,
     SCHEMA_VERSION,
     atomic_directory,
+    check_not_input,
     check_output_dir,
     file_table,
     save_npz,
@@ -157,6 +158,7 @@ def qat_checkpoint(req: ExportRequest, spec, log=print) -> tuple[dict, dict] | N
             log(f"note: {path} was trained at {trained[0]}x{trained[1]}, exporting at {wanted[0]}x{wanted[1]}: its "
                 f"INT8 ranges carry over, but check the parity report (or pass --input-size {trained[0]} "
                 f"{trained[1]})")
+        _regret_note(req, f"{path}", "", log)
         return qat, {"checkpoint": str(path), "sha256": sha256_file(path), "shipped": False}
     if (req.precision == "int8" and req.routing == "qar" and not req.checkpoint and not req.calib
             and not req.calib_samples and spec.shipped_qat and (WEIGHTS_DIR / spec.shipped_qat).is_file()):
@@ -165,8 +167,16 @@ def qat_checkpoint(req: ExportRequest, spec, log=print) -> tuple[dict, dict] | N
         if qat["model"] != name or qat["reference"].get("sha256") != sha256_file(WEIGHTS_DIR / spec.shipped_weights):
             log(f"note: the shipped QAT state {path.name} is not of the shipped weights: calibrating instead")
             return None
+        _regret_note(req, f"the shipped QAT state {path.name}",
+                     " (pass --calib-samples N to calibrate with your regret target instead)", log)
         return qat, {"checkpoint": path.name, "sha256": sha256_file(path), "shipped": True}
     return None
+
+
+def _regret_note(req: ExportRequest, what: str, hint: str, log) -> None:
+    if req.max_routing_regret != DEFAULT_MAX_ROUTING_REGRET:
+        log(f"note: --max-routing-regret {req.max_routing_regret} does not apply: {what} carries the float layers "
+            f"it was trained with{hint}")
 
 
 def quant_settings(req: ExportRequest, options: dict) -> QuantSettings | None:
@@ -233,6 +243,7 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
     module = backend_module(req.target)
     started = time.perf_counter()
 
+    check_not_input(out, [req.checkpoint, req.data, *(req.calib or [])], "--output")   # after the inputs' own checks
     with atomic_directory(out, req.force) as work:
         ctx = ExportContext(workdir=work, target=req.target, precision=req.precision, input_shape=input_shape,
                             opset=profile["target"].get("opset", 17), profile=profile, options=options, log=log,

@@ -69,3 +69,27 @@ def check_fits(model: torch.nn.Module, input_shape: tuple[int, ...]) -> None:
         raise UserError(f"input {'x'.join(map(str, input_shape))} needs about {peak / GiB:,.1f} GiB for one forward "
                         f"pass (largest tensor {largest / GiB:,.1f} GiB) and {have / GiB:,.1f} GiB is available: use a "
                         f"smaller --input-size or --batch")
+
+
+# Preprocessed samples (float32, 3xHxW each) may take at most this share of the memory available: the rest is for
+# the model, its activations, and in QAT its gradients and optimizer state.
+SAMPLE_SHARE = 0.5
+
+
+def max_samples(size: tuple[int, int], copies: float) -> int:
+    """How many preprocessed samples of ``size`` (H, W) fit here when ``copies`` times their float32 bytes are held
+    at once (the array itself plus whatever copy its user makes, e.g. a digest or the decoded uint8 images)."""
+    have = available_bytes()
+    budget = have * SAMPLE_SHARE if have is not None else 1 << 40
+    return int(budget // (copies * 3 * size[0] * size[1] * 4))
+
+
+def check_samples(count: int, size: tuple[int, int], copies: float, option: str) -> None:
+    """UserError, before anything is rendered or decoded, when ``count`` samples of ``size`` cannot be held;
+    ``option`` is the flag to lower, named in the message."""
+    fit = max_samples(size, copies)
+    if count > fit:
+        need = count * copies * 3 * size[0] * size[1] * 4
+        advice = f"use {option} {fit} or fewer" if fit >= 1 else "use a smaller --input-size"
+        raise UserError(f"{count:,} samples at {size[0]}x{size[1]} need about {need / GiB:,.1f} GiB in memory, more "
+                        f"than this machine can hold now: {advice}")

@@ -40,9 +40,24 @@ def denormalize(x) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 RGB resized to ``size`` (H, W): the resize step of :func:`preprocess` alone, so that image
+    readers can shrink each image as soon as it is decoded and keep only the small copy."""
+    if rgb.shape[:2] != tuple(size):
+        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return rgb
+
+
 def preprocess(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """HxWx3 uint8 RGB -> 3xHxW float32, resized to ``size`` (H, W) and normalised. The one preprocessing used by
     parity, the benchmark, calibration and the video demo."""
-    if rgb.shape[:2] != tuple(size):
-        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    return normalize(rgb)[0]
+    return normalize(resize(rgb, size))[0]
+
+
+def preprocess_all(images, size: tuple[int, int]) -> np.ndarray:
+    """A sequence of HxWx3 uint8 RGB images -> (n, 3, H, W) float32, each as :func:`preprocess`, written into one
+    array (no per-image float copies and no stacked copy next to it)."""
+    out = np.empty((len(images), 3, *size), dtype=np.float32)
+    for i, im in enumerate(images):
+        out[i] = preprocess(im, size)
+    return out

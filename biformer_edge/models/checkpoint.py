@@ -23,8 +23,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a directory: pass the path of a .pth/.pt file")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"checkpoint {path} does not exist: pass the path of a .pth/.pt file")
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} is not a regular file (a device, FIFO or socket): pass the path of a "
+                        f".pth/.pt file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError:

@@ -284,8 +284,16 @@ def reference_problem(ref: dict, manifest: dict) -> str | None:
     if len(routing) != manifest.get("routing_blocks", len(routing)):
         return f"{len(routing)} routing outputs for {manifest.get('routing_blocks')} routing blocks"
     for r in routing:
-        if r.dtype.kind not in "iu" or r.shape[:2] != inputs.shape[:2]:
+        if r.dtype.kind not in "iu" or r.ndim != 4 or r.shape[:2] != inputs.shape[:2]:
             return f"routing {r.dtype} {r.shape}"
+    affinity = numbered(ref, "affinity_")
+    if affinity and len(affinity) != len(routing):
+        return f"{len(affinity)} affinity arrays for {len(routing)} routing outputs"
+    for a, r in zip(affinity, routing):
+        if a.dtype.kind != "f" or a.ndim != 4 or a.shape[:3] != r.shape[:3] or a.shape[3] != a.shape[2]:
+            return f"affinity {a.dtype} {a.shape} for routing {r.shape}"
+        if not np.isfinite(a).all():
+            return "non-finite affinities"
     if "device" not in ref:
         return "no reference device"
     if not (np.isfinite(inputs).all() and np.isfinite(logits).all()):

@@ -8,6 +8,8 @@ biformer-qat checkpoint (``qat.py``): its fine-tuned weights, INT8 ranges and fl
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from ..artifact import save_npz
@@ -16,7 +18,7 @@ from ..cpu import FULL_WEIGHT_BOUND, weight_bound
 from ..errors import UserError
 from .calibration import cache_dir, cache_key, calibration_inputs, resolve_recipe
 from .int8 import FLOAT_LAYERS_KEY, QuantizedModel, int8_weight_share, quantize, toolkit_version
-from .qar import SEARCH_VERSION
+from .qar import MIN_INT8_SHARE, SEARCH_VERSION
 
 
 def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, int, int],
@@ -31,10 +33,10 @@ def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, in
     bound = _weight_bound(settings.cpu)
     config = {"routing": settings.routing, "method": recipe.method, "input_shape": list(input_shape),
               "samples": int(np.prod(inputs.shape[:2])), "toolkit": toolkit_version(), "max_regret": max_regret,
-              "search": SEARCH_VERSION, "schema": 2, "weight_bound": bound}
+              "search": SEARCH_VERSION, "schema": 3, "weight_bound": bound}
     key = cache_key(model.state_dict(), inputs, config)
     path = cache_dir() / f"{key}.npz"
-    cached = _read_cache(path)
+    cached = _read_cache(path, log)
     source = "synthetic scenes" if recipe.source == "synthetic" else ", ".join(recipe.source)
     if cached is None:
         log(f"calibrating INT8 ({settings.routing} routing) on {config['samples']} samples of {source}")
@@ -46,7 +48,9 @@ def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, in
             result = quantize(model, inputs, settings.routing, cached=cached, max_regret=max_regret, log=log,
                               weight_bound=bound)
             log(f"INT8 calibration reused from the cache ({path.name[:12]}...)")
-        except KeyError:
+        except KeyError as exc:
+            log(f"note: the cached INT8 calibration {path.name[:12]}... does not fit this model ({exc.args[0]}): "
+                f"calibrating again")
             result = quantize(model, inputs, settings.routing, max_regret=max_regret, log=log, weight_bound=bound)
             _write_cache(path, result.cache_payload())
     share = int8_weight_share(result.model)
@@ -93,6 +97,11 @@ def prepare_qat(qat: dict, source: dict, log=print, cpu: str | None = None) -> t
     except (KeyError, ValueError, RuntimeError):
         raise UserError(f"QAT checkpoint {source['checkpoint']} does not match this model's quantizers (damaged, or "
                         f"from another biformer-edge or ModelOpt version): re-run biformer-qat") from None
+    share = int8_weight_share(result.model)
+    if share["int8_weight_share"] < MIN_INT8_SHARE:
+        raise UserError(f"QAT checkpoint {source['checkpoint']} keeps {len(qat['float_layers'])} layers float: only "
+                        f"{share['int8_weight_share']:.2%} of the weights would be INT8, below the "
+                        f"{MIN_INT8_SHARE:.0%} every INT8 export holds; re-run biformer-qat")
     train = qat.get("train") or {}
     decisive = (train.get("after") or {}).get("routing_decisive")
     log(f"INT8 from QAT checkpoint {source['checkpoint']} ({train.get('steps', '?')} steps; held-out decisive "
@@ -100,7 +109,7 @@ def prepare_qat(qat: dict, source: dict, log=print, cpu: str | None = None) -> t
     info = {"toolkit": toolkit_version(), "routing": "qar", "router_precision": "fp32",
             "calibration": {"source": "qat checkpoint", "cache": "none"},
             "qat": qat_record(qat, source),
-            "quantizers": result.quantizers, **weight_record(cpu), **int8_weight_share(result.model)}
+            "quantizers": result.quantizers, **weight_record(cpu), **share}
     return result, info
 
 
@@ -116,20 +125,39 @@ def weight_record(cpu: str | None) -> dict:
             "weight_range": f"int8 weights |q| <= {bound}" + (" (cannot saturate without VNNI)" if bound <= 64 else "")}
 
 
-def _read_cache(path):
+PAYLOAD_SHA256 = "__sha256__"   # a cache entry's hash of its own ranges: an edited or damaged entry is a miss
+
+
+def _payload_digest(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}\0{value.dtype.str}\0{value.shape}\0".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _read_cache(path, log=print) -> dict | None:
+    """A cache entry whose payload matches the hash stored in it, else None (a miss, noted when an entry was there).
+    The ranges themselves are checked when they are restored (:func:`~.int8.restore_ranges`)."""
     if not path.is_file() or path.is_symlink():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            entry = {k: z[k] for k in z.files}
     except Exception:  # a corrupt or foreign cache file is a miss, never an error
+        entry = None
+    stored = entry.pop(PAYLOAD_SHA256, None) if entry is not None else None
+    if entry is None or stored is None or stored.shape != () or str(stored) != _payload_digest(entry):
+        log(f"note: the cached INT8 calibration {path.name[:12]}... is damaged or was edited: calibrating again")
         return None
+    return entry
 
 
 def _write_cache(path, ranges: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_npz(path, ranges)
+        save_npz(path, {**ranges, PAYLOAD_SHA256: np.array(_payload_digest(ranges))})
     except (OSError, UserError):
         pass  # the cache only saves time; a read-only home must not fail an export
 

@@ -19,8 +19,9 @@ import tomllib
 from ..calibration_recipes import recipe_file
 from ..data.synthetic import render_scene, scene_seed
 from ..errors import UserError
+from ..memory import check_samples, max_samples
 from ..parity.inputs import collect_images
-from ..preprocess import preprocess
+from ..preprocess import preprocess_all
 
 DEFAULT_SAMPLES = 128
 WARN_BELOW = 64
@@ -41,13 +42,26 @@ class Recipe:
         return {k: v for k, v in asdict(self).items() if k != "notes"}
 
 
+MAX_RECIPE_BYTES = 1 << 20   # a recipe is a few lines of TOML: anything far larger is not one
+
+
 def load_recipe(path: Path) -> Recipe:
+    # a FIFO or a device would block or stream forever on open/read: only regular files are recipes
+    if path.exists() and not path.is_file():
+        raise UserError(f"calibration recipe {path} is not a regular file: pass a .toml file, or image folders/videos "
+                        f"to --calib")
     try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise UserError(f"calibration recipe {path} is over {MAX_RECIPE_BYTES >> 20} MiB, not a recipe: see "
+                            f"calibration/default.toml")
         with open(path, "rb") as f:
             table = tomllib.load(f).get("calibration")
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"calibration recipe {path} is unreadable ({exc}): fix the TOML or pass image folders/videos "
                         f"to --calib") from None
+    except UnicodeDecodeError:
+        raise UserError(f"calibration recipe {path} is not UTF-8 text: a recipe is a TOML file (see "
+                        f"calibration/default.toml)") from None
     if not isinstance(table, dict):
         raise UserError(f"calibration recipe {path} has no [calibration] table: see calibration/default.toml")
     unknown = sorted(set(table) - {"source", "samples", "method", "seed", "preprocessing"})
@@ -99,23 +113,33 @@ def resolve_recipe(calib: list[str] | None, samples: int | None) -> Recipe:
     return recipe
 
 
+# Held per calibration sample, in float32 sample sizes: the (B, N, 3, H, W) array and the decoded model-sized uint8
+# images it is made from.
+SAMPLE_COPIES = 1.25
+
+
 def calibration_inputs(recipe: Recipe, input_shape: tuple[int, int, int, int]) -> np.ndarray:
     """(B, N, 3, H, W) float32 batches of the export's static shape, ``recipe.samples`` rounded up to whole batches
-    (the last batch is filled with the first samples again)."""
+    (the last batch is filled with the first samples again). Refused up front when they cannot fit in memory."""
     N, _, H, W = input_shape
     if recipe.samples < N:
         raise UserError(f"{recipe.samples} calibration samples are fewer than the batch of {N}: pass "
                         f"--calib-samples {N} or more")
     if recipe.source == "synthetic":
+        check_samples(-(-recipe.samples // N) * N, (H, W), SAMPLE_COPIES, "--calib-samples")
         images = [render_scene(scene_seed(recipe.seed, i), (H, W))[0] for i in range(recipe.samples)]
     else:
+        # sources may hold fewer images than asked for: collect at most one more than fits, then refuse if over
+        limit = min(recipe.samples, max_samples((H, W), SAMPLE_COPIES) + 1)
         images = []
         for src in recipe.source:
-            images += collect_images(Path(src), recipe.samples - len(images), notes=recipe.notes, what="--calib")
-            if len(images) >= recipe.samples:
+            images += collect_images(Path(src), limit - len(images), notes=recipe.notes, what="--calib",
+                                     size=(H, W))
+            if len(images) >= limit:
                 break
         if not images:
             raise UserError("the calibration sources hold no images: pass image folders or videos to --calib")
+        check_samples(-(-len(images) // N) * N, (H, W), SAMPLE_COPIES, "--calib-samples")
         if len(images) < recipe.samples:
             recipe.notes.append(f"note: the calibration sources hold {len(images)} images, fewer than the "
                                 f"{recipe.samples} asked for: calibrating on those")
@@ -124,8 +148,7 @@ def calibration_inputs(recipe: Recipe, input_shape: tuple[int, int, int, int]) -
                 raise UserError(f"the calibration sources hold {recipe.samples} images, fewer than the batch of {N}")
     n_batches = -(-len(images) // N)
     images = (images * 2)[: n_batches * N]
-    x = np.stack([preprocess(im, (H, W)) for im in images]).astype(np.float32)
-    return x.reshape(n_batches, N, 3, H, W)
+    return preprocess_all(images, (H, W)).reshape(n_batches, N, 3, H, W)
 
 
 def cache_dir() -> Path:
@@ -142,6 +165,6 @@ def cache_key(state: dict, inputs: np.ndarray, settings: dict) -> str:
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
         digest.update((tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy().tobytes())
-    digest.update(np.ascontiguousarray(inputs).tobytes())
+    digest.update(np.ascontiguousarray(inputs))   # the buffer itself: no copy of every sample
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()

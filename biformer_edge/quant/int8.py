@@ -187,26 +187,27 @@ def enabled_quantizers(model: nn.Module):
 
 
 def restore_ranges(qmodel: nn.Module, ranges: dict[str, np.ndarray]) -> None:
+    """Set every enabled quantizer's range from ``ranges`` (a cache entry or a QAT checkpoint). Each must be finite,
+    positive and of the shape calibration gives: a scalar for activations (one that merely broadcasts would change
+    the rank of what the layer reads), a scalar or exactly (out, 1, ..., 1) of the weight's rank for weights."""
     quantizers = dict(enabled_quantizers(qmodel))
     if set(quantizers) != set(ranges):
         raise KeyError("cached ranges do not match the quantizers")  # the caller treats it as a cache miss
     modules = dict(qmodel.named_modules())
     for name, module in quantizers.items():
-        amax = torch.from_numpy(np.asarray(ranges[name], dtype=np.float32))
+        value = np.asarray(ranges[name])
+        if value.dtype.kind != "f":
+            raise KeyError(f"range of {name} is of type {value.dtype}")
+        amax = torch.from_numpy(value.astype(np.float32))
         owner, kind = name.rsplit(".", 1)
         weight = getattr(modules[owner], "weight", None)
-        fits = amax.numel() == 1 if kind != "weight_quantizer" or weight is None else (
-            amax.dim() <= weight.dim() and _broadcasts(amax.shape, weight.shape))
-        if not fits:
+        shapes = {()} if kind != "weight_quantizer" or weight is None else {
+            (), (weight.shape[0],) + (1,) * (weight.dim() - 1)}
+        if tuple(amax.shape) not in shapes:
             raise KeyError(f"range of {name} has shape {tuple(amax.shape)}")   # a cache miss / damaged checkpoint
+        if not bool(torch.isfinite(amax).all()) or not bool((amax > 0).all()):
+            raise KeyError(f"range of {name} is not a finite positive number")
         module.amax = amax
-
-
-def _broadcasts(small: torch.Size, big: torch.Size) -> bool:
-    try:
-        return torch.broadcast_shapes(small, big) == big
-    except RuntimeError:
-        return False
 
 
 def int8_weight_share(model: nn.Module) -> dict:

@@ -25,7 +25,7 @@ from ..backends.tracing import run_torch
 from ..parity.metrics import runs_agreement
 
 SEARCH_VERSION = 2   # part of the calibration cache key: a changed search never reuses an old result
-MIN_INT8_SHARE = 0.9
+MIN_INT8_SHARE = 0.9   # no INT8 export keeps more float: the search stops here, a QAT checkpoint is refused below it
 MAX_STEPS = 4
 MIN_DECISIVE = 0.995  # stop only when decisive-route agreement also holds (regret alone stopped too early once)
 TIME_BUDGET_S = 90.0

@@ -38,13 +38,14 @@ from ..backends.base import DEFAULT_MAX_ROUTING_REGRET
 from ..backends.tracing import RoutingOutputs, bra_blocks, run_torch
 from ..data.synthetic import render_scene, scene_seed
 from ..errors import UserError, short_reason
+from ..memory import check_samples, max_samples
 from ..models import create_model, get_spec
 from ..models.biformer import MIN_INPUT_SIZE
 from ..models.checkpoint import read_state_dict
 from ..models.registry import WEIGHTS_DIR
 from ..parity.inputs import collect_images
 from ..parity.metrics import agreement, runs_agreement, to_labels
-from ..preprocess import preprocess
+from ..preprocess import preprocess_all
 from . import qat_checkpoint as files
 from .int8 import FLOAT_LAYERS_KEY, quantize, toolkit_version
 
@@ -54,6 +55,9 @@ WARMUP_STEPS = 10
 # block 0's position embedding float too (held-out decisive 0.988 -> 0.9965 before any training).
 START_MAX_ROUTING_REGRET = DEFAULT_MAX_ROUTING_REGRET / 2
 MIN_MARGIN = 0.02   # the least relative lead the routing hinge asks of every teacher top-k region
+MAX_SEED = 2**64 - 1   # torch.manual_seed takes 64 bits
+MAX_HELD_OUT_DROP = 0.05   # a held-out figure that falls this much below the PTQ start means the training hurt
+MAX_ROUTING_WEIGHT = 1e4   # far above any useful weight (default 5), far below what overflows a float32 loss
 
 
 @dataclass
@@ -85,12 +89,12 @@ class QATSettings:
                 raise UserError(f"--{name.replace('_', '-')} must be a whole number >= 1, not {value!r}")
         if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
             raise UserError(f"--lr must be in (0, 1], not {self.lr}")
-        if not (math.isfinite(self.routing_weight) and self.routing_weight >= 0):
-            raise UserError(f"--routing-weight must be >= 0, not {self.routing_weight}")
+        if not (math.isfinite(self.routing_weight) and 0 <= self.routing_weight <= MAX_ROUTING_WEIGHT):
+            raise UserError(f"--routing-weight must be in [0, {MAX_ROUTING_WEIGHT:g}], not {self.routing_weight}")
         if not (isinstance(self.max_routing_regret, (int, float)) and 0 < self.max_routing_regret <= 1):
             raise UserError(f"--max-routing-regret must be in (0, 1], not {self.max_routing_regret}")
-        if type(self.seed) is not int or self.seed < 0:
-            raise UserError(f"--seed must be a whole number >= 0, not {self.seed!r}")
+        if type(self.seed) is not int or not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed must be a whole number from 0 to 2**64-1, not {self.seed!r}")
         if self.samples < self.batch:
             raise UserError(f"--samples {self.samples} is fewer than the batch of {self.batch}")
         if self.input_size is not None and min(self.input_size) < MIN_INPUT_SIZE:
@@ -104,6 +108,9 @@ class QATSettings:
         keep = {k: v for k, v in asdict(self).items() if k not in ("output", "resume", "force", "save_every",
                                                                     "device")}
         keep["input_size"] = list(self.input_size) if self.input_size else None
+        # inputs by resolved path, however they were spelled; the run's fingerprint adds their content hashes
+        keep["checkpoint"] = os.path.realpath(self.checkpoint) if self.checkpoint else None
+        keep["data"] = [os.path.realpath(d) for d in self.data]
         return {**keep, "processes": world}
 
 
@@ -124,18 +131,28 @@ def distributed(device: str) -> tuple[int, int, torch.device]:
 
 
 # ----------------------------------------------------------------------------------------------------------- data
+# Held per training sample, in float32 sample sizes: the train/held-out arrays, the decoded model-sized uint8 images
+# they are made from, and the copy the run's data digest makes of them.
+SAMPLE_COPIES = 2.25
+
+
 def training_data(settings: QATSettings, size: tuple[int, int], log=print) -> tuple[np.ndarray, np.ndarray, str]:
-    """(train (n, 3, H, W), held-out (m, 3, H, W), description), preprocessed like inference."""
+    """(train (n, 3, H, W), held-out (m, 3, H, W), description), preprocessed like inference. Refused before
+    anything is rendered or decoded when the samples cannot fit in memory."""
+    want = settings.samples + settings.val_samples
     if not settings.data:
+        check_samples(want, size, SAMPLE_COPIES, "--samples")
         train = [render_scene(scene_seed(TRAIN_SEED, i), size)[0] for i in range(settings.samples)]
         val = [render_scene(scene_seed(VAL_SEED, i), size)[0] for i in range(settings.val_samples)]
         desc = f"synthetic scenes (seed bases {TRAIN_SEED} / {VAL_SEED} held out)"
     else:
-        want, images, notes = settings.samples + settings.val_samples, [], []
+        # the data may hold fewer images than asked for: collect at most one more than fits, then refuse if over
+        limit, images, notes = min(want, max_samples(size, SAMPLE_COPIES) + 1), [], []
         for src in settings.data:
-            images += collect_images(Path(src), want - len(images), notes=notes, what="--data")
-            if len(images) >= want:
+            images += collect_images(Path(src), limit - len(images), notes=notes, what="--data", size=size)
+            if len(images) >= limit:
                 break
+        check_samples(len(images), size, SAMPLE_COPIES, "--samples")
         for note in notes:
             log(note)
         n_val = settings.val_samples if len(images) >= want else max(1, len(images) // 8)
@@ -147,10 +164,7 @@ def training_data(settings: QATSettings, size: tuple[int, int], log=print) -> tu
                 f"{len(images) - n_val}, holding out {n_val}")
         train, val = images[:-n_val], images[-n_val:]
         desc = ", ".join(settings.data)
-
-    def stack(items):
-        return np.stack([preprocess(im, size) for im in items]).astype(np.float32)
-    return stack(train), stack(val), desc
+    return preprocess_all(train, size), preprocess_all(val, size), desc
 
 
 def batch_indices(seed: int, step: int, n: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -263,15 +277,17 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
     if settings.batch % world:
         raise UserError(f"--batch {settings.batch} does not split over {world} processes: use a multiple of {world}")
     output = Path(settings.output or f"{settings.model}-qat.pt")
-    files.check_output(output, settings.force, settings.resume)   # fail fast, before loading anything
+    inputs = [settings.checkpoint, *settings.data]
+    files.check_output(output, settings.force, settings.resume, inputs)   # fail fast, before loading anything
     state_file = files.state_path(output)
     spec = get_spec(settings.model)
     size = tuple(settings.input_size or spec.input_size)
     torch.manual_seed(settings.seed)
 
     with output_lock(output, "biformer-qat") if rank == 0 else contextlib.nullcontext():
-        files.check_output(output, settings.force, settings.resume)   # again under the lock: another run may have
-        teacher, reference_state, reference = load_teacher(settings)  # written it meanwhile
+        # again under the lock: another run may have written it meanwhile
+        files.check_output(output, settings.force, settings.resume, inputs)
+        teacher, reference_state, reference = load_teacher(settings)
         train_x, val_x, data_desc = training_data(settings, size, say)
         fingerprint = {**settings.fingerprint(world), "model": settings.model, "reference_sha256": reference["sha256"],
                        "data_sha256": _array_digest(train_x, val_x), "toolkit": toolkit_version(), "qat": QAT_RECIPE}
@@ -282,8 +298,11 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
         started = time.perf_counter()
         if saved is None:
             calib = train_x[:max(settings.batch, settings.calib_samples // settings.batch * settings.batch)]
+            # a small training set need not be whole batches of --batch: max ranges and the search's pooled routing
+            # metrics do not depend on the batching, so calibrate in the largest batches that divide it
+            per = next(b for b in range(settings.batch, 0, -1) if len(calib) % b == 0)
             say(f"PTQ-QAR start point: calibrating on {len(calib)} training images")
-            quantized = quantize(teacher, calib.reshape(-1, settings.batch, *calib.shape[1:]), "qar",
+            quantized = quantize(teacher, calib.reshape(-1, per, *calib.shape[1:]), "qar",
                                  max_regret=settings.max_routing_regret, log=say)
         else:
             cached = {k: v.numpy() for k, v in saved["quantizers"].items()}
@@ -315,6 +334,7 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
             try:
                 student.load_state_dict(saved["student"], strict=False)   # the quantizers were restored above
                 optimizer.load_state_dict(saved["optimizer"])
+                files.check_optimizer(optimizer, state_file)
                 schedule.load_state_dict(saved["scheduler"])
             except (KeyError, ValueError, RuntimeError, TypeError) as exc:
                 raise UserError(f"{state_file} is damaged ({short_reason(exc)}): move it away to start over") from None
@@ -389,6 +409,11 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
                 stop.raise_stop(f"stopped after the last step, state saved in {state_file}: run the same command "
                                 f"with --resume to write the checkpoint")
         say(f"held out ({len(val_x)} images), QAT-QAR: " + _fmt(after))
+        worse = [k for k in ("label_agreement", "routing_decisive") if before[k] - after[k] > MAX_HELD_OUT_DROP]
+        if worse:
+            say(f"warning: QAT made the held-out {' and '.join(worse)} clearly worse than its PTQ-QAR start "
+                f"({', '.join(f'{before[k]:.4f} -> {after[k]:.4f}' for k in worse)}): this checkpoint is likely "
+                f"worse than calibrating; re-run with a lower --lr")
         record = {"settings": {**settings.fingerprint(world), "data": data_desc}, "steps": step,
                   "processes": world, "seconds": round(elapsed_before + time.perf_counter() - started, 1),
                   "held_out": len(val_x), "before": before, "after": after,

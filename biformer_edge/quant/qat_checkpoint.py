@@ -19,12 +19,14 @@ every ``--save-every`` steps and when the run is interrupted, so an interrupted 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import torch
 
-from ..artifact import write_file
+from ..artifact import check_not_input, write_file
 from ..errors import UserError, short_reason
+from ..models.biformer import MIN_INPUT_SIZE
 from ..models.checkpoint import QAT_FORMAT
 
 STATE_FORMAT = "biformer-edge-qat-state"
@@ -93,11 +95,13 @@ def read_qat_checkpoint(path: str | Path, loaded: dict | None = None) -> dict:
     if not isinstance(obj.get("model"), str) or not _strings(obj.get("float_layers")) or not isinstance(
             reference, dict) or not all(isinstance(reference.get(k), str) for k in ("origin", "path", "sha256")):
         raise UserError(f"{damaged} (model / float_layers / reference); re-run biformer-qat")
-    if not isinstance(obj.get("train", {}), dict):
+    train = obj.get("train", {})
+    if not isinstance(train, dict) or not all(train.get(k) is None or _metrics(train[k]) for k in ("before", "after")):
         raise UserError(f"{damaged} (train record); re-run biformer-qat")
     size = obj.get("input_size")
-    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size)):
-        raise UserError(f"{damaged} (input_size); re-run biformer-qat")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
+            type(v) is int and v >= MIN_INPUT_SIZE for v in size)):
+        raise UserError(f"{damaged} (input_size {size!r}); re-run biformer-qat")
     return obj
 
 
@@ -116,10 +120,40 @@ def read_state(path: Path) -> dict:
     _require_tensors(obj.get("student"), f"{bad}: 'student'")
     _require_tensors(obj.get("quantizers"), f"{bad}: 'quantizers'")
     _require_ranges(obj["quantizers"], bad)
-    if not _strings(obj.get("float_layers")) or not isinstance(obj.get("history", []), list) or not isinstance(
-            obj.get("seconds", 0.0), (int, float)):
-        raise UserError(f"{bad} (float_layers / history / seconds): move it away to start over")
+    if not _strings(obj.get("float_layers")) or not _history(obj.get("history", [])) or not _number(
+            obj.get("seconds", 0.0)) or not _metrics(obj["before"]):
+        raise UserError(f"{bad} (float_layers / history / seconds / before): move it away to start over")
     return obj
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """After ``load_state_dict`` (which checks only the number of parameters): every saved moment has the shape of
+    its parameter, so a damaged state is refused here rather than at the first step."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if name != "step" and (not isinstance(value, torch.Tensor) or value.shape != param.shape):
+                    raise UserError(f"{path} is damaged (optimizer '{name}' of shape "
+                                    f"{tuple(getattr(value, 'shape', ()))} for a parameter of shape "
+                                    f"{tuple(param.shape)}): move it away to start over")
+
+
+METRICS = ("routing_decisive", "routing_regret", "routing_strict", "label_agreement")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _metrics(value) -> bool:
+    """Held-out figures as ``held_out_metrics`` writes them."""
+    return isinstance(value, dict) and all(_number(value.get(k)) for k in METRICS)
+
+
+def _history(value) -> bool:
+    """[[step, output loss, routing loss], ...]"""
+    return isinstance(value, list) and all(isinstance(row, list) and len(row) == 3 and type(row[0]) is int and all(
+        _number(v) for v in row[1:]) for row in value)
 
 
 def _require_tensors(value, what: str) -> None:
@@ -147,11 +181,14 @@ def check_same_run(saved: dict, current: dict, path: Path) -> None:
                             f"to start a new run")
 
 
-def check_output(output: Path, force: bool, resume: bool) -> None:
-    """Refuse anything that would overwrite or follow what the tool did not write, before any work starts."""
+def check_output(output: Path, force: bool, resume: bool, inputs=()) -> None:
+    """Refuse anything that would overwrite or follow what the tool did not write, before any work starts.
+    ``inputs``: the run's --checkpoint and --data, which the output must not be, nor lie in."""
     state = state_path(output)
     if not output.parent.is_dir():
         raise UserError(f"--output {output}: folder {output.parent} does not exist; create it first")
+    for path in (output, state):
+        check_not_input(path, inputs, "--output" if path == output else "the resume state")
     for path in (output, state):
         if path.is_symlink():
             raise UserError(f"{path} is a symbolic link: biformer-qat never writes through links; choose another "
