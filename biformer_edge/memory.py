@@ -9,33 +9,40 @@ from __future__ import annotations
 
 import copy
 import os
-
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # torch only inside the model estimate: the sample-count checks serve the torch-free device side
+    import torch
 
 GiB = 1 << 30
 
 
-class _LargestTensor(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
+def _largest_tensor_mode():
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel() * t.element_size())
-        return out
+    class LargestTensor(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel() * t.element_size())
+            return out
+    return LargestTensor()
 
 
 def estimate_peak_bytes(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
     """(estimated peak bytes of one FP32 forward pass, bytes of its largest single tensor)."""
+    import torch
     meta = copy.deepcopy(model).to("meta").float()
     weights = sum(p.numel() * 4 for p in model.parameters())
-    counter = _LargestTensor()
+    counter = _largest_tensor_mode()
     with torch.no_grad(), counter:
         meta(torch.empty(input_shape, device="meta"))
     return 3 * counter.largest + 2 * weights, counter.largest
