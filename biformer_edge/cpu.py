@@ -53,8 +53,9 @@ def check_cpu_class(value) -> str:
     return value
 
 
-def weight_bound(cpu_class: str) -> int:
-    return WEIGHT_BOUND[check_cpu_class(cpu_class)]
+def weight_bound(cpu_class: str | None) -> int:
+    """The |q| bound of INT8 weights made for ``cpu_class``; None (a GPU target) keeps the full range."""
+    return FULL_WEIGHT_BOUND if cpu_class is None else WEIGHT_BOUND[check_cpu_class(cpu_class)]
 
 
 def _flags() -> set[str]:

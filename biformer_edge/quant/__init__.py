@@ -14,7 +14,7 @@ import numpy as np
 
 from ..artifact import save_npz
 from ..backends.base import QuantSettings
-from ..cpu import FULL_WEIGHT_BOUND, weight_bound
+from ..cpu import weight_bound
 from ..errors import UserError
 from .calibration import cache_dir, cache_key, calibration_inputs, resolve_recipe
 from .int8 import FLOAT_LAYERS_KEY, QuantizedModel, int8_weight_share, quantize, toolkit_version
@@ -30,7 +30,7 @@ def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, in
     for note in recipe.notes:
         log(note)
     max_regret = settings.max_routing_regret if settings.routing == "qar" else None
-    bound = _weight_bound(settings.cpu)
+    bound = weight_bound(settings.cpu)
     config = {"routing": settings.routing, "method": recipe.method, "input_shape": list(input_shape),
               "samples": int(np.prod(inputs.shape[:2])), "toolkit": toolkit_version(), "max_regret": max_regret,
               "search": SEARCH_VERSION, "schema": 3, "weight_bound": bound}
@@ -93,7 +93,7 @@ def prepare_qat(qat: dict, source: dict, log=print, cpu: str | None = None) -> t
     finetuned = qat_float_model(qat)
     try:
         result = quantize(finetuned, np.zeros((1, 0, 3, 1, 1), np.float32), "qar", cached=cached, log=log,
-                          weight_bound=_weight_bound(cpu))
+                          weight_bound=weight_bound(cpu))
     except (KeyError, ValueError, RuntimeError):
         raise UserError(f"QAT checkpoint {source['checkpoint']} does not match this model's quantizers (damaged, or "
                         f"from another biformer-edge or ModelOpt version): re-run biformer-qat") from None
@@ -113,14 +113,10 @@ def prepare_qat(qat: dict, source: dict, log=print, cpu: str | None = None) -> t
     return result, info
 
 
-def _weight_bound(cpu: str | None) -> int:
-    return weight_bound(cpu) if cpu is not None else FULL_WEIGHT_BOUND
-
-
 def weight_record(cpu: str | None) -> dict:
     """What the manifest records of the INT8 path's CPU choice: the class the weights are made for (None: a GPU
     target) and their bound (|q| <= 64 where a CPU without VNNI must run them, 127 otherwise)."""
-    bound = _weight_bound(cpu)
+    bound = weight_bound(cpu)
     return {"cpu_class": cpu, "weight_bound": bound,
             "weight_range": f"int8 weights |q| <= {bound}" + (" (cannot saturate without VNNI)" if bound <= 64 else "")}
 
