@@ -136,8 +136,8 @@ def bench_case(name: str, size: int, tmp: Path, args) -> dict:
     import torch
 
     from biformer_edge.backends.onnx import OnnxSession, export_onnx
-    from biformer_edge.backends.tracing import run_torch
     from biformer_edge.models import create_model
+    from biformer_edge.models.routing import run_torch
     from biformer_edge.parity.inputs import parity_inputs
     from tests.official_bra import use_official_bra
 

@@ -21,7 +21,7 @@ import torch
 
 import biformer_edge as be
 from biformer_edge.backends.onnx import OnnxSession, export_onnx
-from biformer_edge.backends.tracing import bra_blocks, run_torch
+from biformer_edge.models.routing import bra_blocks, run_torch
 from biformer_edge.parity import metrics
 from biformer_edge.parity.inputs import parity_inputs
 

@@ -25,7 +25,7 @@ inputs, seeds 0..N-1; calibration uses its own seeds): cosine, pixel agreement, 
 ``routing_strict`` against FP32 PyTorch, computed exactly as ``biformer-parity`` does, for the island and naive INT8
 IRs under the f32 hint (and bf16 where the CPU has it).
 
-INT8 models come from the exporter's own path (``biformer_edge.quant.prepare_int8``: shipped default calibration
+INT8 models come from the exporter's own path (``biformer_edge.quant.prepare.prepare_int8``: shipped default calibration
 recipe, ``--calib-samples`` synthetic scenes, cached) and ``biformer_edge.backends.openvino.export``. Writes
 ``<out>/int8_openvino.{md,json}``; exit status 1 when a speed target is missed (INT8 island >= 1.4x the FP32 IR, island
 no more than 10 % slower than naive, both with the f32 hint).
@@ -46,13 +46,14 @@ import numpy as np
 
 from biformer_edge import create_model
 from biformer_edge.backends import openvino as bov
-from biformer_edge.backends.base import ExportContext, QuantSettings
+from biformer_edge.backends.base import ExportContext
 from biformer_edge.bench.report import cpu_name
 from biformer_edge.cpu import DEFAULT_CPU_CLASS
 from biformer_edge.parity.check import measure_backend, run_reference
 from biformer_edge.parity.inputs import parity_inputs
-from biformer_edge.quant import prepare_int8
-from biformer_edge.quant.report import openvino_runtime_layers
+from biformer_edge.quant.prepare import prepare_int8
+from biformer_edge.quant.report import check_int8_graph
+from biformer_edge.quant.settings import QuantSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEED_MODEL, SPEED_SIZE = "biformer_tiny", 224
@@ -75,8 +76,10 @@ def export_ir(model, workdir: Path, precision: str, shape: tuple, routing: str =
         quant = QuantSettings(samples=calib_samples, routing=routing, cpu=cpu)
         export_model = prepare_int8(model, quant, shape, log)[0].model
     ctx = ExportContext(workdir=workdir, target="openvino", precision=precision, input_shape=tuple(shape),
-                        log=quiet, quant=quant)
+                        log=quiet, routing=routing)
     bov.export(export_model, ctx)
+    if quant is not None:   # as the exporter: the router island checked on the IR
+        check_int8_graph(workdir, bov.int8_graph(workdir), routing, ctx.checks)
     return workdir
 
 
@@ -120,7 +123,7 @@ def profile(session: bov.OpenVINOSession, x: np.ndarray, runs: int = 20) -> tupl
     core = bov._core()
     model = core.read_model(str(session.xml))
     compiled = core.compile_model(model, "CPU", {**session.config, "PERF_COUNT": True})
-    kinds = {r["name"]: f"{r['kernel']} {r['precision']}" for r in openvino_runtime_layers(compiled)}
+    kinds = {r["name"]: f"{r['kernel']} {r['precision']}" for r in bov.runtime_layers(compiled)}
     request = compiled.create_infer_request()
     for _ in range(3):
         request.infer({0: x})
@@ -144,10 +147,11 @@ def profile(session: bov.OpenVINOSession, x: np.ndarray, runs: int = 20) -> tupl
 def executed_counts(session: bov.OpenVINOSession) -> dict:
     """What the plugin executed: the layer report's layers (Conv/MatMul/attention of the IR) by runtime precision,
     those not run by an INT8 kernel by op, and every runtime node by ``kernel precision``."""
-    nodes = Counter(f"{r['kernel']} {r['precision']}" for r in openvino_runtime_layers(session.compiled)
+    nodes = Counter(f"{r['kernel']} {r['precision']}" for r in bov.runtime_layers(session.compiled)
                     if r["kernel"] not in ("Const", "Input", "Output"))
-    rows, summary = bov.int8_layer_report(session.xml, session.requested_hint)
-    return {"runtime_nodes": dict(nodes.most_common()), "layers": summary["executed"]["by_precision"],
+    graph = bov.int8_graph(session.xml.parent, session.requested_hint)
+    rows = graph.rows
+    return {"runtime_nodes": dict(nodes.most_common()), "layers": graph.executed["by_precision"],
             "float_layers": dict(Counter(f"{r['op']} {r['executed']}" for r in rows
                                          if r["executed"] not in INT8_PRECISIONS).most_common())}
 

@@ -25,9 +25,9 @@ import numpy as np
 from biformer_edge import create_model
 from biformer_edge.backends import openvino as bov
 from biformer_edge.backends.base import ExportContext
-from biformer_edge.backends.tracing import bra_blocks
 from biformer_edge.bench.report import cpu_name
 from biformer_edge.models.registry import get_spec
+from biformer_edge.models.routing import bra_blocks
 from biformer_edge.parity.check import measure_backend, run_reference
 from biformer_edge.parity.inputs import parity_inputs
 

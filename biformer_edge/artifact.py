@@ -31,14 +31,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .contract import DEVICE_FILES, MANIFEST, REPORT_FILES, ROUTER_PRECISION
 from .errors import UserError
 
-MANIFEST = "manifest.json"
 SCHEMA_VERSION = 2
 GENERATOR = "biformer-edge"
-REPORT_FILES = ("parity.json", "parity.md", "routing_margins.png")   # rewritten by every check, not hashed
-# what the device build writes beside the artifact (build_engine.sh / build_engine.py [--torch-tensorrt])
-DEVICE_FILES = ("model.engine", "timing.cache", "engine_layers.json", "engine_layers.txt", "model_trt.ep")
 IN_PROGRESS = ".biformer-export-in-progress"                    # marks a temporary directory as ours
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -159,7 +156,6 @@ def manifest_problem(m) -> str | None:
     return None
 
 
-ROUTER_PRECISION = {"qar": "fp32", "naive": "int8 inputs"}   # what each routing leaves the router computing in
 
 
 def _optional_fields_problem(m: dict) -> str | None:

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 from .artifact import check_not_input
-from .backends.base import DEFAULT_MAX_ROUTING_REGRET
 from .console import OneLineParser, error_boundary, positive_int, utf8_path
 from .cpu import CPU_CLASSES
 from .errors import UserError
+from .quant.settings import DEFAULT_MAX_ROUTING_REGRET
 from .targets import DEFAULT_MODEL, TARGETS
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from . import __version__, cpu
 from .artifact import (
     GENERATOR,
-    MANIFEST,
     SCHEMA_VERSION,
     atomic_directory,
     check_not_input,
@@ -24,16 +23,17 @@ from .artifact import (
     sha256_file,
     write_json,
 )
-from .backends.base import DEFAULT_MAX_ROUTING_REGRET, ExportContext, QuantSettings
-from .backends.tracing import bra_blocks
+from .backends.base import ExportContext
+from .contract import INPUT_NAME, MANIFEST, MARGIN_PLOT, ONNX_FILE, REFERENCE, ROUTER_PRECISION
 from .errors import UserError
 from .memory import check_fits
 from .models import create_model, get_spec
 from .models.biformer import MIN_INPUT_SIZE
+from .models.routing import bra_blocks
 from .parity.check import evaluate, reference_device, run_reference, write_reports
 from .parity.inputs import parity_inputs
-from .parity.plots import MARGIN_PLOT
-from .targets import DEFAULT_MODEL, backend_module, load_profile, resolve_target
+from .quant.settings import DEFAULT_MAX_ROUTING_REGRET, ROUTINGS, QuantSettings, check_available
+from .targets import DEFAULT_MODEL, Target, backend_module, load_profile, resolve_target
 
 LIBRARIES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "openvino", "coremltools", "tensorrt",
              "nvidia-modelopt")
@@ -59,19 +59,22 @@ class ExportRequest:
     options: dict | None = None       # target-specific: dla_core, workspace_mib, build, ios, weights_8bit
 
 
-def validate(req: ExportRequest) -> tuple[dict, dict]:
-    """Check every argument against the target profile before any work starts. Returns (profile, options)."""
-    req.target = resolve_target(req.target).name
+def validate(req: ExportRequest) -> tuple[Target, dict, dict]:
+    """Check every argument against the target profile before any work starts. Returns (target, profile, options).
+    """
+    target = resolve_target(req.target)
+    req.target = target.name
     profile = load_profile(req.target)
     t = profile["target"]
     req.precision = req.precision or t["default_precision"]
     if req.precision not in t["precisions"]:
         raise UserError(f"--{req.precision} is not available for --target {req.target}: choose "
                         + " or ".join(f"--{p}" for p in t["precisions"]))
-    int8_gate(req)
+    if req.precision == "int8":
+        check_available(target.int8)
     if (req.calib or req.calib_samples) and req.precision != "int8":
         raise UserError("--calib/--calib-samples only apply to --int8 exports")
-    if req.routing not in ("qar", "naive"):
+    if req.routing not in ROUTINGS:
         raise UserError(f"--routing must be qar or naive, not '{req.routing}'")
     if not (isinstance(req.max_routing_regret, (int, float)) and 0 < req.max_routing_regret <= 1):
         raise UserError(f"--max-routing-regret must be in (0, 1], not {req.max_routing_regret}")
@@ -108,19 +111,7 @@ def validate(req: ExportRequest) -> tuple[dict, dict]:
             raise UserError(f"--dla-core must be 0 or 1 (Orin has two DLA cores), not {req.options['dla_core']}")
         if req.precision == "fp32":
             raise UserError("DLA runs only FP16/INT8: use --fp16 with --dla-core")
-    return profile, options
-
-
-def int8_gate(req: ExportRequest) -> None:
-    """The one place that decides whether an INT8 export can run (backends trust ExportContext.quant): the target's
-    profile lists int8 (checked before), and the quantization toolkit is installed where the target calibrates."""
-    if req.precision != "int8":
-        return
-    if resolve_target(req.target).int8 == "qdq":
-        import importlib.util
-        if importlib.util.find_spec("modelopt") is None:
-            raise UserError("--int8 needs NVIDIA ModelOpt for its Q/DQ quantization: pip install "
-                            "'biformer-edge[int8]'")
+    return target, profile, options
 
 
 def qat_checkpoint(req: ExportRequest, spec, log=print) -> tuple[dict, dict] | None:
@@ -221,7 +212,7 @@ def next_steps(req: ExportRequest, out: Path, manifest: dict) -> list[str]:
 
 def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
     """Run one export. Returns (artifact directory, manifest)."""
-    profile, options = validate(req)
+    target, profile, options = validate(req)
     out = Path(req.output) if req.output else default_output(req)
     check_output_dir(out, req.force)
     ref_device = reference_device(req.reference)
@@ -240,40 +231,36 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
     h, w = req.input_size or spec.input_size
     input_shape = (req.batch, 3, h, w)
     check_fits(model, input_shape)
-    module = backend_module(req.target)
+    module = backend_module(target)
+    settings = quant_settings(req, options)
     started = time.perf_counter()
 
     check_not_input(out, [req.checkpoint, req.data, *(req.calib or [])], "--output")   # after the inputs' own checks
     with atomic_directory(out, req.force) as work:
         ctx = ExportContext(workdir=work, target=req.target, precision=req.precision, input_shape=input_shape,
                             opset=profile["target"].get("opset", 17), profile=profile, options=options, log=log,
-                            quant=quant_settings(req, options))
+                            routing=req.routing)
         log(f"exporting {name} {h}x{w} batch {req.batch} -> {req.target} {req.precision}")
-        export_model, quantization = model, None
-        if qat is not None and resolve_target(req.target).int8 == "qdq":
-            from .quant import prepare_qat
-            quantized, quantization = prepare_qat(*qat, log, cpu=ctx.quant.cpu)
-            export_model = quantized.model   # the reference below stays the original FP32 model
-        elif qat is not None:   # weights-only INT8 (Core ML) quantizes the fine-tuned weights
-            from .quant import qat_float_model, qat_record
-            export_model = qat_float_model(qat[0])
-            quantization = {"qat": qat_record(*qat)}
-        elif ctx.quant is not None and resolve_target(req.target).int8 == "qdq":
-            from .quant import prepare_int8
-            quantized, quantization = prepare_int8(model, ctx.quant, input_shape, log)
-            export_model = quantized.model   # the reference below stays the FP32 model
-        files = module.export(export_model, ctx)
-        speed_note = cpu.int8_speed_note(cpu.detect()) if ctx.quant is not None and ctx.quant.cpu else None
+        int8 = None
+        if settings is not None:
+            from .quant.prepare import prepare
+            int8 = prepare(model, target.int8, settings, input_shape, qat, log)
+            ctx.calibration = int8.calibration
+        files = module.export(int8.model if int8 else model, ctx)   # the reference below stays the FP32 model
+        if int8 is not None and int8.fake_quantized:
+            from .quant.report import check_int8_graph
+            files += check_int8_graph(work, module.int8_graph(work), req.routing, ctx.checks)
+        speed_note = cpu.int8_speed_note(cpu.detect()) if settings is not None and settings.cpu else None
         if speed_note:
             log(speed_note)
         manifest = {
             "schema_version": SCHEMA_VERSION, "generator": GENERATOR, "model": name, "task": spec.task,
             "num_classes": getattr(model, "num_classes", None) if spec.task == "segmentation" else None,
             "weights": weights, "checkpoint_path": ckpt, "checkpoint_sha256": sha256_file(ckpt) if ckpt else None,
-            "target": req.target, "backend": resolve_target(req.target).backend, "precision": req.precision,
-            "routing": req.routing, "router_precision": "fp32" if req.routing == "qar" else "int8 inputs",
-            "quantization": quantization, "input_name": "images",
-            "input_shape": list(input_shape), "opset": ctx.opset if "model.onnx" in files else None,
+            "target": req.target, "backend": target.backend, "precision": req.precision,
+            "routing": req.routing, "router_precision": ROUTER_PRECISION[req.routing],
+            "quantization": int8.record if int8 else None, "input_name": INPUT_NAME,
+            "input_shape": list(input_shape), "opset": ctx.opset if ONNX_FILE in files else None,
             "routing_blocks": len(bra_blocks(model)), "options": options, "versions": library_versions(),
             "reference_device": None, "checks": ctx.checks, "artifacts": files,
         }
@@ -282,7 +269,7 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
             inputs, source = parity_inputs(input_shape, req.data, samples)
             log(f"FP32 reference on {ref_device} over {inputs.shape[0] * inputs.shape[1]} inputs ({source})")
             ref = run_reference(model, inputs, ref_device)
-            save_npz(work / "reference.npz", ref)
+            save_npz(work / REFERENCE, ref)
             manifest["reference_device"] = str(ref["device"])
             manifest["parity_data"] = source
             report = evaluate(work, manifest, profile, ref, plot=work / MARGIN_PLOT)

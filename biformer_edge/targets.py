@@ -18,6 +18,7 @@ from pathlib import Path
 
 import tomllib
 
+from .contract import BUILD_PY, BUILD_SCRIPT, ENGINE_FILE, IR_BIN, IR_XML, MLPACKAGE, ONNX_FILE
 from .errors import UserError, short_reason
 from .profiles import profile_file
 
@@ -47,26 +48,26 @@ class Target:
 
 
 RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
-    Runtime("tensorrt", "tensorrt", "TensorRTSession", "model.engine", "tensorrt", ("trt", "engine"),
+    Runtime("tensorrt", "tensorrt", "TensorRTSession", ENGINE_FILE, "tensorrt", ("trt", "engine"),
             "on a Jetson 'sudo apt install python3-libnvinfer', on a GPU host NVIDIA's tensorrt wheel"),
-    Runtime("coreml", "coreml", "CoreMLSession", "model.mlpackage", "coremltools", ("mlpackage",),
+    Runtime("coreml", "coreml", "CoreMLSession", MLPACKAGE, "coremltools", ("mlpackage",),
             "pip install 'biformer-edge[coreml]' on a Mac"),
-    Runtime("openvino", "openvino", "OpenVINOSession", "model.xml", "openvino", ("ov",),
+    Runtime("openvino", "openvino", "OpenVINOSession", IR_XML, "openvino", ("ov",),
             "pip install 'biformer-edge[openvino]'"),
-    Runtime("onnxruntime", "onnx", "OnnxSession", "model.onnx", "onnxruntime", ("ort", "onnx"),
+    Runtime("onnxruntime", "onnx", "OnnxSession", ONNX_FILE, "onnxruntime", ("ort", "onnx"),
             "pip install 'biformer-edge[onnx]'"),
-    Runtime("torch", "tracing", "TorchSession", None, "torch", ("pytorch",), "pip install torch"),
+    Runtime("torch", "pytorch", "TorchSession", None, "torch", ("pytorch",), "pip install torch"),
 )}
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("jetson", "tensorrt", ("model.onnx", "build_engine.sh", "build_engine.py"), "tensorrt", (),
+    Target("jetson", "tensorrt", (ONNX_FILE, BUILD_SCRIPT, BUILD_PY), "tensorrt", (),
            "Jetson / TensorRT 10-11 (engine built on the device)"),
-    Target("tensorrt", "tensorrt", ("model.onnx", "build_engine.sh", "build_engine.py"), "tensorrt",
+    Target("tensorrt", "tensorrt", (ONNX_FILE, BUILD_SCRIPT, BUILD_PY), "tensorrt",
            ("trt", "engine"), "TensorRT 10-11 on an NVIDIA GPU"),
-    Target("openvino", "openvino", ("model.xml", "model.bin"), "openvino", ("ov",), "OpenVINO IR for Intel"),
-    Target("coreml", "coreml", ("model.mlpackage",), "coreml", ("mlpackage", "ios"), "Core ML mlprogram",
+    Target("openvino", "openvino", (IR_XML, IR_BIN), "openvino", ("ov",), "OpenVINO IR for Intel"),
+    Target("coreml", "coreml", (MLPACKAGE,), "coreml", ("mlpackage", "ios"), "Core ML mlprogram",
            int8="weights"),  # W8A8 calibrates through Core ML's predict, which runs only on macOS
-    Target("onnx", "onnx", ("model.onnx",), "onnxruntime", ("ort", "onnxruntime"), "ONNX for onnxruntime"),
+    Target("onnx", "onnx", (ONNX_FILE,), "onnxruntime", ("ort", "onnxruntime"), "ONNX for onnxruntime"),
 )}
 
 # Most specific runtime first: the one an artifact was made for, where it can run, before the generic ones.
@@ -104,9 +105,10 @@ def load_profile(target: str) -> dict:
         raise UserError(f"target profile {path} is unreadable ({exc}): reinstall biformer-edge") from None
 
 
-def backend_module(target: str):
+def backend_module(target: Target | str):
     """The module that exports ``target`` (imports torch: export side only)."""
-    return importlib.import_module(f"biformer_edge.backends.{resolve_target(target).backend}")
+    target = target if isinstance(target, Target) else resolve_target(target)
+    return importlib.import_module(f"biformer_edge.backends.{target.backend}")
 
 
 def runtime_unavailable(name: str) -> str | None:
@@ -127,7 +129,7 @@ def unavailable_reason(name: str, artifact_dir: str | Path) -> str | None:
     rt = resolve_runtime(name)
     if rt.file is not None and not (Path(artifact_dir) / rt.file).exists():
         if rt.name == "tensorrt":
-            return "no model.engine: build it on the device with ./build_engine.sh"
+            return f"no {ENGINE_FILE}: build it on the device with ./{BUILD_SCRIPT}"
         return f"no {rt.file} in the artifact"
     return runtime_unavailable(rt.name)
 

@@ -18,9 +18,9 @@ ct = pytest.importorskip("coremltools")
 
 import biformer_edge as be  # noqa: E402
 from biformer_edge.backends import coreml as bcm  # noqa: E402
-from biformer_edge.backends.base import ExportContext, QuantSettings  # noqa: E402
-from biformer_edge.backends.tracing import RoutingOutputs, run_torch  # noqa: E402
+from biformer_edge.backends.base import ExportContext  # noqa: E402
 from biformer_edge.models.bra import BiLevelRoutingAttention  # noqa: E402
+from biformer_edge.models.routing import RoutingOutputs, run_torch  # noqa: E402
 
 SEG_SHAPE = (1, 3, 128, 128)
 BRA_SHAPE = (1, 16, 16, 32)  # NHWC
@@ -135,7 +135,7 @@ def test_fp16_program_keeps_router_fp32(seg_packages, label):
 def test_unnamed_router_is_refused_for_fp16():
     """A program that bypasses export_program has no router names: FP16 would lower the router, so conversion
     refuses instead of silently dropping the FP32 island."""
-    from biformer_edge.backends.tracing import RoutingOutputs
+    from biformer_edge.models.routing import RoutingOutputs
     wrapper = RoutingOutputs(bare_bra()).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -181,7 +181,7 @@ def test_int8_is_fp16_with_8bit_weights_off_macos(tmp_path):
     needs, and the check the manifest records."""
     messages = []
     ctx = ExportContext(workdir=tmp_path, target="coreml", precision="int8", input_shape=BRA_SHAPE, options={},
-                        log=messages.append, quant=QuantSettings())
+                        log=messages.append)
     assert bcm.export(bare_bra(), ctx) == ["model.mlpackage"]
     facts = bcm.inspect_mlpackage(tmp_path)
     assert facts["ops"].get("constexpr_affine_dequantize", 0) > 0              # 8-bit weights
@@ -214,8 +214,11 @@ def test_int8_is_a_coreml_precision_with_fp16_thresholds():
 def test_int8_is_w8a8_on_macos(tmp_path):
     """macOS, iOS 17+: activations calibrated through Core ML's predict (coremltools linear_quantize_activations),
     router ops left FP32, then 8-bit weights."""
+    from biformer_edge.quant.prepare import calibration_batches
+    from biformer_edge.quant.settings import QuantSettings
     ctx = ExportContext(workdir=tmp_path, target="coreml", precision="int8", input_shape=BRA_SHAPE,
-                        options={"ios": 17}, log=lambda *a: None, quant=QuantSettings(samples=4))
+                        options={"ios": 17}, log=lambda *a: None,
+                        calibration=lambda: calibration_batches(QuantSettings(samples=4), BRA_SHAPE))
     bcm.export(bare_bra(), ctx)
     facts = bcm.inspect_mlpackage(tmp_path)
     assert facts["ops"].get("quantize", 0) > 0 and facts["ops"].get("dequantize", 0) > 0

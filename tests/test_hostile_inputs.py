@@ -20,8 +20,8 @@ from biformer_edge.artifact import output_lock, sha256_file  # noqa: E402
 from biformer_edge.cli import export_main, parity_main, qat_main  # noqa: E402
 from biformer_edge.models import create_model  # noqa: E402
 from biformer_edge.models.registry import WEIGHTS_DIR  # noqa: E402
-from biformer_edge.quant import _read_cache, _write_cache  # noqa: E402
 from biformer_edge.quant import qat as qat_module  # noqa: E402
+from biformer_edge.quant.cache import read_entry, write_entry  # noqa: E402
 from biformer_edge.quant.int8 import FLOAT_LAYERS_KEY, quantize  # noqa: E402
 from biformer_edge.quant.qar import quantized_modules  # noqa: E402
 from biformer_edge.quant.qat import train  # noqa: E402
@@ -189,17 +189,17 @@ def test_edited_or_nan_cache_entry_is_a_miss_with_a_note(qat_file, tmp_path):
     payload = {**{k: v.numpy() for k, v in qat["quantizers"].items()},
                FLOAT_LAYERS_KEY: np.array(qat["float_layers"], dtype=str)}
     path, notes = tmp_path / "entry.npz", []
-    _write_cache(path, payload)
-    assert set(_read_cache(path, notes.append)) == set(payload) and notes == []
+    write_entry(path, payload)
+    assert set(read_entry(path, notes.append)) == set(payload) and notes == []
     with np.load(path) as z:
         forged = {k: z[k] for k in z.files}
     first = next(iter(qat["quantizers"]))
     forged[first] = forged[first] * 100          # ranges replaced, stored hash kept
     np.savez(path, **forged)
-    assert _read_cache(path, notes.append) is None and "damaged or was edited" in notes[-1]
+    assert read_entry(path, notes.append) is None and "damaged or was edited" in notes[-1]
     payload[first] = np.full_like(payload[first], np.nan)   # NaN ranges, hash recomputed: restoring refuses them
-    _write_cache(path, payload)
-    cached = _read_cache(path, notes.append)
+    write_entry(path, payload)
+    cached = read_entry(path, notes.append)
     with pytest.raises(KeyError, match="not a finite positive number"):
         quantize(create_model("biformer_seg_demo", pretrained=False), np.zeros((1, 0, 3, 1, 1), np.float32), "qar",
                  cached=cached)

@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("modelopt.torch.quantization")
 
+from biformer_edge.backends.onnx import qdq_into_topk  # noqa: E402
 from biformer_edge.cli import export_main  # noqa: E402
-from biformer_edge.quant.report import qdq_into_topk  # noqa: E402
 
 SIZE = ["--input-size", "64", "64"]
 FEW = ["--calib-samples", "16"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from biformer_edge.backends.onnx import OnnxSession, export_onnx
-from biformer_edge.backends.tracing import bra_blocks, run_torch
 from biformer_edge.models import create_model
+from biformer_edge.models.routing import bra_blocks, run_torch
 from tests.official_bra import use_official_bra
 
 onnx = pytest.importorskip("onnx")

@@ -23,8 +23,8 @@ import biformer_edge as be  # noqa: E402
 from biformer_edge import cpu  # noqa: E402
 from biformer_edge.backends import openvino as bov  # noqa: E402
 from biformer_edge.backends.base import ExportContext  # noqa: E402
-from biformer_edge.backends.tracing import RoutingOutputs, run_torch  # noqa: E402
 from biformer_edge.models.bra import BiLevelRoutingAttention  # noqa: E402
+from biformer_edge.models.routing import RoutingOutputs, run_torch  # noqa: E402
 from biformer_edge.parity import metrics  # noqa: E402
 
 SEG_SHAPE = (1, 3, 128, 128)
@@ -333,11 +333,12 @@ INT8_SHAPE = (1, 3, 64, 64)
 
 
 def export_int8(model, path, routing):
-    from biformer_edge.backends.base import QuantSettings
+    from biformer_edge.quant.report import check_int8_graph
 
     ctx = ExportContext(workdir=path, target="openvino", precision="int8", input_shape=INT8_SHAPE,
-                        log=lambda *a: None, quant=QuantSettings(routing=routing))
-    return bov.export(model, ctx), ctx
+                        log=lambda *a: None, routing=routing)
+    files = bov.export(model, ctx)   # then, as the exporter does, the router island and the layer report
+    return files + check_int8_graph(path, bov.int8_graph(path), routing, ctx.checks), ctx
 
 
 @pytest.fixture(scope="module")
@@ -420,12 +421,10 @@ def test_router_scope_of_onnx_names():
 def test_int8_executed_precision_comes_from_the_runtime(int8_irs):
     """The executed column is what the compiled model's runtime graph says, per layer: INT8 kernels (i8/u8) for the
     layers the graph quantizes, the hint's float precision for the others (bf16 where the CPU has BF16)."""
-    from biformer_edge.quant.report import openvino_executed_precision
-
     path = int8_irs["qar"][2]
     rows = read_layer_report(path)["layers"]
     sess = bov.OpenVINOSession(path, precision_hint="f32")
-    runtime = openvino_executed_precision(sess.compiled)
+    runtime = bov.executed_precision(sess.compiled)
     runtime_precisions = {v["precision"] for v in runtime.values()}
     assert all(r["executed"] in runtime_precisions for r in rows)
     assert all(r["executed"] in ("i8", "u8") for r in rows if r["input"] == r["weight"] == "int8")
@@ -434,7 +433,7 @@ def test_int8_executed_precision_comes_from_the_runtime(int8_irs):
     assert summary["precision_hint"] == "f32" and sum(summary["by_precision"].values()) == len(rows)
     if plugin_computes("bf16") != "bf16":
         pytest.skip("this CPU has no BF16 units: the bf16 half of the report cannot be checked here")
-    bf16_rows, _ = bov.int8_layer_report(path / "model.xml", "bf16")
+    bf16_rows = bov.int8_graph(path, "bf16").rows
     by_layer = {r["layer"]: r for r in bf16_rows}
     for r in rows:
         executed = by_layer[r["layer"]]["executed"]

@@ -102,7 +102,7 @@ def test_every_qdq_target_consumes_the_checkpoint_and_compares_with_the_original
 def test_reference_is_the_original_model_not_the_fine_tuned_one(qat_file, tmp_path):
     """Drift is measured against the user's original FP32 model: with fine-tuned weights moved far from it, the
     artifact's reference logits still are the original model's."""
-    from biformer_edge.quant import qat_float_model
+    from biformer_edge.quant.prepare import qat_float_model
 
     def move_weights(obj):
         obj["state_dict"] = {k: v + 0.05 if v.is_floating_point() and "weight" in k else v
@@ -123,8 +123,8 @@ def test_reference_is_the_original_model_not_the_fine_tuned_one(qat_file, tmp_pa
 def test_onnx_graph_runs_the_trained_ranges_not_a_new_calibration(qat_file, tmp_path):
     """The exported INT8 graph computes what the QAT student computed (its weights and its INT8 ranges)."""
     ort = pytest.importorskip("onnxruntime")
-    from biformer_edge.backends.tracing import run_torch
-    from biformer_edge.quant import prepare_qat
+    from biformer_edge.models.routing import run_torch
+    from biformer_edge.quant.prepare import prepare_qat
     out = tmp_path / "onnx"
     assert run_cli(export_main, ["--target", "onnx", "--int8", "--checkpoint", qat_file, "--input-size", "64", "64",
                                  "--no-parity", "--output", out]) == 0

@@ -22,8 +22,9 @@ from onnx import TensorProto, helper, numpy_helper, shape_inference  # noqa: E40
 
 import biformer_edge as be  # noqa: E402
 from biformer_edge.backends import tensorrt as btrt  # noqa: E402
-from biformer_edge.backends.base import ExportContext, QuantSettings  # noqa: E402
+from biformer_edge.backends.base import ExportContext  # noqa: E402
 from biformer_edge.backends.tensorrt import assert_tensorrt_ready, check_onnx, export, load_build_module  # noqa: E402
+from biformer_edge.quant.settings import QuantSettings  # noqa: E402
 
 INPUT_SHAPE = (1, 3, 128, 128)   # biformer_seg_demo has n_win=8: 128 keeps every stage divisible and the test fast
 
@@ -166,16 +167,18 @@ def model():
 def quantized(model, shape=INPUT_SHAPE, routing="qar"):
     """(the ModelOpt fake-quantized copy of ``model``, its QuantSettings): 8 calibration samples, cached."""
     pytest.importorskip("modelopt", reason="INT8 needs nvidia-modelopt")
-    from biformer_edge.quant import prepare_int8
+    from biformer_edge.quant.prepare import prepare_int8
     settings = QuantSettings(samples=8, routing=routing)
     return prepare_int8(model, settings, shape, log=lambda *a: None)[0].model, settings
 
 
 def export_int8(model, workdir, target="jetson", options=None, **kw):
     qmodel, settings = quantized(model, **kw)
+    from biformer_edge.quant.report import check_int8_graph
     ctx = ExportContext(workdir=workdir, target=target, precision="int8", input_shape=INPUT_SHAPE,
-                        options=options or {}, log=lambda *a: None, quant=settings)
-    return ctx, export(qmodel, ctx)
+                        options=options or {}, log=lambda *a: None, routing=settings.routing)
+    files = export(qmodel, ctx)   # then, as the exporter does, the router island and the layer report
+    return ctx, files + check_int8_graph(workdir, btrt.int8_graph(workdir), settings.routing, ctx.checks)
 
 
 @pytest.fixture(scope="module", params=["fp32", "fp16", "int8"])

@@ -26,17 +26,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..contract import INPUT_NAME, MLPACKAGE, ROUTER_MODULE, RunResult, routing_names
 from ..errors import UserError
-from .base import INPUT_NAME, ExportContext, Session
+from .base import ExportContext, Session
 
 if TYPE_CHECKING:
     from torch import nn
 
-PACKAGE_NAME = "model.mlpackage"
 MAX_RANK = 5                                  # Core ML's tensor rank limit: BRA keeps every tensor at rank <= 5
 GATHER_OPS = ("gather", "gather_along_axis", "gather_nd")
 ROUTER_SCOPE_SEP = "__"                       # '<router module path, dots as _>__<torch.export node name>'
-_ROUTER_OP_NAME = re.compile(r"(?:^|_)router__")   # the scope part ends with the module name 'router'
+_ROUTER_OP_NAME = re.compile(rf"(?:^|_){ROUTER_MODULE}{ROUTER_SCOPE_SEP}")   # the scope ends with the router's name
 COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
 
 # MIL proto DataType names -> short names used in reports
@@ -126,7 +126,7 @@ def export_program(model: nn.Module, input_shape: tuple[int, int, int, int]):
     import torch
 
     from ..models.bra import RegionRouter
-    from .tracing import RoutingOutputs
+    from ..models.routing import RoutingOutputs
 
     wrapper = RoutingOutputs(model).eval()
     x = torch.zeros(tuple(int(s) for s in input_shape), dtype=torch.float32)
@@ -169,7 +169,7 @@ def convert_program(program, output_names: list[str], input_shape: tuple[int, in
             skip_model_load=sys.platform != "darwin",
         )
     if selector is not None:
-        if not selector.kept and any(name.startswith("routing_") for name in output_names):
+        if not selector.kept and bool(routing_names(output_names)):
             raise UserError("no op of the Core ML program is named as a BRA router op, so FP16 would lower the "
                             "router: convert a program made by export_program (it names the router ops)")
         log(f"coreml: {len(selector.kept)} router ops kept FP32")
@@ -216,8 +216,7 @@ def quantize_activations_8bit(mlmodel, sample_data: list[dict], log=print):
 def _int8(mlmodel, ctx: ExportContext, ios: int):
     """``--int8`` for Core ML: 8-bit per-channel weights on the FP16 program (router FP32); on macOS with iOS 17+,
     8-bit activations too (W8A8), calibrated on the export's calibration recipe."""
-    routing = ctx.quant.routing if ctx.quant else "qar"
-    note = "; --routing naive changes nothing here (Core ML keeps the router FP32)" if routing == "naive" else ""
+    note = "; --routing naive changes nothing here (Core ML keeps the router FP32)" if ctx.routing == "naive" else ""
     if sys.platform != "darwin" or ios < 17:
         mac = sys.platform == "darwin"
         ctx.log(f"coreml: int8 = 8-bit per-channel weights, FP16 activations; W8A8 (activation calibration) "
@@ -225,12 +224,9 @@ def _int8(mlmodel, ctx: ExportContext, ios: int):
         ctx.checks["int8"] = {"ok": True, "summary": f"W8 per-channel, activations FP16 (W8A8 needs "
                                                      f"{'--ios 17+' if mac else 'macOS'}){note}"}
         return quantize_weights_8bit(mlmodel)
-    from ..quant.calibration import calibration_inputs, resolve_recipe
-
-    recipe = resolve_recipe(ctx.quant.calib if ctx.quant else [], ctx.quant.samples if ctx.quant else None)
-    batches = calibration_inputs(recipe, tuple(ctx.input_shape))
-    for line in recipe.notes:   # after reading the data: it adds notes of its own
-        ctx.log(line)
+    if ctx.calibration is None:
+        raise UserError("Core ML W8A8 needs calibration data: export through biformer-export (it passes --calib)")
+    batches = ctx.calibration()
     mlmodel = quantize_activations_8bit(mlmodel, [{INPUT_NAME: np.ascontiguousarray(b, dtype=np.float32)}
                                                   for b in batches], log=ctx.log)
     ctx.checks["int8"] = {"ok": True, "summary": f"W8A8: 8-bit per-channel weights, 8-bit activations calibrated on "
@@ -250,7 +246,7 @@ def export_package(model: nn.Module, ctx: ExportContext) -> list[str]:
     Options read from ``ctx.options``: ``ios`` (16 default, 17, 18: minimum deployment target), ``weights_8bit``
     (int8 per-channel weights). FP16 keeps the BRA routers FP32 unless the model's blocks have ``router_fp32``
     switched off. ``int8`` is the FP16 program with 8-bit per-channel weights (:func:`_int8`; W8A8 on macOS)."""
-    from .tracing import RoutingOutputs, bra_blocks
+    from ..models.routing import RoutingOutputs, bra_blocks
 
     _coremltools()  # fail fast, before the slow torch.export
     ios = int(ctx.options.get("ios") or 16)
@@ -265,13 +261,13 @@ def export_package(model: nn.Module, ctx: ExportContext) -> list[str]:
         mlmodel = quantize_weights_8bit(mlmodel)
     workdir = Path(ctx.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mlmodel.save(str(workdir / PACKAGE_NAME))
-    _stable_manifest(workdir / PACKAGE_NAME)
-    problems = check_mlpackage(workdir / PACKAGE_NAME, names, expected_input=tuple(ctx.input_shape))
+    mlmodel.save(str(workdir / MLPACKAGE))
+    _stable_manifest(workdir / MLPACKAGE)
+    problems = check_mlpackage(workdir / MLPACKAGE, names, expected_input=tuple(ctx.input_shape))
     if problems:
         raise UserError("the converted Core ML program failed its structural checks: " + "; ".join(problems)
                         + " (report it with the coremltools and torch versions)")
-    return [PACKAGE_NAME]
+    return [MLPACKAGE]
 
 
 def _stable_manifest(package: Path) -> None:
@@ -294,8 +290,8 @@ def _stable_manifest(package: Path) -> None:
 
 def _package_path(path: str | Path) -> Path:
     path = Path(path)
-    if path.suffix != ".mlpackage" and (path / PACKAGE_NAME).exists():
-        path = path / PACKAGE_NAME
+    if path.suffix != ".mlpackage" and (path / MLPACKAGE).exists():
+        path = path / MLPACKAGE
     if not path.exists():
         raise UserError(f"no Core ML package at {path}: export one with 'biformer-export --target coreml'")
     return path
@@ -386,7 +382,7 @@ def check_mlpackage(path: str | Path, expected_outputs, expected_input: tuple | 
         problems.append("no topk op: the BRA routing was lost in conversion")
     if not facts["has_gather"]:
         problems.append("no gather op: the BRA region gather was lost in conversion")
-    n_routing = sum(1 for n in expected if n.startswith("routing_"))
+    n_routing = len(routing_names(expected))
     if facts["ops"].get("topk", 0) < n_routing:
         problems.append(f"{facts['ops'].get('topk', 0)} topk ops for {n_routing} routing outputs")
     if facts["max_rank"] > MAX_RANK:
@@ -435,4 +431,4 @@ class CoreMLSession(Session):
 
     def run(self, x: np.ndarray):
         result = self.model.predict({INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
-        return self.split_outputs(self.output_names, [np.asarray(result[n]) for n in self.output_names])
+        return RunResult.from_outputs(self.output_names, [np.asarray(result[n]) for n in self.output_names])

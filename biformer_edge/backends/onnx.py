@@ -10,14 +10,15 @@ import copy
 import importlib.util
 import io
 import warnings
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..contract import INPUT_NAME, ONNX_FILE, ROUTER_MODULE, Int8Graph, RunResult
 from ..errors import UserError
-from .base import INPUT_NAME, ExportContext, Session
+from .base import ExportContext, Session
 
 if TYPE_CHECKING:
     from torch import nn
@@ -30,7 +31,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     import onnx
     import torch
 
-    from .tracing import RoutingOutputs
+    from ..models.routing import RoutingOutputs
 
     dtype = torch.float16 if fp16 else torch.float32
     # A copy: casting the caller's module in place would make the FP32 reference that follows an FP16-weight one.
@@ -119,7 +120,7 @@ class OnnxSession(Session):
 
     def __init__(self, artifact: str | Path, manifest: dict | None = None, threads: int | None = None,
                  providers: list[str] | None = None, config: dict | None = None):
-        path = Path(artifact) / "model.onnx" if Path(artifact).is_dir() else Path(artifact)
+        path = Path(artifact) / ONNX_FILE if Path(artifact).is_dir() else Path(artifact)
         if importlib.util.find_spec("onnxruntime") is None:
             raise UserError("onnxruntime is not installed: pip install 'biformer-edge[onnx]'")
         import onnxruntime as ort
@@ -134,7 +135,7 @@ class OnnxSession(Session):
 
     def run(self, x: np.ndarray):
         values = self.sess.run(self.output_names, {self.input.name: np.asarray(x, dtype=self.input_dtype)})
-        return self.split_outputs(self.output_names, values)
+        return RunResult.from_outputs(self.output_names, values)
 
 
 def graph_summary(proto) -> str:
@@ -145,10 +146,98 @@ def graph_summary(proto) -> str:
 
 
 def export(model: nn.Module, ctx: ExportContext) -> list[str]:
-    proto = export_onnx(model, ctx.workdir / "model.onnx", ctx.input_shape, ctx.opset, fp16=ctx.precision == "fp16")
+    proto = export_onnx(model, ctx.workdir / ONNX_FILE, ctx.input_shape, ctx.opset, fp16=ctx.precision == "fp16")
     ctx.checks["onnx_checker"] = {"ok": True, "summary": f"onnx.checker full_check passed; {graph_summary(proto)}"}
-    if ctx.precision == "int8":  # ``model`` is the fake-quantized copy: its TensorQuantizers export as Q/DQ pairs
-        from ..quant.report import LAYER_REPORT, check_int8_onnx
-        check_int8_onnx(proto, ctx)
-        return ["model.onnx", LAYER_REPORT, LAYER_REPORT.replace(".json", ".md")]
-    return ["model.onnx"]
+    return [ONNX_FILE]   # INT8: ``model`` was fake-quantized, its TensorQuantizers export as Q/DQ pairs
+
+
+# ------------------------------------------------------------------------------------------ INT8: the Q/DQ graph
+# An INT8 ONNX states its precision in Q/DQ pairs: a Conv / MatMul / Gemm input is INT8 when a DequantizeLinear of an
+# int8 QuantizeLinear feeds it (through ops that only move data). Router ops are named ``.../router/...``.
+
+COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
+PASS_THROUGH = ("Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast")
+ROUTER_SCOPE = f"/{ROUTER_MODULE}/"
+
+
+def _producers(graph) -> dict:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def _source(name: str, producers: dict):
+    """The node behind ``name``, looking through ops that only move data."""
+    node = producers.get(name)
+    while node is not None and node.op_type in PASS_THROUGH and node.input:
+        node = producers.get(node.input[0])
+    return node
+
+
+def module_path(node_name: str) -> str:
+    """The PyTorch module a TorchScript-exported node came from: '/model/backbone/stages.0/stages.0.0/pos_embed/Conv'
+    -> 'backbone.stages.0.0.pos_embed' (ModuleList scopes repeat their parent's name with an index)."""
+    segments = [seg for seg in node_name.split("/")[1:-1] if seg]
+    if segments and segments[0] == "model":   # the RoutingOutputs wrapper
+        segments = segments[1:]
+    path, last = "", ""
+    for seg in segments:
+        if last and seg.startswith(last + "."):
+            path = path[: len(path) - len(last)] + seg
+        else:
+            path = f"{path}.{seg}" if path else seg
+        last = seg
+    return path
+
+
+def layer_precision(proto) -> list[dict]:
+    """One row per Conv/MatMul/Gemm of ``proto``: name, op, input and weight precision, weight params, router."""
+    from onnx import numpy_helper
+    graph = proto.graph
+    producers = _producers(graph)
+    sizes = {init.name: int(numpy_helper.to_array(init).size) for init in graph.initializer}
+
+    def precision(tensor: str) -> tuple[str, int]:
+        node = _source(tensor, producers)
+        if node is not None and node.op_type == "DequantizeLinear":
+            q = _source(node.input[0], producers)
+            weight = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else node.input[0]
+            return "int8", sizes.get(weight, 0)
+        return "float", sizes.get(tensor, 0) if node is None else 0
+
+    rows = []
+    for node in graph.node:
+        if node.op_type not in COMPUTE_OPS or len(node.input) < 2:
+            continue
+        act, _ = precision(node.input[0])
+        weight, params = precision(node.input[1])
+        rows.append({"layer": node.name, "module": module_path(node.name), "op": node.op_type, "input": act,
+                     "weight": weight,
+                     "weight_params": params, "router": ROUTER_SCOPE in node.name})
+    return rows
+
+
+def qdq_into_topk(proto) -> list[str]:
+    """Q/DQ nodes on any path into a TopK (walking back through the router's ops): empty for the QAR island."""
+    graph = proto.graph
+    producers = _producers(graph)
+    found = []
+    for topk in (n for n in graph.node if n.op_type == "TopK"):
+        seen, queue = set(), deque([topk.input[0]])
+        while queue:
+            node = producers.get(queue.popleft())
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                found.append(f"{node.name} -> {topk.name}")
+                continue
+            if ROUTER_SCOPE in node.name or node.op_type in PASS_THROUGH:
+                queue.extend(i for i in node.input if i)
+    return found
+
+
+def int8_graph(workdir: Path, file: str = ONNX_FILE):
+    """The INT8 facts of the Q/DQ ONNX an export wrote (the exporter has quantization check and report them)."""
+    import onnx
+
+    proto = onnx.load(str(Path(workdir) / file))
+    return Int8Graph(rows=layer_precision(proto), into_topk=qdq_into_topk(proto))

@@ -66,13 +66,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..contract import INPUT_NAME, IR_BIN, IR_XML, ONNX_FILE, ROUTER_MODULE, Int8Graph, RunResult
 from ..errors import UserError
-from .base import INPUT_NAME, ExportContext, Session
+from .base import ExportContext, Session
 
 if TYPE_CHECKING:  # annotations only: this module imports torch inside the export functions
     from torch import nn
 
-XML_NAME, BIN_NAME = "model.xml", "model.bin"
 
 # The runtime attribute that keeps a node out of low-precision conversion, as the IR spells it.
 KEEP_PRECISION_ATTR = {"name": "DisablePrecisionConversion", "version": "0", "value": "dynamic:bf16,f16"}
@@ -90,11 +90,6 @@ RUNTIME_COMPUTE_KERNELS = ("Convolution", "FullyConnected", "MatMul", "ScaledDot
 
 # The CPU plugin's OPTIMIZATION_CAPABILITIES entry that says it computes a precision natively.
 NATIVE_CAPABILITY = {"f16": "FP16", "bf16": "BF16"}
-
-# BiLevelRoutingAttention.router: the attribute name of the RegionRouter submodule, the last component of the scope
-# ov.convert_model gives its ops ("__module.model.backbone.stages.0.0.attn.router/aten::topk/TopK").
-ROUTER_MODULE = "router"
-
 
 def _openvino():
     try:
@@ -187,7 +182,7 @@ def keep_router_fp32(ov_model):
         return ov_model
     names = {n.get_friendly_name() for n in nodes}
     with tempfile.TemporaryDirectory(prefix="biformer-ov-") as tmp:
-        xml = Path(tmp) / XML_NAME
+        xml = Path(tmp) / IR_XML
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)
         _mark_layers(xml, names)
         marked = _core().read_model(str(xml))
@@ -205,7 +200,7 @@ def convert(model: nn.Module, input_shape: tuple[int, int, int, int]):
     ``routing_0`` ..."""
     import torch
 
-    from .tracing import RoutingOutputs
+    from ..models.routing import RoutingOutputs
 
     ov = _openvino()
     wrapper = RoutingOutputs(model).eval()
@@ -239,7 +234,7 @@ def _stable_names(ov_model) -> None:
 def mark_routers(ov_model, model, keep_fp32: bool, ctx: ExportContext):
     """With ``keep_fp32`` (and the model's routers FP32), mark every router to stay FP32 in f16/bf16 compute; in any
     case note the CPU plugin's Snippets hazard. Returns the model to save."""
-    from .tracing import bra_blocks
+    from ..models.routing import bra_blocks
 
     blocks = bra_blocks(model)
     if keep_fp32 and all(b.router_fp32 for b in blocks):
@@ -268,8 +263,8 @@ def export(model: nn.Module, ctx: ExportContext) -> list[str]:
     ov_model = mark_routers(ov_model, model, fp16, ctx)
     workdir = Path(ctx.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov_model, str(workdir / XML_NAME), compress_to_fp16=fp16)
-    return [XML_NAME, BIN_NAME]
+    ov.save_model(ov_model, str(workdir / IR_XML), compress_to_fp16=fp16)
+    return [IR_XML, IR_BIN]
 
 
 # ----------------------------------------------------------------------------------------------------------- int8
@@ -289,7 +284,7 @@ def convert_qdq(model: nn.Module, input_shape: tuple[int, int, int, int], opset:
     from .onnx import export_onnx
 
     ov = _openvino()
-    path = Path(tmp) / "model.onnx"
+    path = Path(tmp) / ONNX_FILE
     proto = export_onnx(model, path, input_shape, opset)
     ov_model = ov.convert_model(str(path))
     if ov_model.inputs[0].get_any_name() != INPUT_NAME:
@@ -366,8 +361,9 @@ def _weight_precision(output) -> tuple[str, int]:
 
 def ir_layer_precision(ov_model) -> list[dict]:
     """One row per Convolution / GroupConvolution / MatMul / ScaledDotProductAttention of an IR, in the fields of
-    ``quant.report.layer_precision``: name, op, the precision of its activation input and of its weight (the second
-    input: k for attention) as the graph states them, weight parameters, and whether it belongs to a router."""
+    :func:`biformer_edge.backends.onnx.layer_precision`: name, op, the precision of its activation input and of its
+    weight (the second input: k for attention) as the graph states them, weight parameters, and whether it belongs
+    to a router."""
     rows = []
     for op in ov_model.get_ordered_ops():
         if op.get_type_name() not in IR_COMPUTE_OPS:
@@ -377,6 +373,54 @@ def ir_layer_precision(ov_model) -> list[dict]:
         rows.append({"layer": op.get_friendly_name(), "op": op.get_type_name(), "input": act, "weight": weight,
                      "weight_params": params, "router": router_scope(op.get_friendly_name()) is not None})
     return rows
+
+
+SKIP_KERNELS = ("Reorder", "Const", "Input", "Parameter", "Output", "Result")
+
+
+def runtime_layers(compiled_model) -> list[dict]:
+    """The nodes OpenVINO's plugin executes (``compiled_model.get_runtime_model()``), in execution order: ``kernel``
+    (rt_info ``layerType``, e.g. FullyConnected, Convolution, Subgraph), ``precision`` (``runtimePrecision``: the
+    precision the kernel computes in, e.g. i8/u8 for INT8 kernels, f32, bf16), ``outputs`` (``outputPrecisions``)
+    and ``names``: the original layers fused into it (``originalLayersNames``)."""
+    rows = []
+    for op in compiled_model.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+
+        def get(key):
+            return info[key].astype(str) if key in info else ""
+        names = [n for n in get("originalLayersNames").split(",") if n]
+        rows.append({"name": op.get_friendly_name(), "kernel": get("layerType"), "precision": get("runtimePrecision"),
+                     "outputs": get("outputPrecisions"), "names": names})
+    return rows
+
+
+def executed_precision(compiled_model, layers: list[str] | None = None) -> dict[str, dict]:
+    """What OpenVINO executed each layer in: original layer name -> ``{"precision", "kernel", "outputs"}`` of the
+    runtime node that computes it (:func:`runtime_layers`; reorders and constants are skipped). With
+    ``layers`` (the model's own op names, e.g. an IR's friendly names), only those, found by exact name, else by a
+    fused name inside their scope (``<layer>/DequantizationMultiply``: the plugin's low-precision transformations
+    rename the op they quantize), else by the name without a trailing ``/WithoutBiases`` (the op a bias Add was split
+    from); a layer found nowhere is left out."""
+    exact: dict[str, dict] = {}
+    for row in runtime_layers(compiled_model):
+        if row["kernel"] in SKIP_KERNELS:
+            continue
+        entry = {"precision": row["precision"], "kernel": row["kernel"], "outputs": row["outputs"]}
+        for name in row["names"]:
+            exact.setdefault(name, entry)
+    if layers is None:
+        return exact
+    out = {}
+    for layer in layers:
+        entry = exact.get(layer)
+        if entry is None:
+            entry = next((v for k, v in exact.items() if k.startswith(layer + "/")), None)
+        if entry is None and layer.endswith("/WithoutBiases"):
+            entry = exact.get(layer.rsplit("/", 1)[0])
+        if entry is not None:
+            out[layer] = entry
+    return out
 
 
 def executed_summary(rows: list[dict]) -> dict:
@@ -390,12 +434,12 @@ def executed_summary(rows: list[dict]) -> dict:
             "int8_weight_params": sum(r["weight_params"] for r in rows if r.get("executed") in ("i8", "u8"))}
 
 
-def int8_layer_report(xml_path: Path, precision_hint: str = "f32") -> tuple[list[dict], dict]:
-    """The layer report of an INT8 IR: :func:`ir_layer_precision` plus what the CPU plugin executed each layer in
-    under ``precision_hint`` (compiled as :class:`OpenVINOSession` compiles it): ``executed`` (the runtime precision:
-    i8/u8 for INT8 kernels, f32, bf16), ``kernel`` (the plugin's node type). Returns (rows, summary)."""
-    from ..quant.report import openvino_executed_precision, summarize
-
+def int8_graph(workdir: Path, precision_hint: str = "f32") -> Int8Graph:
+    """The INT8 facts of the IR an export wrote: :func:`ir_layer_precision` plus what the CPU plugin executed each layer
+    in under ``precision_hint`` (f32: parity's default for INT8, compiled as :class:`OpenVINOSession` does):
+    ``executed`` (the runtime precision: i8/u8 for INT8 kernels, f32, bf16) and ``kernel`` (the plugin's node type),
+    and the FakeQuantize ops on any path into a TopK (:func:`fake_quantize_into_topk`)."""
+    xml_path = Path(workdir) / IR_XML
     ov_model = _core().read_model(str(xml_path))
     rows = ir_layer_precision(ov_model)
     # The plugin may name a fused layer after the op that consumed it (MatMul + bias Add -> "<...>/Add").
@@ -406,28 +450,28 @@ def int8_layer_report(xml_path: Path, precision_hint: str = "f32") -> tuple[list
         aliases[row["layer"]] = [row["layer"]] + ([targets[0].get_node().get_friendly_name()] if len(targets) == 1
                                                   else [])
     session = OpenVINOSession(xml_path, precision_hint=precision_hint)
-    executed = openvino_executed_precision(session.compiled, [n for names in aliases.values() for n in names])
+    executed = executed_precision(session.compiled, [n for names in aliases.values() for n in names])
     for row in rows:
         entry = next((executed[n] for n in aliases[row["layer"]] if n in executed), {})
         row["executed"] = entry.get("precision", "?")
         row["kernel"] = entry.get("kernel", "?")
-    summary = summarize(rows)
-    summary["executed"] = {"cpu": str(_core().get_property("CPU", "FULL_DEVICE_NAME")),
-                           "precision_hint": session.precision_hint,
-                           "inference_precision": session.inference_precision, **executed_summary(rows)}
-    return rows, summary
+    ex = {"cpu": str(_core().get_property("CPU", "FULL_DEVICE_NAME")), "precision_hint": session.precision_hint,
+          "inference_precision": session.inference_precision, **executed_summary(rows)}
+    fq = sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ordered_ops())
+    note = (f"\nExecuted: OpenVINO CPU plugin ({ex['cpu']}), precision hint {ex['precision_hint']} (computes "
+            f"{ex['inference_precision']}); layers by executed precision: "
+            + ", ".join(f"{p} {n}" for p, n in ex["by_precision"].items())
+            + f". i8/u8 are INT8 kernels; {fq} FakeQuantize in the IR.\n")
+    return Int8Graph(rows=rows, into_topk=fake_quantize_into_topk(ov_model), quantizer="FakeQuantize",
+                     where=" of the IR", topk=sum(op.get_type_name() == "TopK" for op in ov_model.get_ordered_ops()),
+                     executed=ex, notes=[note])
 
 
 def export_int8(model: nn.Module, ctx: ExportContext) -> list[str]:
-    """INT8 IR from the fake-quantized ``model`` (:func:`convert_qdq`), router island checked on the IR
-    (:func:`fake_quantize_into_topk`; ``--routing qar``: none, and the router's float ops marked to stay FP32 under a
-    bf16/f16 hint as in the FP16 IR), and ``layer_precision.json``/``.md``: per layer the precision the IR states and
-    the one OpenVINO's CPU plugin executed it in with the f32 hint (parity's default for INT8)."""
-    from ..artifact import write_file, write_json
-    from ..quant.report import LAYER_REPORT, render_markdown
-
+    """INT8 IR from the fake-quantized ``model`` (:func:`convert_qdq`), the router's float ops marked to stay FP32
+    under a bf16/f16 hint as in the FP16 IR (``--routing qar``). The exporter then checks the router island and
+    writes the layer report from :func:`int8_graph`."""
     ov = _openvino()
-    routing = ctx.quant.routing if ctx.quant else "qar"
     workdir = Path(ctx.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="biformer-ov-") as tmp:
@@ -435,30 +479,10 @@ def export_int8(model: nn.Module, ctx: ExportContext) -> list[str]:
         fq = sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ordered_ops())
         if not fq:
             raise RuntimeError("the INT8 IR holds no FakeQuantize: the model given was not fake-quantized")
-        into_topk = fake_quantize_into_topk(ov_model)
-        if routing == "qar" and into_topk:
-            raise UserError(f"internal check failed: a FakeQuantize reaches the router's TopK in the OpenVINO IR "
-                            f"({into_topk[0]}); report it with --debug")
-        ov_model = mark_routers(ov_model, model, routing == "qar", ctx)
-        ov.save_model(ov_model, str(workdir / XML_NAME), compress_to_fp16=False)
-    topk = sum(op.get_type_name() == "TopK" for op in ov_model.get_ordered_ops())
-    ctx.checks["router_island"] = {"ok": True, "summary": (
-        f"no FakeQuantize on any path into the {topk} TopK of the IR (router FP32)" if routing == "qar" else
-        f"--routing naive: {len(into_topk)} FakeQuantize paths into the {topk} TopK of the IR (router quantized)")}
-    rows, summary = int8_layer_report(workdir / XML_NAME)
-    ex = summary["executed"]
-    note = (f"\nExecuted: OpenVINO CPU plugin ({ex['cpu']}), precision hint {ex['precision_hint']} (computes "
-            f"{ex['inference_precision']}); layers by executed precision: "
-            + ", ".join(f"{p} {n}" for p, n in ex["by_precision"].items())
-            + f". i8/u8 are INT8 kernels; {fq} FakeQuantize in the IR.\n")
-    write_json(workdir / LAYER_REPORT, {"summary": summary, "layers": rows})
-    write_file(workdir / LAYER_REPORT.replace(".json", ".md"), render_markdown(rows, summary) + note)
-    ctx.checks["int8_layers"] = {"ok": True, "summary": (
-        f"{summary['int8_layers']}/{summary['layers']} layers INT8 on both inputs in the IR, "
-        f"{summary['int8_weight_share']:.2%} of weight parameters; executed in INT8 by the CPU plugin (hint "
-        f"{ex['precision_hint']}): {ex['int8_layers']}/{summary['layers']}")}
-    ctx.log(f"openvino: INT8 IR, {fq} FakeQuantize; {ctx.checks['int8_layers']['summary']}")
-    return [XML_NAME, BIN_NAME, LAYER_REPORT, LAYER_REPORT.replace(".json", ".md")]
+        ov_model = mark_routers(ov_model, model, ctx.routing == "qar", ctx)
+        ov.save_model(ov_model, str(workdir / IR_XML), compress_to_fp16=False)
+    ctx.log(f"openvino: INT8 IR, {fq} FakeQuantize")
+    return [IR_XML, IR_BIN]
 
 
 # -------------------------------------------------------------------------------------------------------- session
@@ -466,7 +490,7 @@ def export_int8(model: nn.Module, ctx: ExportContext) -> list[str]:
 
 def _model_path(artifact: str | Path) -> Path:
     path = Path(artifact)
-    xml = path / XML_NAME if path.is_dir() else path
+    xml = path / IR_XML if path.is_dir() else path
     if not xml.is_file():
         raise UserError(f"no OpenVINO model at {xml}: export one with 'biformer-export --target openvino'")
     return xml
@@ -573,4 +597,4 @@ class OpenVINOSession(Session):
             raise UserError(f"input shape {tuple(x.shape)} does not match the OpenVINO model's {self.input_shape}")
         result = self.request.infer({0: x})
         values = [np.array(result[o]) for o in self.compiled.outputs]
-        return self.split_outputs(self.output_names, values)
+        return RunResult.from_outputs(self.output_names, values)

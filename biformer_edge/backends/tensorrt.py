@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import BUILD_PY, BUILD_SCRIPT, ENGINE_FILE, INPUT_NAME, ONNX_FILE, PROGRAM_FILE, RunResult
 from ..errors import UserError, first_line
 from ..profiles import template_path
-from .base import INPUT_NAME, ExportContext, Session
+from .base import ExportContext, Session
 
-ONNX_FILE, ENGINE_FILE, PROGRAM_FILE = "model.onnx", "model.engine", "model.pt2"
 DEFAULT_WORKSPACE_MIB = 2048
 CUDA_PYTHON_MISSING = "cuda-python is not installed (pip install cuda-python)"
 
@@ -226,7 +226,7 @@ def render_template(name: str, **values) -> str:
 
 def load_build_module():
     """The template build_engine.py as a module: the one implementation of the engine build."""
-    spec = importlib.util.spec_from_file_location("biformer_edge_build_engine", template_path("build_engine.py"))
+    spec = importlib.util.spec_from_file_location("biformer_edge_build_engine", template_path(BUILD_PY))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -300,7 +300,7 @@ def export_quantized_program(qmodel, input_shape, path) -> dict:
     from modelopt.torch.quantization.nn.modules import tensor_quantizer as tq
     from modelopt.torch.quantization.utils import export_torch_mode
 
-    from .tracing import RoutingOutputs
+    from ..models.routing import RoutingOutputs
 
     if not tq.is_registered_quant_backend(_EXPORT_BACKEND):
         tq.register_quant_backend(_EXPORT_BACKEND, _quantize_op)
@@ -345,9 +345,6 @@ def export(model, ctx: ExportContext) -> list[str]:
         f"on TopK/Gather, rank <= {MAX_RANK}{', static shapes for DLA' if dla_core is not None else ''}): no problems")}
     extra = []
     if ctx.precision == "int8":  # explicit Q/DQ: TensorRT builds it strongly typed, INT8 exactly where Q/DQ sit
-        from ..quant.report import LAYER_REPORT, check_int8_onnx
-        check_int8_onnx(proto, ctx)
-        extra = [LAYER_REPORT, LAYER_REPORT.replace(".json", ".md")]
         try:
             found = export_quantized_program(model, ctx.input_shape, workdir / PROGRAM_FILE)
         except Exception as exc:  # noqa: BLE001 - torch.export/ModelOpt raise anything; the ONNX path stands alone
@@ -356,8 +353,7 @@ def export(model, ctx: ExportContext) -> list[str]:
                     f"{first_line(exc)}")
             ctx.checks["torch_export"] = {"ok": False, "summary": f"no {PROGRAM_FILE}: {type(exc).__name__}"}
         else:
-            routing = ctx.quant.routing if ctx.quant else "qar"
-            if routing == "qar" and found["router_quantize_ops"]:
+            if ctx.routing == "qar" and found["router_quantize_ops"]:
                 raise UserError(f"internal check failed: {found['router_quantize_ops']} quantize ops inside a router "
                                 f"in {PROGRAM_FILE}; report it with --debug")
             ctx.checks["torch_export"] = {"ok": True, "summary": (
@@ -369,11 +365,11 @@ def export(model, ctx: ExportContext) -> list[str]:
                   input_name=INPUT_NAME, input_shape="x".join(str(int(d)) for d in ctx.input_shape),
                   dla_core="" if dla_core is None else dla_core, workspace_mib=workspace_mib)
     written = [ONNX_FILE, *extra]
-    for name in ("build_engine.sh", "build_engine.py"):
+    for name in (BUILD_SCRIPT, BUILD_PY):
         path = workdir / name
         path.write_text(render_template(name, **values))
         written.append(name)
-    sh = workdir / "build_engine.sh"
+    sh = workdir / BUILD_SCRIPT
     sh.chmod(sh.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
     if options.get("build"):
@@ -385,6 +381,12 @@ def export(model, ctx: ExportContext) -> list[str]:
             raise UserError(f"TensorRT engine build failed: {exc}") from None
         written.append(ENGINE_FILE)
     return written
+
+
+def int8_graph(workdir: Path):
+    """The INT8 facts of ``model.onnx``, the Q/DQ graph every engine is built from."""
+    from .onnx import int8_graph as onnx_int8_graph
+    return onnx_int8_graph(workdir)
 
 
 # --- runtime --------------------------------------------------------------------------------------------------------
@@ -568,7 +570,7 @@ class TensorRTSession(Session):
             self.stream.synchronize()
         except CudaError as exc:
             raise UserError(f"TensorRT run failed on the GPU: {exc}") from None
-        return self.split_outputs(self.output_names, [self.buffers[n].host.copy() for n in self.output_names])
+        return RunResult.from_outputs(self.output_names, [self.buffers[n].host.copy() for n in self.output_names])
 
     def close(self) -> None:
         """Free the device buffers and the stream (also done when the session is garbage-collected)."""

@@ -7,15 +7,13 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from .. import cpu
-from ..artifact import REPORT_FILES, read_manifest, read_verified, sha256_file, write_file, write_json
+from ..artifact import read_manifest, read_verified, sha256_file, write_file, write_json
+from ..contract import MARGIN_PLOT, PARITY_JSON, PARITY_MD, REFERENCE, REPORT_FILES, ROUTING_PREFIX
 from ..errors import UserError
 from ..targets import RUNTIMES, load_profile, open_session, unavailable_reason
 from . import metrics
 from .inputs import parity_inputs
-from .plots import MARGIN_PLOT, write_margin_plot
-
-PARITY_JSON, PARITY_MD = REPORT_FILES[:2]
-REFERENCE = "reference.npz"
+from .plots import write_margin_plot
 
 
 def reference_device(preference: str = "auto") -> str:
@@ -32,7 +30,7 @@ def run_reference(model, inputs: np.ndarray, device: str) -> dict[str, np.ndarra
     affinities affinity_i (B, N, R, R) that tell a real routing flip from a choice among exactly tied regions."""
     import torch
 
-    from ..backends.tracing import run_torch
+    from ..models.routing import run_torch
     model = model.float().to(device).eval()
     runs = [run_torch(model, torch.from_numpy(batch), affinities=True) for batch in inputs]
     arrays = {"inputs": inputs, "logits": np.stack([r.logits for r in runs])}
@@ -72,7 +70,7 @@ def measure_backend(session, ref: dict, task: str, num_classes: int | None, rout
         return [a.reshape(-1, *a.shape[2:]) for a in arrays]
     if routing_out is not None:
         routing_out.extend(flat(test_routing))
-    return metrics.compare(ref["logits"].reshape(-1, *ref["logits"].shape[2:]), flat(numbered(ref, "routing_")),
+    return metrics.compare(ref["logits"].reshape(-1, *ref["logits"].shape[2:]), flat(numbered(ref, ROUTING_PREFIX)),
                            np.stack(logits).reshape(-1, *ref["logits"].shape[2:]), flat(test_routing), task,
                            num_classes, ref_affinity=flat(numbered(ref, "affinity_")) or None)
 
@@ -115,7 +113,7 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
         result = measure_backend(session, ref, manifest["task"], manifest.get("num_classes"), deployed)
         affinity = [a.reshape(-1, *a.shape[2:]) for a in numbered(ref, "affinity_")]
         if plot is not None and deployed and affinity:
-            skipped = write_margin_plot(plot, [r.reshape(-1, *r.shape[2:]) for r in numbered(ref, "routing_")],
+            skipped = write_margin_plot(plot, [r.reshape(-1, *r.shape[2:]) for r in numbered(ref, ROUTING_PREFIX)],
                                         deployed, affinity, f"{manifest['model']} {manifest['target']} "
                                         f"{precision}: routing flips against FP32 margins ({name})")
             report["margin_plot"] = skipped or f"{plot.name} ({name})"
@@ -280,7 +278,7 @@ def reference_problem(ref: dict, manifest: dict) -> str | None:
         return f"inputs {inputs.dtype} {inputs.shape} for an input of {manifest['input_shape']}"
     if inputs.shape[0] < 1 or logits.dtype.kind != "f" or logits.ndim < 3 or logits.shape[:2] != inputs.shape[:2]:
         return f"logits {logits.dtype} {logits.shape} for inputs {inputs.shape}"
-    routing = numbered(ref, "routing_")
+    routing = numbered(ref, ROUTING_PREFIX)
     if len(routing) != manifest.get("routing_blocks", len(routing)):
         return f"{len(routing)} routing outputs for {manifest.get('routing_blocks')} routing blocks"
     for r in routing:

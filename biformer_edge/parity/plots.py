@@ -11,8 +11,6 @@ import numpy as np
 
 from .metrics import DECISIVE_MARGIN, route_margins, routing_overlap
 
-MARGIN_PLOT = "routing_margins.png"
-
 
 def write_margin_plot(path: Path, ref_routing: list[np.ndarray], test_routing: list[np.ndarray],
                       affinity: list[np.ndarray], title: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Calibration data for INT8: recipes, sources (image folders, videos, synthetic scenes), and the cache key.
+"""Calibration data for INT8: recipes and sources (image folders, videos, synthetic scenes); the cache is ``cache.py``.
 
 A recipe (TOML, see the top-level ``calibration/default.toml``) says where samples come from, how many, and the
 range method. ``--calib`` takes image folders, single images, video files (frames sampled evenly) or a recipe;
@@ -7,9 +7,6 @@ goes through the model's own preprocessing (``biformer_edge.preprocess``), the s
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -149,22 +146,3 @@ def calibration_inputs(recipe: Recipe, input_shape: tuple[int, int, int, int]) -
     n_batches = -(-len(images) // N)
     images = (images * 2)[: n_batches * N]
     return preprocess_all(images, (H, W)).reshape(n_batches, N, 3, H, W)
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("BIFORMER_EDGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "biformer-edge")
-    return Path(root) / "calibration"
-
-
-def cache_key(state: dict, inputs: np.ndarray, settings: dict) -> str:
-    """Content hash of everything calibration depends on: the weights, the calibration inputs, the settings (routing
-    mode, method, shape, toolkit version). A cached result is reused only when all of them are identical."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
-        digest.update((tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy().tobytes())
-    digest.update(np.ascontiguousarray(inputs))   # the buffer itself: no copy of every sample
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    return digest.hexdigest()

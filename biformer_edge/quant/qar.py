@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backends.base import DEFAULT_MAX_ROUTING_REGRET
-from ..backends.tracing import run_torch
+from ..models.routing import run_torch
 from ..parity.metrics import runs_agreement
+from .settings import DEFAULT_MAX_ROUTING_REGRET
 
 SEARCH_VERSION = 2   # part of the calibration cache key: a changed search never reuses an old result
 MIN_INT8_SHARE = 0.9   # no INT8 export keeps more float: the search stops here, a QAT checkpoint is refused below it

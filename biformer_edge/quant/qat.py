@@ -34,8 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..artifact import output_lock, sha256_file
-from ..backends.base import DEFAULT_MAX_ROUTING_REGRET
-from ..backends.tracing import RoutingOutputs, bra_blocks, run_torch
 from ..data.synthetic import render_scene, scene_seed
 from ..errors import UserError, short_reason
 from ..memory import check_samples, max_samples
@@ -43,11 +41,13 @@ from ..models import create_model, get_spec
 from ..models.biformer import MIN_INPUT_SIZE
 from ..models.checkpoint import read_state_dict
 from ..models.registry import WEIGHTS_DIR
+from ..models.routing import RoutingOutputs, bra_blocks, run_torch
 from ..parity.inputs import collect_images
 from ..parity.metrics import agreement, runs_agreement, to_labels
 from ..preprocess import preprocess_all
 from . import qat_checkpoint as files
 from .int8 import FLOAT_LAYERS_KEY, quantize, toolkit_version
+from .settings import DEFAULT_MAX_ROUTING_REGRET
 
 TRAIN_SEED, VAL_SEED = 11, 13   # synthetic scene_seed bases: disjoint from parity (0..), calibration (7), benchmarks
 WARMUP_STEPS = 10

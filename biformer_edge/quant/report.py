@@ -1,93 +1,18 @@
-"""What an INT8 graph really is: which layers take INT8 inputs, and proof that no Q/DQ reaches the router's TopK.
+"""What an INT8 graph really is, checked and written down: the router-island verdict and the per-layer precision
+report (``layer_precision.json`` / ``.md``) of the graph a backend wrote.
 
-Works on the Q/DQ ONNX (onnx only, no torch): every Conv / MatMul / Gemm is listed with the precision of its
-activation input and of its weight as the graph states them (INT8 when fed by a DequantizeLinear of an int8
-QuantizeLinear), its weight parameter count, and whether it belongs to a router. Runtimes that report what they
-executed (OpenVINO's runtime model) add an ``executed`` column.
+The backend reads its own graph into an :class:`~biformer_edge.contract.Int8Graph` (``backends.onnx.int8_graph`` for
+the Q/DQ ONNX, ``backends.openvino.int8_graph`` for the IR, which adds what the CPU plugin executed); this module
+holds every export to the same rules: with ``--routing qar`` no quantizer reaches a TopK, and the report lists every
+Conv / MatMul with the precision of its activation input and of its weight, its weight parameters, and whether it
+belongs to a router.
 """
 from __future__ import annotations
 
-from collections import deque
+from pathlib import Path
 
-COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
-PASS_THROUGH = ("Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Cast")
-ROUTER_SCOPE = "/router/"
-LAYER_REPORT = "layer_precision.json"
-
-
-def _producers(graph) -> dict:
-    return {out: node for node in graph.node for out in node.output}
-
-
-def _source(name: str, producers: dict):
-    """The node behind ``name``, looking through ops that only move data."""
-    node = producers.get(name)
-    while node is not None and node.op_type in PASS_THROUGH and node.input:
-        node = producers.get(node.input[0])
-    return node
-
-
-def module_path(node_name: str) -> str:
-    """The PyTorch module a TorchScript-exported node came from: '/model/backbone/stages.0/stages.0.0/pos_embed/Conv'
-    -> 'backbone.stages.0.0.pos_embed' (ModuleList scopes repeat their parent's name with an index)."""
-    segments = [seg for seg in node_name.split("/")[1:-1] if seg]
-    if segments and segments[0] == "model":   # the RoutingOutputs wrapper
-        segments = segments[1:]
-    path, last = "", ""
-    for seg in segments:
-        if last and seg.startswith(last + "."):
-            path = path[: len(path) - len(last)] + seg
-        else:
-            path = f"{path}.{seg}" if path else seg
-        last = seg
-    return path
-
-
-def layer_precision(proto) -> list[dict]:
-    """One row per Conv/MatMul/Gemm of ``proto``: name, op, input and weight precision, weight params, router."""
-    from onnx import numpy_helper
-    graph = proto.graph
-    producers = _producers(graph)
-    sizes = {init.name: int(numpy_helper.to_array(init).size) for init in graph.initializer}
-
-    def precision(tensor: str) -> tuple[str, int]:
-        node = _source(tensor, producers)
-        if node is not None and node.op_type == "DequantizeLinear":
-            q = _source(node.input[0], producers)
-            weight = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else node.input[0]
-            return "int8", sizes.get(weight, 0)
-        return "float", sizes.get(tensor, 0) if node is None else 0
-
-    rows = []
-    for node in graph.node:
-        if node.op_type not in COMPUTE_OPS or len(node.input) < 2:
-            continue
-        act, _ = precision(node.input[0])
-        weight, params = precision(node.input[1])
-        rows.append({"layer": node.name, "module": module_path(node.name), "op": node.op_type, "input": act,
-                     "weight": weight,
-                     "weight_params": params, "router": ROUTER_SCOPE in node.name})
-    return rows
-
-
-def qdq_into_topk(proto) -> list[str]:
-    """Q/DQ nodes on any path into a TopK (walking back through the router's ops): empty for the QAR island."""
-    graph = proto.graph
-    producers = _producers(graph)
-    found = []
-    for topk in (n for n in graph.node if n.op_type == "TopK"):
-        seen, queue = set(), deque([topk.input[0]])
-        while queue:
-            node = producers.get(queue.popleft())
-            if node is None or node.name in seen:
-                continue
-            seen.add(node.name)
-            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-                found.append(f"{node.name} -> {topk.name}")
-                continue
-            if ROUTER_SCOPE in node.name or node.op_type in PASS_THROUGH:
-                queue.extend(i for i in node.input if i)
-    return found
+from ..contract import LAYER_REPORT, LAYER_REPORT_MD, LAYER_REPORTS, Int8Graph
+from ..errors import UserError
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -112,74 +37,29 @@ def render_markdown(rows: list[dict], summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_int8_onnx(proto, ctx) -> dict:
-    """The checks every INT8 ONNX artifact gets (onnx, jetson, tensorrt): the router island and the layer table.
-    Writes ``layer_precision.json`` / ``.md`` into ``ctx.workdir`` and returns the summary for the manifest."""
+def check_int8_graph(workdir: Path, graph: Int8Graph, routing: str, checks: dict) -> list[str]:
+    """Hold an exported INT8 graph to the router island (``routing == "qar"``: no quantizer on any path into TopK;
+    anything else is an internal error) and write its layer report into ``workdir``. Adds ``router_island`` and
+    ``int8_layers`` to ``checks``; returns the report's file names."""
     from ..artifact import write_file, write_json
-    from ..errors import UserError
 
-    routing = ctx.quant.routing if ctx.quant else "qar"
-    into_topk = qdq_into_topk(proto)
-    if routing == "qar" and into_topk:
-        raise UserError(f"internal check failed: Q/DQ reaches the router's TopK ({into_topk[0]}); report it with "
-                        f"--debug")
-    ctx.checks["router_island"] = {
-        "ok": True, "summary": ("no Q/DQ on any path into TopK (router FP32)" if routing == "qar" else
-                                f"--routing naive: {len(into_topk)} Q/DQ paths into TopK (router quantized)")}
-    rows = layer_precision(proto)
-    summary = summarize(rows)
-    write_json(ctx.workdir / LAYER_REPORT, {"summary": summary, "layers": rows})
-    write_file(ctx.workdir / LAYER_REPORT.replace(".json", ".md"), render_markdown(rows, summary))
-    ctx.checks["int8_layers"] = {"ok": True, "summary": f"{summary['int8_layers']}/{summary['layers']} layers INT8 "
-                                 f"on both inputs, {summary['int8_weight_share']:.2%} of weight parameters"}
-    return summary
-
-
-# ------------------------------------------------------------------------------------------- OpenVINO: what executed
-
-OPENVINO_SKIP_KERNELS = ("Reorder", "Const", "Input", "Parameter", "Output", "Result")
-
-
-def openvino_runtime_layers(compiled_model) -> list[dict]:
-    """The nodes OpenVINO's plugin executes (``compiled_model.get_runtime_model()``), in execution order: ``kernel``
-    (rt_info ``layerType``, e.g. FullyConnected, Convolution, Subgraph), ``precision`` (``runtimePrecision``: the
-    precision the kernel computes in, e.g. i8/u8 for INT8 kernels, f32, bf16), ``outputs`` (``outputPrecisions``)
-    and ``names``: the original layers fused into it (``originalLayersNames``)."""
-    rows = []
-    for op in compiled_model.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-
-        def get(key):
-            return info[key].astype(str) if key in info else ""
-        names = [n for n in get("originalLayersNames").split(",") if n]
-        rows.append({"name": op.get_friendly_name(), "kernel": get("layerType"), "precision": get("runtimePrecision"),
-                     "outputs": get("outputPrecisions"), "names": names})
-    return rows
-
-
-def openvino_executed_precision(compiled_model, layers: list[str] | None = None) -> dict[str, dict]:
-    """What OpenVINO executed each layer in: original layer name -> ``{"precision", "kernel", "outputs"}`` of the
-    runtime node that computes it (:func:`openvino_runtime_layers`; reorders and constants are skipped). With
-    ``layers`` (the model's own op names, e.g. an IR's friendly names), only those, found by exact name, else by a
-    fused name inside their scope (``<layer>/DequantizationMultiply``: the plugin's low-precision transformations
-    rename the op they quantize), else by the name without a trailing ``/WithoutBiases`` (the op a bias Add was split
-    from); a layer found nowhere is left out."""
-    exact: dict[str, dict] = {}
-    for row in openvino_runtime_layers(compiled_model):
-        if row["kernel"] in OPENVINO_SKIP_KERNELS:
-            continue
-        entry = {"precision": row["precision"], "kernel": row["kernel"], "outputs": row["outputs"]}
-        for name in row["names"]:
-            exact.setdefault(name, entry)
-    if layers is None:
-        return exact
-    out = {}
-    for layer in layers:
-        entry = exact.get(layer)
-        if entry is None:
-            entry = next((v for k, v in exact.items() if k.startswith(layer + "/")), None)
-        if entry is None and layer.endswith("/WithoutBiases"):
-            entry = exact.get(layer.rsplit("/", 1)[0])
-        if entry is not None:
-            out[layer] = entry
-    return out
+    q, where = graph.quantizer, graph.where
+    if routing == "qar" and graph.into_topk:
+        raise UserError(f"internal check failed: {'a FakeQuantize' if q == 'FakeQuantize' else q} reaches the "
+                        f"router's TopK{' in the OpenVINO IR' if where else ''} ({graph.into_topk[0]}); report it "
+                        f"with --debug")
+    topk = f"the {graph.topk} TopK{where}" if graph.topk is not None else "TopK"
+    checks["router_island"] = {"ok": True, "summary": (
+        f"no {q} on any path into {topk} (router FP32)" if routing == "qar" else
+        f"--routing naive: {len(graph.into_topk)} {q} paths into {topk} (router quantized)")}
+    summary = summarize(graph.rows)
+    text = (f"{summary['int8_layers']}/{summary['layers']} layers INT8 on both inputs{where.replace(' of', ' in')}, "
+            f"{summary['int8_weight_share']:.2%} of weight parameters")
+    if graph.executed is not None:
+        summary["executed"] = graph.executed
+        text += (f"; executed in INT8 by the CPU plugin (hint {graph.executed['precision_hint']}): "
+                 f"{graph.executed['int8_layers']}/{summary['layers']}")
+    checks["int8_layers"] = {"ok": True, "summary": text}
+    write_json(workdir / LAYER_REPORT, {"summary": summary, "layers": graph.rows})
+    write_file(workdir / LAYER_REPORT_MD, render_markdown(graph.rows, summary) + "".join(graph.notes))
+    return list(LAYER_REPORTS)

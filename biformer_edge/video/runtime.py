@@ -7,7 +7,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifact import MANIFEST, read_manifest, require_unchanged
+from ..artifact import read_manifest, require_unchanged
+from ..contract import MANIFEST
 from ..errors import UserError
 from ..targets import first_runnable, load_profile, open_session
 
@@ -62,7 +63,7 @@ def fp32_model(manifest: dict, checkpoint: str | None, why: str):
 def torch_session(manifest: dict, checkpoint: str | None, why: str):
     """A Session running the FP32 model (imports torch)."""
     model = fp32_model(manifest, checkpoint, why)
-    from ..backends.tracing import TorchSession
+    from ..backends.pytorch import TorchSession
 
     return TorchSession(model)
 

@@ -1,17 +1,46 @@
-"""The torch side of exporting: the wrapper every exporter traces (logits plus each BRA block's top-k indices) and
-the FP32 PyTorch run every backend is compared against."""
+"""Routing instrumentation: what BRA's routers chose, for the tools that measure or train it.
+
+One context manager, :func:`recording`, switches the routers' flags (keep the top-k indices, keep the affinities, let
+gradients reach q/k) and puts them back as they were; :class:`RoutingOutputs` (the wrapper every exporter traces, so
+graphs output each block's top-k indices), :func:`run_torch` (the FP32 reference run), QAT and
+:class:`~.routing_margin.RoutingMargin` all use it.
+"""
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..models.bra import BiLevelRoutingAttention
-from .base import OUTPUT_NAME, ROUTING_PREFIX, RunResult, Session
+from ..contract import RunResult, output_names
+from .bra import BiLevelRoutingAttention
 
 
 def bra_blocks(model: nn.Module) -> list[BiLevelRoutingAttention]:
     return [m for m in model.modules() if isinstance(m, BiLevelRoutingAttention)]
+
+
+@contextlib.contextmanager
+def recording(blocks: list[BiLevelRoutingAttention], indices: bool = False, affinities: bool = False,
+              gradients: bool = False):
+    """Inside: each block keeps its top-k indices (``last_routing``) when ``indices``, each router its (N, R, R)
+    affinities (``router.last_affinity``) when ``affinities``, and the routing loss reaches q/k when ``gradients``.
+    On exit every flag is as it was and the recorded tensors are dropped (nothing leaks into export or eval)."""
+    saved = [(b.record_routing, b.router.record, b.routing_gradients) for b in blocks]
+    for block in blocks:
+        block.record_routing = block.record_routing or indices
+        block.router.record = block.router.record or affinities
+        block.routing_gradients = block.routing_gradients or gradients
+    try:
+        yield blocks
+    finally:
+        for block, (kept, record, grads) in zip(blocks, saved):
+            block.record_routing, block.router.record, block.routing_gradients = kept, record, grads
+            if not kept:
+                block.last_routing = None
+            if not record:
+                block.router.last_affinity = None
 
 
 class RoutingOutputs(nn.Module):
@@ -30,21 +59,13 @@ class RoutingOutputs(nn.Module):
         self.affinities: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor):
-        for block in self.blocks:
-            block.record_routing = True
-            block.router.record = self.keep_affinities
-        try:
+        with recording(self.blocks, indices=True, affinities=self.keep_affinities):
             out = self.model(x)
             self.affinities = [b.router.last_affinity for b in self.blocks] if self.keep_affinities else []
             return (out, *[b.last_routing for b in self.blocks])
-        finally:
-            for block in self.blocks:
-                block.record_routing = False
-                block.router.record = False
-                block.router.last_affinity = None
 
     def output_names(self) -> list[str]:
-        return [OUTPUT_NAME] + [f"{ROUTING_PREFIX}{i}" for i in range(len(self.blocks))]
+        return output_names(len(self.blocks))
 
 
 def run_torch(model: nn.Module, x: np.ndarray | torch.Tensor, affinities: bool = False) -> RunResult:
@@ -57,14 +78,3 @@ def run_torch(model: nn.Module, x: np.ndarray | torch.Tensor, affinities: bool =
         out, *routing = wrapper(xt)
     return RunResult(out.float().cpu().numpy(), [r.cpu().numpy().astype(np.int64) for r in routing],
                      [a.float().cpu().numpy() for a in wrapper.affinities])
-
-
-class TorchSession(Session):
-    backend = "torch"
-
-    def __init__(self, model: nn.Module):
-        self.model = model.eval()
-        self.device = str(next(model.parameters()).device)
-
-    def run(self, x: np.ndarray) -> RunResult:
-        return run_torch(self.model, x)
