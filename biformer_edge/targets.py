@@ -96,13 +96,50 @@ def profile_path(target: str) -> Path:
     return profile_file(resolve_target(target).name)
 
 
-def load_profile(target: str) -> dict:
-    path = profile_path(target)
+def _read_profile(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"target profile {path} is unreadable ({exc}): reinstall biformer-edge") from None
+
+
+def _merge(base: dict, own: dict) -> dict:
+    """``own`` over ``base``: tables merge key by key, ``own``'s values win."""
+    merged = dict(base)
+    for key, value in own.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both else value
+    return merged
+
+
+def load_profile(target: str) -> dict:
+    """The target's profile: ``export/<target>.toml`` over the profiles it builds on. A profile names the one below
+    it with a top-level ``base = "<name>"`` (``export/<name>.toml``, ending at ``export/base.toml``, which holds what
+    every target shares unless its profile says otherwise); tables merge key by key, the upper profile's values win.
+    """
+    path = profile_path(target)
+    chain: list[tuple[Path, dict]] = []
+    while True:
+        profile = _read_profile(path)
+        chain.append((path, profile))
+        base = profile.pop("base", None)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base.replace("_", "").replace("-", "").isalnum():
+            raise UserError(f"target profile {path}: base = {base!r} is not a profile name: reinstall biformer-edge")
+        path = profile_file(base)
+        if path in [p for p, _ in chain]:
+            names = " -> ".join(p.stem for p, _ in chain)
+            raise UserError(f"target profile {chain[-1][0]}: base = '{base}' closes a loop ({names} -> {base}): "
+                            f"reinstall biformer-edge")
+        if not path.is_file():
+            raise UserError(f"target profile {chain[-1][0]} builds on base '{base}', but there is no {path}: "
+                            f"reinstall biformer-edge")
+    merged: dict = {}
+    for _, profile in reversed(chain):
+        merged = _merge(merged, profile)
+    return merged
 
 
 def backend_module(target: Target | str):

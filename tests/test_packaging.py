@@ -29,13 +29,13 @@ def test_no_symlink_is_tracked():
 def test_wheel_carries_profiles_and_templates(dists, tmp_path):
     wheel, _ = dists
     names = set(zipfile.ZipFile(wheel).namelist())
-    for target in ("jetson", "tensorrt", "openvino", "coreml", "onnx"):
+    for target in ("jetson", "tensorrt", "openvino", "coreml", "onnx", "base", "qdq"):   # base, qdq: what they build on
         assert f"biformer_edge/profiles/{target}.toml" in names
     assert {"biformer_edge/profiles/templates/build_engine.sh", "biformer_edge/profiles/templates/build_engine.py",
             "biformer_edge/weights/biformer_seg_demo.pt", "biformer_edge/weights/biformer_seg_demo_qat.pt"} <= names
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     code = ("import biformer_edge.targets as t, biformer_edge.profiles as p; "
-            "assert t.load_profile('jetson')['thresholds']['fp16']['routing'] > 0; "
+            "assert t.load_profile('jetson')['thresholds']['fp16']['routing'] > 0; "  # base.toml's, via qdq.toml
             "assert p.template_path('build_engine.sh').is_file(); print(t.profile_path('onnx'))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"})
