@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .artifact import read_verified
 from .backends.base import Session
 from .errors import UserError
+from .manifest import read_verified
 from .targets import first_runnable, open_session
 
 

@@ -11,10 +11,10 @@ import argparse
 import os
 from pathlib import Path
 
-from .artifact import check_not_input
 from .console import OneLineParser, error_boundary, positive_int, utf8_path
 from .cpu import CPU_CLASSES
 from .errors import UserError
+from .fileio import check_not_input
 from .quant.settings import DEFAULT_MAX_ROUTING_REGRET
 from .targets import DEFAULT_MODEL, TARGETS
 
@@ -92,8 +92,7 @@ def check_report_path(text: str, inputs: list) -> None:
 
 @error_boundary
 def parity_main(argv=None):
-    from .artifact import read_manifest
-    from .parity.check import check_parity, render_markdown, write_junit
+    from .parity.check import check_parity, write_junit
     p = OneLineParser(prog="biformer-parity", description="Re-check an exported artifact where it is deployed.")
     p.add_argument("artifact", help="artifact directory written by biformer-export")
     p.add_argument("--backend", action="append", help="backend(s) to run (default: the profile's, where available)")
@@ -114,12 +113,11 @@ def parity_main(argv=None):
         raise UserError("--samples and --checkpoint only apply with --data (a re-reference on your own images)")
     if a.junit is not None:  # refuse a bad report path before the check, not after it passed
         check_report_path(a.junit, [a.artifact, a.data, a.checkpoint])
-    manifest = read_manifest(a.artifact)
     report = check_parity(a.artifact, backends=a.backend, data=a.data, checkpoint=a.checkpoint, samples=a.samples,
                           reference=a.reference, ov_precision=a.ov_precision)
-    print(render_markdown(manifest, report))
+    print(report.markdown())
     if a.junit is not None:
-        write_junit(Path(a.junit), manifest, report)
+        write_junit(Path(a.junit), report.manifest, report)
     return 1 if report["verdict"] == "fail" else 0
 
 

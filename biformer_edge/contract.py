@@ -83,6 +83,7 @@ IR_BIN = "model.bin"
 MLPACKAGE = "model.mlpackage"
 
 LAYER_REPORTS = (LAYER_REPORT, LAYER_REPORT_MD)
+IN_PROGRESS = ".biformer-export-in-progress"   # marks a temporary artifact directory as ours (never hashed)
 REPORT_FILES = (PARITY_JSON, PARITY_MD, MARGIN_PLOT)   # rewritten by every check, not hashed
 # Written on the device after export (engine build, timing cache, the engine's layer dump): not hashed by the export.
 DEVICE_FILES = (ENGINE_FILE, TIMING_CACHE, ENGINE_LAYERS_JSON, ENGINE_LAYERS_TXT, ORT_TRT_CACHE)

@@ -12,20 +12,12 @@ from importlib import metadata
 from pathlib import Path
 
 from . import __version__, cpu
-from .artifact import (
-    GENERATOR,
-    SCHEMA_VERSION,
-    atomic_directory,
-    check_not_input,
-    check_output_dir,
-    file_table,
-    save_npz,
-    sha256_file,
-    write_json,
-)
+from .artifact import atomic_directory, check_output_dir
 from .backends.base import ExportContext
-from .contract import INPUT_NAME, MANIFEST, MARGIN_PLOT, ONNX_FILE, REFERENCE, ROUTER_PRECISION
+from .contract import INPUT_NAME, MARGIN_PLOT, ONNX_FILE, REFERENCE, ROUTER_PRECISION
 from .errors import UserError
+from .fileio import check_not_input, save_npz, sha256_file
+from .manifest import GENERATOR, SCHEMA_VERSION, Manifest, file_table, write_manifest
 from .memory import check_fits
 from .models import create_model, get_spec
 from .models.biformer import MIN_INPUT_SIZE
@@ -253,35 +245,32 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
         speed_note = cpu.int8_speed_note(cpu.detect()) if settings is not None and settings.cpu else None
         if speed_note:
             log(speed_note)
-        manifest = {
-            "schema_version": SCHEMA_VERSION, "generator": GENERATOR, "model": name, "task": spec.task,
-            "num_classes": getattr(model, "num_classes", None) if spec.task == "segmentation" else None,
-            "weights": weights, "checkpoint_path": ckpt, "checkpoint_sha256": sha256_file(ckpt) if ckpt else None,
-            "target": req.target, "backend": target.backend, "precision": req.precision,
-            "routing": req.routing, "router_precision": ROUTER_PRECISION[req.routing],
-            "quantization": int8.record if int8 else None, "input_name": INPUT_NAME,
-            "input_shape": list(input_shape), "opset": ctx.opset if ONNX_FILE in files else None,
-            "routing_blocks": len(bra_blocks(model)), "options": options, "versions": library_versions(),
-            "reference_device": None, "checks": ctx.checks, "artifacts": files,
-        }
+        manifest = Manifest(
+            schema_version=SCHEMA_VERSION, generator=GENERATOR, model=name, task=spec.task,
+            num_classes=getattr(model, "num_classes", None) if spec.task == "segmentation" else None,
+            weights=weights, checkpoint_path=ckpt, checkpoint_sha256=sha256_file(ckpt) if ckpt else None,
+            target=req.target, backend=target.backend, precision=req.precision,
+            routing=req.routing, router_precision=ROUTER_PRECISION[req.routing],
+            quantization=int8.record if int8 else None, input_name=INPUT_NAME,
+            input_shape=list(input_shape), opset=ctx.opset if ONNX_FILE in files else None,
+            routing_blocks=len(bra_blocks(model)), options=options, versions=library_versions(),
+            checks=ctx.checks, artifacts=files, parity={"verdict": "not-run"})
         if req.parity:
             samples = profile.get("parity", {}).get("samples", 4)
             inputs, source = parity_inputs(input_shape, req.data, samples)
             log(f"FP32 reference on {ref_device} over {inputs.shape[0] * inputs.shape[1]} inputs ({source})")
             ref = run_reference(model, inputs, ref_device)
             save_npz(work / REFERENCE, ref)
-            manifest["reference_device"] = str(ref["device"])
-            manifest["parity_data"] = source
-            report = evaluate(work, manifest, profile, ref, plot=work / MARGIN_PLOT)
-            write_reports(work, manifest, report)
-            manifest["parity"] = {"verdict": report["verdict"],
-                                  "backends": {k: v["verdict"] for k, v in report["backends"].items()}}
-        else:
-            manifest["parity"] = {"verdict": "not-run"}
-        manifest["files"] = file_table(work)
-        write_json(work / MANIFEST, manifest)
-    manifest["export_seconds"] = round(time.perf_counter() - started, 1)
-    return out, manifest
+            manifest.reference_device = str(ref["device"])
+            manifest.parity_data = source
+            report = evaluate(work, manifest.to_dict(), profile, ref, plot=work / MARGIN_PLOT)
+            write_reports(work, report)
+            manifest.parity = {"verdict": report["verdict"],
+                               "backends": {k: v["verdict"] for k, v in report["backends"].items()}}
+        manifest.files = file_table(work)
+        written = write_manifest(work, manifest)
+    written["export_seconds"] = round(time.perf_counter() - started, 1)
+    return out, written
 
 
 def summary_lines(out: Path, manifest: dict, req: ExportRequest) -> list[str]:

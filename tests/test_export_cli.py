@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import biformer_edge as be
-from biformer_edge.artifact import sha256_file
 from biformer_edge.cli import export_main, parity_main
+from biformer_edge.fileio import sha256_file
 from biformer_edge.parity import assert_parity
 
 SIZE = ["--input-size", "128", "128"]  # stage maps divisible by n_win: no padded regions, no routing ties

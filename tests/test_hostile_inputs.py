@@ -16,8 +16,8 @@ import torch
 
 pytest.importorskip("modelopt.torch.quantization", reason="QAT and INT8 need NVIDIA ModelOpt: pip install '.[int8]'")
 
-from biformer_edge.artifact import output_lock, sha256_file  # noqa: E402
 from biformer_edge.cli import export_main, parity_main, qat_main  # noqa: E402
+from biformer_edge.fileio import output_lock, sha256_file  # noqa: E402
 from biformer_edge.models import create_model  # noqa: E402
 from biformer_edge.models.registry import WEIGHTS_DIR  # noqa: E402
 from biformer_edge.quant import qat as qat_module  # noqa: E402

@@ -17,8 +17,9 @@ import cv2
 import numpy as np
 import pytest
 
-from biformer_edge.artifact import IN_PROGRESS, output_lock, sha256_file
 from biformer_edge.cli import export_main, parity_main
+from biformer_edge.contract import IN_PROGRESS
+from biformer_edge.fileio import output_lock, sha256_file
 
 SIZE = ["--input-size", "64", "64"]
 SRC = str(Path(__file__).resolve().parent.parent)
@@ -394,7 +395,7 @@ def test_newline_in_a_path_keeps_the_error_on_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("damage", ["no routing", "wrong shape", "float routing", "nan logits"])
 def test_reference_that_does_not_match_its_manifest_is_refused(copy, damage, capsys):
-    from biformer_edge.artifact import save_npz
+    from biformer_edge.fileio import save_npz
     with np.load(copy / "reference.npz") as z:
         ref = {k: z[k] for k in z.files}
     if damage == "no routing":

@@ -18,8 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..artifact import AtomicOutputs
 from ..errors import UserError, first_line
+from ..fileio import AtomicOutputs
 
 __all__ = ["main"]
 

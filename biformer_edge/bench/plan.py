@@ -167,7 +167,7 @@ def plan(models: list[str], runtimes: list[str], precisions: list[str], shapes: 
 def artifact_configs(a) -> tuple[list[Config], dict]:
     """Configurations for ``--artifact DIR``: each runtime asked for, else every runtime whose file is in it plus the
     one its target is made for (a Jetson artifact's missing engine is worth a row that says so)."""
-    from ..artifact import read_manifest
+    from ..manifest import read_manifest
     from ..targets import unavailable_reason
     path = Path(a.artifact)
     manifest = read_manifest(path)

@@ -80,7 +80,7 @@ def open_worker_session(spec: dict):
             model = model.half()
         size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         return TorchSession(model.eval()), size, spec["precision"].replace("fp", "f")
-    from ..artifact import read_manifest
+    from ..manifest import read_manifest
     from ..targets import open_session
     from .plan import hint_name
     session = open_session(runtime, spec["artifact"], read_manifest(spec["artifact"]),

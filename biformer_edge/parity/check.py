@@ -7,9 +7,10 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from .. import cpu
-from ..artifact import read_manifest, read_verified, sha256_file, write_file, write_json
 from ..contract import MARGIN_PLOT, PARITY_JSON, PARITY_MD, REFERENCE, REPORT_FILES, ROUTING_PREFIX
 from ..errors import UserError
+from ..fileio import sha256_file, write_file, write_json
+from ..manifest import read_verified
 from ..targets import RUNTIMES, load_profile, open_session, unavailable_reason
 from . import metrics
 from .inputs import parity_inputs
@@ -77,10 +78,11 @@ def measure_backend(session, ref: dict, task: str, num_classes: int | None, rout
 
 def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backends: list[str] | None = None,
              thresholds: dict | None = None, require: bool = False, ov_precision: str | None = None,
-             plot: Path | None = None) -> dict:
-    """Parity of each backend against ``ref``. ``require``: a named backend that cannot run is an error.
-    ``ov_precision``: the OpenVINO precision hint (auto, f32, f16, bf16) instead of the profile's ``[parity] hint``.
-    ``plot``: where to write the routing-margin plot of the first backend measured (a report, not hashed)."""
+             plot: Path | None = None) -> ParityReport:
+    """Parity of each backend against ``ref``, measured for ``manifest``. ``require``: a named backend that cannot
+    run is an error. ``ov_precision``: the OpenVINO precision hint (auto, f32, f16, bf16) instead of the profile's
+    ``[parity] hint``. ``plot``: where to write the routing-margin plot of the first backend measured (a report,
+    not hashed)."""
     precision = manifest["precision"]
     user_thresholds = thresholds or {}
     thresholds = {**profile_thresholds(profile, manifest), **user_thresholds}
@@ -144,7 +146,22 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
         report["verdict"] = "fail"
     else:
         report["verdict"] = "pass" if measured else "not-measured"
-    return report
+    return ParityReport(report, manifest)
+
+
+class ParityReport(dict):
+    """A parity report (what ``parity.json`` holds) with the manifest it was measured against: ``manifest``, and
+    ``markdown()``, what ``parity.md`` holds (rendered once), so no caller reads or renders either again."""
+
+    def __init__(self, report: dict, manifest: dict):
+        super().__init__(report)
+        self.manifest = manifest
+        self._markdown: str | None = None
+
+    def markdown(self) -> str:
+        if self._markdown is None:
+            self._markdown = render_markdown(self.manifest, self)
+        return self._markdown
 
 
 def render_markdown(manifest: dict, report: dict) -> str:
@@ -193,11 +210,11 @@ def render_markdown(manifest: dict, report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(artifact_dir: Path, manifest: dict, report: dict) -> None:
+def write_reports(artifact_dir: Path, report: ParityReport) -> None:
     """parity.json and parity.md: reports of a check, not part of the hashed artifact (a re-check keeps it valid);
     written atomically, never through a link."""
     write_json(artifact_dir / PARITY_JSON, report)
-    write_file(artifact_dir / PARITY_MD, render_markdown(manifest, report))
+    write_file(artifact_dir / PARITY_MD, report.markdown())
 
 
 def write_junit(path: Path, manifest: dict, report: dict) -> None:
@@ -301,9 +318,10 @@ def reference_problem(ref: dict, manifest: dict) -> str | None:
 
 def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, data: str | Path | None = None,
                  checkpoint: str | Path | None = None, samples: int | None = None, reference: str = "auto",
-                 thresholds: dict | None = None, write: bool = True, ov_precision: str | None = None) -> dict:
+                 thresholds: dict | None = None, write: bool = True, ov_precision: str | None = None) -> ParityReport:
     """Re-check an artifact where it is deployed. Without ``data`` it reuses the stored reference; with ``data`` the
-    FP32 reference is recomputed from the model (the shipped weights, or ``checkpoint``)."""
+    FP32 reference is recomputed from the model (the shipped weights, or ``checkpoint``). The report (a dict, as
+    ``parity.json``) also carries the manifest it read and its markdown."""
     artifact_dir = Path(artifact_dir)
     if isinstance(backends, str):
         backends = [backends]
@@ -327,7 +345,7 @@ def check_parity(artifact_dir: str | Path, backends: list[str] | None = None, da
                       plot=artifact_dir / MARGIN_PLOT if writes else None,
                       ov_precision=ov_precision)
     if writes:
-        write_reports(artifact_dir, manifest, report)
+        write_reports(artifact_dir, report)
     return report
 
 
@@ -342,7 +360,7 @@ def assert_parity(artifact: str | Path, data: str | Path | None = None, backends
     metrics.check_thresholds(thresholds)
     report = check_parity(artifact, backends=backends, data=data, thresholds=thresholds, write=False)
     if report["verdict"] == "fail":
-        raise AssertionError("parity failed\n" + render_markdown(read_manifest(artifact), report))
+        raise AssertionError("parity failed\n" + report.markdown())
     if report["verdict"] == "not-measured":
         reasons = "; ".join(f"{k}: {v.get('reason')}" for k, v in report["backends"].items())
         raise AssertionError(f"no backend could run {artifact} here ({reasons})")

@@ -21,7 +21,7 @@ def write_margin_plot(path: Path, ref_routing: list[np.ndarray], test_routing: l
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed: no routing_margins.png (pip install 'biformer-edge[apps]')"
-    from ..artifact import write_file
+    from ..fileio import write_file
 
     blocks = len(ref_routing)
     fig, axes = plt.subplots(1, blocks, figsize=(3.2 * blocks, 2.8), squeeze=False)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import save_npz
 from ..errors import UserError
+from ..fileio import save_npz
 
 
 def cache_dir() -> Path:

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..artifact import output_lock, sha256_file
 from ..data.synthetic import render_scene, scene_seed
 from ..errors import UserError, short_reason
+from ..fileio import output_lock, sha256_file
 from ..memory import check_samples, max_samples
 from ..models import create_model, get_spec
 from ..models.biformer import MIN_INPUT_SIZE

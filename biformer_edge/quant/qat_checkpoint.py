@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..artifact import check_not_input, write_file
 from ..errors import UserError, short_reason
+from ..fileio import check_not_input, write_file
 from ..models.biformer import MIN_INPUT_SIZE
 from ..models.checkpoint import QAT_FORMAT
 

@@ -41,7 +41,7 @@ def check_int8_graph(workdir: Path, graph: Int8Graph, routing: str, checks: dict
     """Hold an exported INT8 graph to the router island (``routing == "qar"``: no quantizer on any path into TopK;
     anything else is an internal error) and write its layer report into ``workdir``. Adds ``router_island`` and
     ``int8_layers`` to ``checks``; returns the report's file names."""
-    from ..artifact import write_file, write_json
+    from ..fileio import write_file, write_json
 
     q, where = graph.quantizer, graph.where
     if routing == "qar" and graph.into_topk:

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..artifact import AtomicOutputs
 from ..errors import UserError
+from ..fileio import AtomicOutputs
 from ..parity.metrics import agreement, flicker_rate, to_labels
 from ..parity.video import Comparison
 from ..preprocess import preprocess

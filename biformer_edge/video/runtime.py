@@ -7,9 +7,9 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifact import read_manifest, require_unchanged
 from ..contract import MANIFEST
 from ..errors import UserError
+from ..manifest import read_manifest, require_unchanged
 from ..targets import first_runnable, load_profile, open_session
 
 
