@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 import biformer_edge as be
+from biformer_edge import metrics
 from biformer_edge.backends.onnx import OnnxSession, export_onnx
 from biformer_edge.models.routing import bra_blocks, run_torch
-from biformer_edge.parity import metrics
 from biformer_edge.parity.inputs import parity_inputs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -50,10 +50,10 @@ import torch
 from torch import nn
 
 from biformer_edge.data.synthetic import render_scene
+from biformer_edge.metrics import compare, routing_agreement
 from biformer_edge.models import create_model
 from biformer_edge.models.bra import BiLevelRoutingAttention
 from biformer_edge.models.routing import run_torch
-from biformer_edge.parity.metrics import compare, routing_agreement
 from biformer_edge.preprocess import preprocess
 from biformer_edge.quant.calibration import calibration_inputs, resolve_recipe
 from biformer_edge.quant.int8 import enabled_quantizers, final_layer, int8_config, int8_weight_share, modelopt, quantize

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from .data.dataset import SyntheticScenes
 from .data.synthetic import CLASSES
+from .metrics import to_labels
 from .models import create_model
 from .models.registry import WEIGHTS_DIR
 from .models.routing_margin import RoutingMargin
-from .parity.metrics import to_labels
 
 TRAIN_SEED, VAL_SEED = 0, 9_000  # base seeds of disjoint scene sets
 

@@ -1,9 +1,9 @@
-"""Unit tests of the drift metrics (biformer_edge.parity.metrics) on hand-made arrays."""
+"""Unit tests of the drift metrics (biformer_edge.metrics) on hand-made arrays."""
 import numpy as np
 import pytest
 
+from biformer_edge import metrics
 from biformer_edge.errors import UserError
-from biformer_edge.parity import metrics
 
 
 def test_cosine_sqnr_max_abs():

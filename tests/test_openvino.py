@@ -20,12 +20,11 @@ import torch
 ov = pytest.importorskip("openvino")
 
 import biformer_edge as be  # noqa: E402
-from biformer_edge import cpu  # noqa: E402
+from biformer_edge import cpu, metrics  # noqa: E402
 from biformer_edge.backends import openvino as bov  # noqa: E402
 from biformer_edge.backends.base import ExportContext  # noqa: E402
 from biformer_edge.models.bra import BiLevelRoutingAttention  # noqa: E402
 from biformer_edge.models.routing import RoutingOutputs, run_torch  # noqa: E402
-from biformer_edge.parity import metrics  # noqa: E402
 
 SEG_SHAPE = (1, 3, 128, 128)
 

@@ -285,8 +285,8 @@ def test_default_int8_export_uses_the_shipped_qat_state(tmp_path):
 
 @pytest.mark.parametrize("target", ["jetson", "tensorrt", "onnx", "openvino"])
 def test_qar_int8_is_held_to_decisive_and_regret_limits_naive_is_not(target):
+    from biformer_edge.metrics import check_thresholds
     from biformer_edge.parity.check import profile_thresholds
-    from biformer_edge.parity.metrics import check_thresholds
     from biformer_edge.targets import load_profile
     profile = load_profile(target)
     qar = profile_thresholds(profile, {"precision": "int8", "routing": "qar"})

@@ -70,7 +70,7 @@ def test_the_device_side_modules_import_no_torch_at_module_level():
                    "biformer_edge.backends", "biformer_edge.backends.base", "biformer_edge.backends.onnx",
                    "biformer_edge.backends.openvino", "biformer_edge.backends.tensorrt",
                    "biformer_edge.backends.coreml", "biformer_edge.parity", "biformer_edge.parity.check",
-                   "biformer_edge.parity.metrics", "biformer_edge.parity.inputs", "biformer_edge.data",
+                   "biformer_edge.metrics", "biformer_edge.parity.inputs", "biformer_edge.data",
                    "biformer_edge.data.synthetic"]
     known = modules()
     for name in device_side:
@@ -79,3 +79,45 @@ def test_the_device_side_modules_import_no_torch_at_module_level():
         names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module and not n.level}
         assert not {m for m in names if m == "torch" or m.startswith("torch.")}, name
+
+
+# Which way imports run (at any depth, function-level included). The floors (contract, errors, models, data,
+# metrics) know no tool; quantization knows models and data but no backend, parity or exporter; backends know graphs
+# and runtimes but not quantization or parity; the registry of targets loads backend modules only by name.
+FORBIDDEN_IMPORTS = {
+    "biformer_edge.contract": ["biformer_edge."],
+    "biformer_edge.models": ["biformer_edge.quant", "biformer_edge.backends", "biformer_edge.parity",
+                             "biformer_edge.exporter", "biformer_edge.targets", "biformer_edge.cli"],
+    "biformer_edge.data": ["biformer_edge.quant", "biformer_edge.backends", "biformer_edge.parity",
+                           "biformer_edge.models", "biformer_edge.exporter", "biformer_edge.targets"],
+    "biformer_edge.metrics": ["biformer_edge.quant", "biformer_edge.backends", "biformer_edge.parity",
+                              "biformer_edge.models", "biformer_edge.exporter", "biformer_edge.targets"],
+    "biformer_edge.quant": ["biformer_edge.backends", "biformer_edge.parity", "biformer_edge.exporter",
+                            "biformer_edge.targets", "biformer_edge.cli", "biformer_edge.bench"],
+    "biformer_edge.backends": ["biformer_edge.quant", "biformer_edge.parity", "biformer_edge.exporter",
+                               "biformer_edge.cli", "biformer_edge.bench"],
+    "biformer_edge.targets": ["biformer_edge.backends."],
+}
+
+
+def owner_rules(name: str) -> tuple[str | None, list[str]]:
+    owner = next((o for o in FORBIDDEN_IMPORTS if name == o or name.startswith(o + ".")), None)
+    return owner, FORBIDDEN_IMPORTS.get(owner, [])
+
+
+def forbids(rule: str, target: str) -> bool:
+    """'pkg' forbids pkg and its modules; 'pkg.' only its modules (e.g. the backends' own, not their package)."""
+    return target.startswith(rule) if rule.endswith(".") else target == rule or target.startswith(rule + ".")
+
+
+def test_imports_run_one_way():
+    known = modules()
+    broken = []
+    for name, path in sorted(known.items()):
+        owner, forbidden = owner_rules(name)
+        for target in sorted(imports_of(name, path, known)):
+            if target == owner or target.startswith(f"{owner}."):
+                continue   # within its own package
+            if any(forbids(f, target) for f in forbidden):
+                broken.append(f"{name} -> {target}")
+    assert not broken, "imports against the rules: " + "; ".join(broken)

@@ -1,4 +1,4 @@
+from ..metrics import compare, flicker_rate, routing_agreement, to_labels
 from .check import assert_parity, check_parity
-from .metrics import compare, flicker_rate, routing_agreement, to_labels
 
 __all__ = ["assert_parity", "check_parity", "compare", "flicker_rate", "routing_agreement", "to_labels"]

@@ -6,13 +6,12 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from .. import cpu
+from .. import cpu, metrics
 from ..contract import MARGIN_PLOT, PARITY_JSON, PARITY_MD, REFERENCE, REPORT_FILES, ROUTING_PREFIX
 from ..errors import UserError
 from ..fileio import sha256_file, write_file, write_json
 from ..manifest import read_verified
 from ..targets import RUNTIMES, load_profile, open_session, unavailable_reason
-from . import metrics
 from .inputs import parity_inputs
 from .plots import write_margin_plot
 

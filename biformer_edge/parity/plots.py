@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import DECISIVE_MARGIN, route_margins, routing_overlap
+from ..metrics import DECISIVE_MARGIN, route_margins, routing_overlap
 
 
 def write_margin_plot(path: Path, ref_routing: list[np.ndarray], test_routing: list[np.ndarray],

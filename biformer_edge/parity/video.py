@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from .metrics import agreement, flicker_rate, to_labels
+from ..metrics import agreement, flicker_rate, to_labels
 
 REFERENCE_BATCH = 8          # frames per FP32 reference run
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..metrics import runs_agreement
 from ..models.routing import run_torch
-from ..parity.metrics import runs_agreement
 from .settings import DEFAULT_MAX_ROUTING_REGRET
 
 SEARCH_VERSION = 2   # part of the calibration cache key: a changed search never reuses an old result

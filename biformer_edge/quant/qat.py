@@ -37,13 +37,13 @@ from ..data.synthetic import render_scene, scene_seed
 from ..errors import UserError, short_reason
 from ..fileio import output_lock, sha256_file
 from ..memory import check_samples, max_samples
+from ..metrics import agreement, runs_agreement, to_labels
 from ..models import create_model, get_spec
 from ..models.biformer import MIN_INPUT_SIZE
 from ..models.checkpoint import read_state_dict
 from ..models.registry import WEIGHTS_DIR
 from ..models.routing import RoutingOutputs, bra_blocks, run_torch
 from ..parity.inputs import collect_images
-from ..parity.metrics import agreement, runs_agreement, to_labels
 from ..preprocess import preprocess_all
 from . import qat_checkpoint as files
 from .int8 import FLOAT_LAYERS_KEY, quantize, toolkit_version

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..fileio import AtomicOutputs
-from ..parity.metrics import agreement, flicker_rate, to_labels
+from ..metrics import agreement, flicker_rate, to_labels
 from ..parity.video import Comparison
 from ..preprocess import preprocess
 from .draw import (

@@ -1,11 +1,12 @@
 """Drift metrics: cosine, SQNR, max abs error, label agreement, mIoU, routing agreement (tie-aware), flicker.
 
-Inputs are numpy arrays; labels come from one post-processing for every backend (argmax over classes)."""
+Inputs are numpy arrays; labels come from one post-processing for every backend (argmax over classes). Parity reports
+them for artifacts; QAR's keep-float search and QAT score routing with the same functions."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UserError
+from .errors import UserError
 
 
 def cosine(ref: np.ndarray, test: np.ndarray) -> float:
