@@ -8,10 +8,11 @@ For biformer_seg_demo (shipped weights) at 128x128, on the fake-quantized PyTorc
 ``biformer_edge.quant.int8.quantize`` returns (the exported Q/DQ graph matches it to ~1e-7, so no export is run):
 
 1. FP32 references (logits, top-k routes, region affinities) on the calibration set (the default recipe,
-   ``--calib-samples`` scenes; the searches score on the first ``--score-samples``) and on held-out scenes (seeds
-   50_000.., which neither parity nor calibration use; never used for a choice).
-2. Baseline: ``quantize(model, calib, "qar")``: max ranges; every Conv/Linear input and weight INT8 but the final
-   seg layer, and (ModelOpt's INT8_DEFAULT_CFG registers nn.LayerNorm as QuantInputBase) every LayerNorm input.
+   ``--calib-samples`` scenes; the searches score on the first ``--score-samples``) and on held-out scenes (the
+   "held_out" scene set of biformer_edge/data/seeds.py; never used for a choice).
+2. Baseline: ``quantize(model, calib, model_config(model, "qar"))``: max ranges; every Conv/Linear input and weight
+   INT8 but the final seg layer, and (ModelOpt's INT8_DEFAULT_CFG registers nn.LayerNorm as QuantInputBase) every
+   LayerNorm input.
 3. Range search over ALL enabled input quantizers (weights stay per-channel max unless said): a global factor on the
    max amax, ModelOpt's histogram calibrator (percentiles; entropy and histogram-MSE with --slow-hist, minutes on
    CPU), ModelOpt's ``algorithm="mse"`` (weights only), and a per-quantizer sweep (each input quantizer picks max or a
@@ -49,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from biformer_edge.data.seeds import scene_set
 from biformer_edge.data.synthetic import render_scene
 from biformer_edge.metrics import compare, routing_agreement
 from biformer_edge.models import create_model
@@ -56,9 +58,9 @@ from biformer_edge.models.bra import BiLevelRoutingAttention
 from biformer_edge.models.routing import run_torch
 from biformer_edge.preprocess import preprocess
 from biformer_edge.quant.calibration import calibration_inputs, resolve_recipe
-from biformer_edge.quant.int8 import enabled_quantizers, final_layer, int8_config, int8_weight_share, modelopt, quantize
+from biformer_edge.quant.config import modelopt_config, qar_config
+from biformer_edge.quant.int8 import enabled_quantizers, int8_weight_share, model_config, modelopt, quantize
 
-HELD_OUT_SEED = 50_000
 RESULTS = Path(__file__).resolve().parent.parent / "bench_results"
 BATCH = 8
 
@@ -71,7 +73,8 @@ def load() -> str:
 
 
 def held_out(n: int, size: tuple[int, int]) -> np.ndarray:
-    x = np.stack([preprocess(render_scene(HELD_OUT_SEED + i, size)[0], size) for i in range(n)]).astype(np.float32)
+    x = np.stack([preprocess(render_scene(seed, size)[0], size) for seed in scene_set("held_out", n)])
+    x = x.astype(np.float32)
     return x.reshape(-1, BATCH, 3, *size)
 
 
@@ -171,7 +174,7 @@ def group_key(name: str) -> str:
 def layer_groups(qmodel: nn.Module, per_layer: bool = False) -> dict[str, list[str]]:
     """Group name -> its quantized modules (one each with ``per_layer``): every Conv/Linear but the final layer, and
     every other module whose input quantizer is enabled (ModelOpt's INT8_DEFAULT_CFG quantizes LayerNorm inputs)."""
-    final = final_layer(qmodel)
+    final = qmodel.spec.classifier
     groups: dict[str, list[str]] = {}
     for name, mod in qmodel.named_modules():
         q = getattr(mod, "input_quantizer", None)
@@ -228,13 +231,18 @@ def apply_ranges(qmodel: nn.Module, ranges: dict[str, torch.Tensor]) -> None:
         mods[name].amax = amax.clone()
 
 
+def base_config(model: nn.Module) -> dict:
+    """ModelOpt's INT8 config with the classifier float and nothing of QAR (LayerNorm inputs INT8 too)."""
+    return modelopt_config(qar_config(model.spec.classifier, "naive"))
+
+
 def histogram_ranges(model: nn.Module, calib: np.ndarray, methods: list[tuple[str, str, dict]]) -> dict:
     """Input-quantizer amax from ModelOpt's HistogramCalibrator for each (label, method, kwargs). max_calibrate
     cannot finish a histogram calibrator (it calls compute_amax() without a method), so the quantizers are inserted
     with algorithm=None and the stats collected with ModelOpt's own enable_stats_collection."""
     mtq = modelopt()
     from modelopt.torch.quantization.model_calib import enable_stats_collection
-    cfg = int8_config(model)
+    cfg = base_config(model)
     for entry in cfg["quant_cfg"]:
         if entry.get("quantizer_name") == "*input_quantizer":
             entry["cfg"] = {**entry["cfg"], "calibrator": "histogram"}
@@ -261,7 +269,7 @@ def histogram_ranges(model: nn.Module, calib: np.ndarray, methods: list[tuple[st
 def weight_mse_ranges(model: nn.Module, calib: np.ndarray) -> dict[str, torch.Tensor]:
     """Weight amax of ModelOpt's algorithm="mse" (per-channel multiplier search on the weights; inputs stay max)."""
     mtq = modelopt()
-    cfg = int8_config(model)
+    cfg = base_config(model)
     cfg["algorithm"] = "mse"
     m = copy.deepcopy(model).float().eval()
 
@@ -303,7 +311,7 @@ class Search:
         self.num_classes = model.num_classes
         self.refs = {"calib": Reference(model, score_set), "held-out": Reference(model, held)}
         started = time.perf_counter()
-        qres = quantize(model, calib, "qar")
+        qres = quantize(model, calib, model_config(model, "qar"))
         self.t_quant = time.perf_counter() - started
         self.n_quantizers = qres.quantizers
         mods = dict(qres.model.named_modules())
@@ -488,7 +496,7 @@ def main(argv=None) -> int:
     p.add_argument("--calib-samples", type=int, default=64, help="calibration scenes (default recipe), default 64")
     p.add_argument("--score-samples", type=int, default=64,
                    help="of those, how many the searches score on (multiple of 8, default 64)")
-    p.add_argument("--held-out", type=int, default=64, help="held-out scenes, seeds 50_000.. (multiple of 8)")
+    p.add_argument("--held-out", type=int, default=64, help="held-out scenes (multiple of 8)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--target-regret", type=float, default=0.002)
     p.add_argument("--target-pixel", type=float, default=0.998,
@@ -523,7 +531,7 @@ def main(argv=None) -> int:
     report.add(f"# PTQ-QAR search: {a.model} @ 128x128\n\nstart {time.strftime('%Y-%m-%d %H:%M:%S')}, {load()} "
                f"(1/5/15 min), {os.cpu_count()} CPUs, torch threads {a.threads}; calibration {a.calib_samples} "
                f"scenes (default recipe), searches scored on {a.score_samples} of them; held-out {a.held_out} scenes "
-               f"(seeds {HELD_OUT_SEED}..), never used for a choice")
+               f"(seeds {scene_set('held_out', 1)[0]}..), never used for a choice")
 
     size = (128, 128)
     model = create_model(a.model, pretrained=True).eval()

@@ -20,12 +20,11 @@ from .fileio import check_not_input, save_npz, sha256_file
 from .manifest import GENERATOR, SCHEMA_VERSION, Manifest, file_table, write_manifest
 from .memory import check_fits
 from .models import create_model, get_spec
-from .models.biformer import MIN_INPUT_SIZE
 from .models.routing import bra_blocks
 from .parity.check import evaluate, reference_device, run_reference, write_reports
 from .parity.inputs import parity_inputs
 from .quant.settings import DEFAULT_MAX_ROUTING_REGRET, ROUTINGS, QuantSettings, check_available
-from .targets import DEFAULT_MODEL, Target, backend_module, load_profile, resolve_target
+from .targets import DEFAULT_MODEL, Target, backend_module, check_options, load_profile, resolve_target
 
 LIBRARIES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "openvino", "coremltools", "tensorrt",
              "nvidia-modelopt")
@@ -72,43 +71,22 @@ def validate(req: ExportRequest) -> tuple[Target, dict, dict]:
         raise UserError(f"--max-routing-regret must be in (0, 1], not {req.max_routing_regret}")
     if req.routing == "naive" and req.precision != "int8":
         raise UserError("--routing naive only changes INT8 exports (FP32/FP16 always keep the router in FP32)")
-    get_spec(model_name(req.model))
+    spec = get_spec(model_name(req.model))
     if type(req.batch) is not int or req.batch < 1:
         raise UserError(f"--batch must be a whole number >= 1, got {req.batch}")
     if req.input_size is not None:
-        h, w = req.input_size
-        if h < MIN_INPUT_SIZE or w < MIN_INPUT_SIZE:
-            raise UserError(f"--input-size {h} {w} is below the minimum {MIN_INPUT_SIZE} {MIN_INPUT_SIZE}")
-    options = {**profile.get("defaults", {}), **{k: v for k, v in (req.options or {}).items() if v is not None}}
-    unsupported = sorted(k for k, v in (req.options or {}).items()
-                         if v is not None and v is not False and k not in t.get("options", []))
-    if unsupported:
-        flag = unsupported[0].replace("_", "-")
-        raise UserError(f"--{flag} does not apply to --target {req.target} (its options: "
-                        f"{', '.join('--' + o.replace('_', '-') for o in t.get('options', [])) or 'none'})")
-    if options.get("workspace_mib") is not None and not (type(options["workspace_mib"]) is int
-                                                         and options["workspace_mib"] >= 64):
-        raise UserError(f"--workspace-mib must be a whole number of MiB >= 64, not {options['workspace_mib']}")
-    if "cpu" in options:
-        if req.precision != "int8":
-            if (req.options or {}).get("cpu") is not None:
-                raise UserError("--cpu only changes INT8 exports (the CPU class their INT8 weights are made for)")
-            del options["cpu"]
-        else:
-            cpu.check_cpu_class(options["cpu"])
-    if req.target == "coreml" and options.get("ios") not in (16, 17, 18):
-        raise UserError(f"--ios must be 16, 17 or 18, not {options.get('ios')}")
-    if "dla_core" in (req.options or {}) and req.options["dla_core"] is not None:
-        if req.options["dla_core"] not in (0, 1):
-            raise UserError(f"--dla-core must be 0 or 1 (Orin has two DLA cores), not {req.options['dla_core']}")
-        if req.precision == "fp32":
-            raise UserError("DLA runs only FP16/INT8: use --fp16 with --dla-core")
+        h, w, least = *req.input_size, spec.min_input_size
+        if h < least or w < least:
+            raise UserError(f"--input-size {h} {w} is below the minimum {least} {least}")
+    options = check_options(target, req.precision, req.options)
     return target, profile, options
 
 
-def qat_checkpoint(req: ExportRequest, spec, log=print) -> tuple[dict, dict] | None:
+def qat_checkpoint(req: ExportRequest, spec, log=print, hashes: dict | None = None) -> tuple[dict, dict] | None:
     """The biformer-qat checkpoint this export uses, with where it came from: the one given to --checkpoint, or, for
-    a default ``--int8`` export of a model that ships one, the shipped QAT state of its shipped weights."""
+    a default ``--int8`` export of a model that ships one, the shipped QAT state of its shipped weights. ``hashes``
+    collects the sha256 of every file it hashed (path -> hex), so that no file is hashed twice."""
+    hashes = {} if hashes is None else hashes
     from .models.registry import WEIGHTS_DIR
     from .quant.qat_checkpoint import read_qat_checkpoint, tagged_qat
     if not isinstance(req.model, str):
@@ -142,12 +120,15 @@ def qat_checkpoint(req: ExportRequest, spec, log=print) -> tuple[dict, dict] | N
                 f"INT8 ranges carry over, but check the parity report (or pass --input-size {trained[0]} "
                 f"{trained[1]})")
         _regret_note(req, f"{path}", "", log)
-        return qat, {"checkpoint": str(path), "sha256": sha256_file(path), "shipped": False}
+        hashes[str(path)] = sha256_file(path)
+        return qat, {"checkpoint": str(path), "sha256": hashes[str(path)], "shipped": False}
     if (req.precision == "int8" and req.routing == "qar" and not req.checkpoint and not req.calib
             and not req.calib_samples and spec.shipped_qat and (WEIGHTS_DIR / spec.shipped_qat).is_file()):
         path = WEIGHTS_DIR / spec.shipped_qat
         qat = read_qat_checkpoint(path)
-        if qat["model"] != name or qat["reference"].get("sha256") != sha256_file(WEIGHTS_DIR / spec.shipped_weights):
+        weights = WEIGHTS_DIR / spec.shipped_weights
+        hashes[str(weights)] = sha256_file(weights)
+        if qat["model"] != name or qat["reference"].get("sha256") != hashes[str(weights)]:
             log(f"note: the shipped QAT state {path.name} is not of the shipped weights: calibrating instead")
             return None
         _regret_note(req, f"the shipped QAT state {path.name}",
@@ -210,9 +191,12 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
     ref_device = reference_device(req.reference)
     name = model_name(req.model)
     spec = get_spec(name)
-    qat = qat_checkpoint(req, spec, log)
+    hashes: dict[str, str] = {}
+    qat = qat_checkpoint(req, spec, log, hashes)
     if isinstance(req.model, str):
-        model = create_model(name, checkpoint=req.checkpoint)   # of a QAT checkpoint: its original FP32 weights
+        # of a QAT checkpoint: its original FP32 weights, as read already
+        reference = qat[0]["reference_state_dict"] if qat is not None and req.checkpoint else None
+        model = create_model(name, checkpoint=req.checkpoint, state=reference)
         ckpt = model.checkpoint_path
         weights = "checkpoint" if req.checkpoint else ("shipped" if ckpt else "random")
     else:  # a module from create_model, possibly fine-tuned in this process: its weights live only in memory
@@ -248,7 +232,8 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
         manifest = Manifest(
             schema_version=SCHEMA_VERSION, generator=GENERATOR, model=name, task=spec.task,
             num_classes=getattr(model, "num_classes", None) if spec.task == "segmentation" else None,
-            weights=weights, checkpoint_path=ckpt, checkpoint_sha256=sha256_file(ckpt) if ckpt else None,
+            weights=weights, checkpoint_path=ckpt,
+            checkpoint_sha256=(hashes.get(str(ckpt)) or sha256_file(ckpt)) if ckpt else None,
             target=req.target, backend=target.backend, precision=req.precision,
             routing=req.routing, router_precision=ROUTER_PRECISION[req.routing],
             quantization=int8.record if int8 else None, input_name=INPUT_NAME,

@@ -22,7 +22,8 @@ from biformer_edge.models import create_model  # noqa: E402
 from biformer_edge.models.registry import WEIGHTS_DIR  # noqa: E402
 from biformer_edge.quant import qat as qat_module  # noqa: E402
 from biformer_edge.quant.cache import read_entry, write_entry  # noqa: E402
-from biformer_edge.quant.int8 import FLOAT_LAYERS_KEY, quantize  # noqa: E402
+from biformer_edge.quant.config import keep_float  # noqa: E402
+from biformer_edge.quant.int8 import quantize  # noqa: E402
 from biformer_edge.quant.qar import quantized_modules  # noqa: E402
 from biformer_edge.quant.qat import train  # noqa: E402
 from biformer_edge.quant.qat_checkpoint import read_qat_checkpoint, state_path  # noqa: E402
@@ -117,10 +118,9 @@ def test_damaged_resume_state_is_one_line_and_kept(interrupted_run, case, messag
 def all_float(obj):
     """Every quantized layer but one named float, and only the ranges such a model still has (a few % INT8)."""
     qmodel = quantize(create_model("biformer_seg_demo", pretrained=False), np.zeros((1, 0, 3, 1, 1), np.float32),
-                      "qar", cached={**{k: v.numpy() for k, v in obj["quantizers"].items()},
-                                     FLOAT_LAYERS_KEY: np.array(obj["float_layers"], dtype=str)}).model
+                      obj["config"], {k: v.numpy() for k, v in obj["quantizers"].items()}).model
     names = list(quantized_modules(qmodel))[1:]
-    obj["float_layers"] = obj["float_layers"] + names
+    obj["config"] = keep_float(obj["config"], names)
     obj["quantizers"] = {k: v for k, v in obj["quantizers"].items() if k.rsplit(".", 1)[0] not in names}
 
 
@@ -186,23 +186,23 @@ def test_tampered_manifest_or_reference_is_one_line_for_parity(copy, case, capsy
 
 def test_edited_or_nan_cache_entry_is_a_miss_with_a_note(qat_file, tmp_path):
     qat = read_qat_checkpoint(qat_file)
-    payload = {**{k: v.numpy() for k, v in qat["quantizers"].items()},
-               FLOAT_LAYERS_KEY: np.array(qat["float_layers"], dtype=str)}
+    ranges, config = {k: v.numpy() for k, v in qat["quantizers"].items()}, qat["config"]
     path, notes = tmp_path / "entry.npz", []
-    write_entry(path, payload)
-    assert set(read_entry(path, notes.append)) == set(payload) and notes == []
+    write_entry(path, ranges, config)
+    stored = read_entry(path, notes.append)
+    assert set(stored[0]) == set(ranges) and stored[1] == config and notes == []
     with np.load(path) as z:
         forged = {k: z[k] for k in z.files}
     first = next(iter(qat["quantizers"]))
     forged[first] = forged[first] * 100          # ranges replaced, stored hash kept
     np.savez(path, **forged)
     assert read_entry(path, notes.append) is None and "damaged or was edited" in notes[-1]
-    payload[first] = np.full_like(payload[first], np.nan)   # NaN ranges, hash recomputed: restoring refuses them
-    write_entry(path, payload)
-    cached = read_entry(path, notes.append)
+    ranges[first] = np.full_like(ranges[first], np.nan)   # NaN ranges, hash recomputed: restoring refuses them
+    write_entry(path, ranges, config)
+    cached_ranges, cached_config = read_entry(path, notes.append)
     with pytest.raises(KeyError, match="not a finite positive number"):
-        quantize(create_model("biformer_seg_demo", pretrained=False), np.zeros((1, 0, 3, 1, 1), np.float32), "qar",
-                 cached=cached)
+        quantize(create_model("biformer_seg_demo", pretrained=False), np.zeros((1, 0, 3, 1, 1), np.float32),
+                 cached_config, cached_ranges)
 
 
 # --- 6. a resume is the same run however its checkpoint is spelled ------------------------------------------------

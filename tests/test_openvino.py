@@ -21,8 +21,10 @@ ov = pytest.importorskip("openvino")
 
 import biformer_edge as be  # noqa: E402
 from biformer_edge import cpu, metrics  # noqa: E402
-from biformer_edge.backends import openvino as bov  # noqa: E402
 from biformer_edge.backends.base import ExportContext  # noqa: E402
+from biformer_edge.backends.openvino import export as ov_export  # noqa: E402
+from biformer_edge.backends.openvino import rules as ov_rules  # noqa: E402
+from biformer_edge.backends.openvino import session as ov_session  # noqa: E402
 from biformer_edge.models.bra import BiLevelRoutingAttention  # noqa: E402
 from biformer_edge.models.routing import RoutingOutputs, run_torch  # noqa: E402
 
@@ -36,7 +38,7 @@ def cosine(a, b) -> float:
 
 def export_to(model, path, precision, shape):
     ctx = ExportContext(workdir=path, target="openvino", precision=precision, input_shape=shape, log=lambda *a: None)
-    return bov.export(model, ctx)
+    return ov_export.export(model, ctx)
 
 
 def cpu_can(precision: str) -> bool:
@@ -96,7 +98,7 @@ def test_export_writes_named_ir(seg_irs, seg_model, precision):
 
 def test_fp32_ir_matches_torch(seg_irs, seg_model, seg_input):
     ref = run_torch(seg_model, seg_input)
-    sess = bov.OpenVINOSession(seg_irs["fp32"], precision_hint="f32")
+    sess = ov_session.OpenVINOSession(seg_irs["fp32"], precision_hint="f32")
     got = sess.run(seg_input)
     assert sess.precision_hint == "f32" and sess.inference_precision == "f32"
     assert got.logits.shape == ref.logits.shape
@@ -109,7 +111,7 @@ def test_fp32_ir_matches_torch(seg_irs, seg_model, seg_input):
 def test_fp16_ir_runs(seg_irs, seg_model, seg_input):
     ref = run_torch(seg_model, seg_input)
     for hint in ("f32", "auto", "f16", "bf16"):
-        got = bov.OpenVINOSession(seg_irs["fp16"], precision_hint=hint).run(seg_input)
+        got = ov_session.OpenVINOSession(seg_irs["fp16"], precision_hint=hint).run(seg_input)
         assert np.isfinite(got.logits).all()
         assert cosine(got.logits, ref.logits) >= 0.999
         # random weights: near-ties flip, the more so in bf16
@@ -124,7 +126,7 @@ def test_fp16_bin_is_half(seg_irs):
 
 @pytest.mark.parametrize("hint", ["f32", "f16", "bf16"])
 def test_precision_hint_is_set_explicitly(seg_irs, hint):
-    sess = bov.OpenVINOSession(seg_irs["fp16"], precision_hint=hint, threads=1)
+    sess = ov_session.OpenVINOSession(seg_irs["fp16"], precision_hint=hint, threads=1)
     assert sess.requested_hint == sess.precision_hint == hint
     assert sess.config["INFERENCE_PRECISION_HINT"] == hint
     assert str(sess.compiled.get_property("PERFORMANCE_HINT")).endswith("LATENCY")
@@ -138,12 +140,12 @@ def test_precision_hint_is_set_explicitly(seg_irs, hint):
 
 def test_auto_hint_computes_f16_only_where_native(seg_irs):
     """The precision rule: auto is f16 where the CPU computes f16 natively, f32 everywhere else, never bf16."""
-    sess = bov.OpenVINOSession(seg_irs["fp16"], precision_hint="auto", threads=1)
+    sess = ov_session.OpenVINOSession(seg_irs["fp16"], precision_hint="auto", threads=1)
     assert sess.requested_hint == "auto"
     expected = "f16" if cpu_can("f16") and plugin_computes("f16") == "f16" else "f32"
     assert sess.precision_hint == sess.config["INFERENCE_PRECISION_HINT"] == expected
     assert sess.inference_precision == sess.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == expected
-    assert bov.canonical_hint("AUTO") == "auto" and bov.canonical_hint("bfloat16") == "bf16"
+    assert ov_rules.canonical_hint("AUTO") == "auto" and ov_rules.canonical_hint("bfloat16") == "bf16"
 
 
 def test_profile_checks_fp16_with_auto_and_has_bf16_thresholds():
@@ -158,47 +160,47 @@ def test_profile_checks_fp16_with_auto_and_has_bf16_thresholds():
 
 def test_router_found_by_module_name(seg_model):
     """ov.convert_model scopes a submodule's ops by its path: the router is every op under ``.attn.router``."""
-    ov_model = bov.convert(seg_model, SEG_SHAPE)
-    router = bov.router_nodes(ov_model)
-    scopes = {bov.router_scope(n.get_friendly_name()) for n in router if n.get_type_name() != "Constant"}
+    ov_model = ov_export.convert(seg_model, SEG_SHAPE)
+    router = ov_rules.router_nodes(ov_model)
+    scopes = {ov_rules.router_scope(n.get_friendly_name()) for n in router if n.get_type_name() != "Constant"}
     paths = [name for name, module in seg_model.named_modules() if type(module).__name__ == "RegionRouter"]
     assert scopes == {f"__module.model.{p}" for p in paths}   # convert() traces RoutingOutputs(model): ".model"
     assert {n.get_type_name() for n in router} == {"ReduceMean", "Reshape", "Multiply", "MatMul", "TopK", "Constant"}
     outside = [op for op in ov_model.get_ordered_ops() if op.get_type_name() == "TopK" and op not in router]
     assert not outside
-    assert bov.router_scope("__module.model.stages.0.0.attn.router/aten::topk/TopK") == \
+    assert ov_rules.router_scope("__module.model.stages.0.0.attn.router/aten::topk/TopK") == \
         "__module.model.stages.0.0.attn.router"
-    assert bov.router_scope("__module.model.stages.0.0.attn.router_x/aten::topk/TopK") is None
-    assert bov.router_scope("__module.model.stages.0.0.attn.qkv.qkv/aten::linear/MatMul") is None
-    assert bov.router_scope("Constant_47") is None
+    assert ov_rules.router_scope("__module.model.stages.0.0.attn.router_x/aten::topk/TopK") is None
+    assert ov_rules.router_scope("__module.model.stages.0.0.attn.qkv.qkv/aten::linear/MatMul") is None
+    assert ov_rules.router_scope("Constant_47") is None
 
 
 def test_router_nodes_marked_in_fp16_ir(seg_irs):
-    fp16 = bov._core().read_model(str(seg_irs["fp16"] / "model.xml"))
-    router = bov.router_nodes(fp16)
+    fp16 = ov_rules._core().read_model(str(seg_irs["fp16"] / "model.xml"))
+    router = ov_rules.router_nodes(fp16)
     kinds = [n.get_type_name() for n in router]
     assert kinds.count("TopK") == 4 and kinds.count("ReduceMean") == 8 and kinds.count("MatMul") == 4
     assert kinds.count("Constant") == 4   # the scale of each router
-    assert all(bov.KEEP_PRECISION_KEY in n.get_rt_info() for n in router)
+    assert all(ov_rules.KEEP_PRECISION_KEY in n.get_rt_info() for n in router)
     # the scale constant feeding each router stays f32 in the compressed IR
     assert all(n.get_output_element_type(0) == ov.Type.f32 for n in router if n.get_type_name() == "Constant")
-    fp32 = bov._core().read_model(str(seg_irs["fp32"] / "model.xml"))
-    assert not any(bov.KEEP_PRECISION_KEY in n.get_rt_info() for n in bov.router_nodes(fp32))
+    fp32 = ov_rules._core().read_model(str(seg_irs["fp32"] / "model.xml"))
+    assert not any(ov_rules.KEEP_PRECISION_KEY in n.get_rt_info() for n in ov_rules.router_nodes(fp32))
 
 
 def test_router_not_marked_when_router_fp32_off(tmp_path):
     export_to(bare_bra(router_fp32=False), tmp_path, "fp16", BRA_SHAPE)
-    model = bov._core().read_model(str(tmp_path / "model.xml"))
-    router = bov.router_nodes(model)
-    assert router and not any(bov.KEEP_PRECISION_KEY in n.get_rt_info() for n in router)
+    model = ov_rules._core().read_model(str(tmp_path / "model.xml"))
+    router = ov_rules.router_nodes(model)
+    assert router and not any(ov_rules.KEEP_PRECISION_KEY in n.get_rt_info() for n in router)
 
 
 def test_keep_router_fp32_leaves_input_model_alone(seg_irs):
-    model = bov._core().read_model(str(seg_irs["fp32"] / "model.xml"))
-    marked = bov.keep_router_fp32(model)
-    assert not bov.marked_nodes(model)
-    assert {n.get_friendly_name() for n in bov.marked_nodes(marked)} == \
-        {n.get_friendly_name() for n in bov.router_nodes(model)}
+    model = ov_rules._core().read_model(str(seg_irs["fp32"] / "model.xml"))
+    marked = ov_rules.keep_router_fp32(model)
+    assert not ov_rules.marked_nodes(model)
+    assert {n.get_friendly_name() for n in ov_rules.marked_nodes(marked)} == \
+        {n.get_friendly_name() for n in ov_rules.router_nodes(model)}
 
 
 def router_runtime_precisions(sess) -> dict[str, set[str]]:
@@ -207,16 +209,16 @@ def router_runtime_precisions(sess) -> dict[str, set[str]]:
     for op in sess.compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
         names = info["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in info else []
-        if any(bov.router_scope(n) for n in names):
+        if any(ov_rules.router_scope(n) for n in names):
             found.setdefault(info["layerType"].astype(str), set()).add(info["runtimePrecision"].astype(str))
     return found
 
 
 @pytest.mark.parametrize("hint", ["f16", "bf16"])
 def test_router_runs_fp32_under_low_precision_hint(seg_irs, hint):
-    sess = bov.OpenVINOSession(seg_irs["fp16"], precision_hint=hint)
+    sess = ov_session.OpenVINOSession(seg_irs["fp16"], precision_hint=hint)
     if sess.inference_precision == "f32":
-        pytest.skip(f"this CPU computes the {hint} hint in f32 (capabilities {bov.cpu_capabilities()})")
+        pytest.skip(f"this CPU computes the {hint} hint in f32 (capabilities {ov_rules.cpu_capabilities()})")
     precisions = router_runtime_precisions(sess)
     assert precisions.get("TopK") == {"f32"}
     assert precisions.get("MatMul") == {"f32"}   # the region affinity: the island's point
@@ -228,7 +230,7 @@ def test_heads_equal_region_tokens_workaround(tmp_path):
     bra = bare_bra(heads=4)
     export_to(bra, tmp_path, "fp32", BRA_SHAPE)
     x = np.random.default_rng(1).standard_normal(BRA_SHAPE).astype(np.float32)
-    sess = bov.OpenVINOSession(tmp_path)
+    sess = ov_session.OpenVINOSession(tmp_path)
     assert sess.config.get("SNIPPETS_MODE") == "DISABLE"
     got, ref = sess.run(x), run_torch(bra, x)
     np.testing.assert_allclose(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
@@ -247,22 +249,23 @@ def test_export_is_deterministic(tmp_path):
 
 def test_imports_without_torch():
     import subprocess
-    code = ("import sys; sys.modules['torch'] = None; import biformer_edge.backends.openvino as b; "
+    code = ("import sys; sys.modules['torch'] = None; import biformer_edge.backends.openvino.session; "
+            "import biformer_edge.backends.openvino.rules as b; "
             "assert b.PRECISION_HINTS['auto'] == 'auto'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_bad_hint_and_missing_artifact(tmp_path, seg_irs):
     with pytest.raises(be.UserError, match="precision hint"):
-        bov.OpenVINOSession(seg_irs["fp32"], precision_hint="int4")
+        ov_session.OpenVINOSession(seg_irs["fp32"], precision_hint="int4")
     with pytest.raises(be.UserError, match="no OpenVINO model"):
-        bov.OpenVINOSession(tmp_path)
+        ov_session.OpenVINOSession(tmp_path)
 
 
 def test_missing_openvino_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(be.UserError, match=r"openvino is not installed: pip install 'biformer-edge\[openvino\]'"):
-        bov.OpenVINOSession(tmp_path)
+        ov_session.OpenVINOSession(tmp_path)
 
 
 def test_biformer_tiny_fp32_matches_torch(tmp_path):
@@ -271,7 +274,7 @@ def test_biformer_tiny_fp32_matches_torch(tmp_path):
     shape = (1, 3, 224, 224)
     export_to(model, tmp_path, "fp32", shape)
     x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
-    got, ref = bov.OpenVINOSession(tmp_path).run(x), run_torch(model, x)
+    got, ref = ov_session.OpenVINOSession(tmp_path).run(x), run_torch(model, x)
     assert cosine(got.logits, ref.logits) >= 0.99999
     for a, b in zip(got.routing, ref.routing):
         np.testing.assert_array_equal(a, b)
@@ -321,7 +324,7 @@ def test_parity_refuses_f16_hint_computed_in_bf16(seg_irs, seg_reference, monkey
         entry = evaluate_fp16(seg_irs, seg_reference, ov_precision="f16")["backends"]["openvino"]
         assert entry["inference_precision"] == plugin_computes("f16")
         # what a CPU with BF16 but no FP16 units reports (AMD Zen 4/5): the refusal is checked on every CPU
-        monkeypatch.setattr(bov.OpenVINOSession, "_computes", lambda self: "bf16")
+        monkeypatch.setattr(ov_session.OpenVINOSession, "_computes", lambda self: "bf16")
     with pytest.raises(be.UserError, match=r"computes the 'f16' hint in bf16 .*--ov-precision bf16"):
         evaluate_fp16(seg_irs, seg_reference, ov_precision="f16")
 
@@ -336,8 +339,8 @@ def export_int8(model, path, routing):
 
     ctx = ExportContext(workdir=path, target="openvino", precision="int8", input_shape=INT8_SHAPE,
                         log=lambda *a: None, routing=routing)
-    files = bov.export(model, ctx)   # then, as the exporter does, the router island and the layer report
-    return files + check_int8_graph(path, bov.int8_graph(path), routing, ctx.checks), ctx
+    files = ov_export.export(model, ctx)   # then, as the exporter does, the router island and the layer report
+    return files + check_int8_graph(path, ov_export.int8_graph(path), routing, ctx.checks), ctx
 
 
 @pytest.fixture(scope="module")
@@ -348,13 +351,14 @@ def int8_irs(seg_model, tmp_path_factory):
     pytest.importorskip("modelopt.torch.quantization")
     from biformer_edge.cpu import DEFAULT_CPU_CLASS, weight_bound
     from biformer_edge.quant.calibration import calibration_inputs, resolve_recipe
-    from biformer_edge.quant.int8 import quantize
+    from biformer_edge.quant.int8 import model_config, quantize
 
     batches = calibration_inputs(resolve_recipe(None, 4), INT8_SHAPE)
     out = {}
     for routing in ("qar", "naive"):
         path = tmp_path_factory.mktemp(f"ov-int8-{routing}")
-        qmodel = quantize(seg_model, batches, routing, weight_bound=weight_bound(DEFAULT_CPU_CLASS)).model
+        qmodel = quantize(seg_model, batches, model_config(seg_model, routing),
+                          weight_bound=weight_bound(DEFAULT_CPU_CLASS)).model
         files, ctx = export_int8(qmodel, path, routing)
         out[routing] = (files, ctx, path, qmodel)
     return out
@@ -370,7 +374,7 @@ def test_int8_export_writes_ir_and_layer_report(int8_irs, seg_model, routing):
     files, ctx, path, _ = int8_irs[routing]
     assert files == ["model.xml", "model.bin", "layer_precision.json", "layer_precision.md"]
     assert all((path / f).is_file() for f in files)
-    model = bov._core().read_model(str(path / "model.xml"))
+    model = ov_rules._core().read_model(str(path / "model.xml"))
     assert model.inputs[0].get_any_name() == "images" and tuple(model.inputs[0].get_shape()) == INT8_SHAPE
     assert [o.get_any_name() for o in model.outputs] == RoutingOutputs(seg_model).output_names()
     assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
@@ -386,20 +390,20 @@ def test_int8_export_writes_ir_and_layer_report(int8_irs, seg_model, routing):
 
 
 def test_int8_router_island_holds_for_qar_only(int8_irs):
-    qar = bov._core().read_model(str(int8_irs["qar"][2] / "model.xml"))
-    naive = bov._core().read_model(str(int8_irs["naive"][2] / "model.xml"))
+    qar = ov_rules._core().read_model(str(int8_irs["qar"][2] / "model.xml"))
+    naive = ov_rules._core().read_model(str(int8_irs["naive"][2] / "model.xml"))
     topk = sum(op.get_type_name() == "TopK" for op in qar.get_ordered_ops())
     assert topk == 4
-    assert bov.fake_quantize_into_topk(qar) == []
-    into = bov.fake_quantize_into_topk(naive)
+    assert ov_export.fake_quantize_into_topk(qar) == []
+    into = ov_export.fake_quantize_into_topk(naive)
     assert len(into) == 2 * topk                  # the pooled q and the pooled k of every router
     assert "no FakeQuantize" in int8_irs["qar"][1].checks["router_island"]["summary"]
     assert f"{len(into)} FakeQuantize paths" in int8_irs["naive"][1].checks["router_island"]["summary"]
     # qar: the router's float ops (ONNX-frontend names, TopK named after its output) marked to stay FP32
-    router = bov.router_nodes(qar)
+    router = ov_rules.router_nodes(qar)
     assert [n.get_type_name() for n in router].count("TopK") == topk
-    assert all(bov.KEEP_PRECISION_KEY in n.get_rt_info() for n in router)
-    assert not bov.marked_nodes(naive)
+    assert all(ov_rules.KEEP_PRECISION_KEY in n.get_rt_info() for n in router)
+    assert not ov_rules.marked_nodes(naive)
     rows = {r["layer"]: r for r in read_layer_report(int8_irs["naive"][2])["layers"]}
     assert all(r["input"] == r["weight"] == "int8" for r in rows.values() if r["router"])
 
@@ -412,9 +416,10 @@ def test_int8_export_is_deterministic(int8_irs, tmp_path):
 
 
 def test_router_scope_of_onnx_names():
-    assert bov.router_scope("/model/stages.0/stages.0.0/attn/router/MatMul") == "/model/stages.0/stages.0.0/attn/router"
-    assert bov.router_scope("/model/stages.0/stages.0.0/attn/router/k_region_quantizer/DequantizeLinear") is None
-    assert bov.router_scope("/model/stages.0/stages.0.0/attn/qkv/MatMul") is None
+    assert ov_rules.router_scope("/model/stages.0/stages.0.0/attn/router/MatMul") == \
+        "/model/stages.0/stages.0.0/attn/router"
+    assert ov_rules.router_scope("/model/stages.0/stages.0.0/attn/router/k_region_quantizer/DequantizeLinear") is None
+    assert ov_rules.router_scope("/model/stages.0/stages.0.0/attn/qkv/MatMul") is None
 
 
 def test_int8_executed_precision_comes_from_the_runtime(int8_irs):
@@ -422,8 +427,8 @@ def test_int8_executed_precision_comes_from_the_runtime(int8_irs):
     layers the graph quantizes, the hint's float precision for the others (bf16 where the CPU has BF16)."""
     path = int8_irs["qar"][2]
     rows = read_layer_report(path)["layers"]
-    sess = bov.OpenVINOSession(path, precision_hint="f32")
-    runtime = bov.executed_precision(sess.compiled)
+    sess = ov_session.OpenVINOSession(path, precision_hint="f32")
+    runtime = ov_session.executed_precision(sess.compiled)
     runtime_precisions = {v["precision"] for v in runtime.values()}
     assert all(r["executed"] in runtime_precisions for r in rows)
     assert all(r["executed"] in ("i8", "u8") for r in rows if r["input"] == r["weight"] == "int8")
@@ -432,7 +437,7 @@ def test_int8_executed_precision_comes_from_the_runtime(int8_irs):
     assert summary["precision_hint"] == "f32" and sum(summary["by_precision"].values()) == len(rows)
     if plugin_computes("bf16") != "bf16":
         pytest.skip("this CPU has no BF16 units: the bf16 half of the report cannot be checked here")
-    bf16_rows = bov.int8_graph(path, "bf16").rows
+    bf16_rows = ov_export.int8_graph(path, "bf16").rows
     by_layer = {r["layer"]: r for r in bf16_rows}
     for r in rows:
         executed = by_layer[r["layer"]]["executed"]
@@ -489,10 +494,11 @@ def check_cpu_record(entry: dict, machine: dict) -> None:
 def int8_full_range_ir(seg_model, tmp_path_factory):
     """The QAR INT8 IR with full 8-bit weights (--cpu vnni): what saturates on CPUs without VNNI."""
     from biformer_edge.quant.calibration import calibration_inputs, resolve_recipe
-    from biformer_edge.quant.int8 import quantize
+    from biformer_edge.quant.int8 import model_config, quantize
 
     path = tmp_path_factory.mktemp("ov-int8-full")
-    qmodel = quantize(seg_model, calibration_inputs(resolve_recipe(None, 4), INT8_SHAPE), "qar", weight_bound=127)
+    qmodel = quantize(seg_model, calibration_inputs(resolve_recipe(None, 4), INT8_SHAPE), model_config(seg_model),
+                      weight_bound=127)
     export_int8(qmodel.model, path, "qar")
     return path
 

@@ -5,6 +5,7 @@ Shapes: the network is NCHW between blocks and NHWC inside a block, as upstream.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -14,6 +15,33 @@ from .bra import AttentionLePE, BiLevelRoutingAttention
 from .registry import register_model
 
 MIN_INPUT_SIZE = 32  # four stride-2 stages need at least a 2x2 map at stage 4 to be meaningful
+
+_STAGE = re.compile(r"(?:backbone\.)?stages\.(\d+)\.(\d+)\.(\w+)")
+_DOWN = re.compile(r"(?:backbone\.)?downsample_layers\.(\d+)\.")
+
+
+def quant_group(name: str) -> tuple[str, int] | None:
+    """The group QAR's keep-float search treats a module of a BiFormer (or its segmentor's backbone) as one unit, and
+    the backbone stage it feeds: ``stem`` (stage 0), ``downN`` (stage N), or one part of a block ``sN.M.pos`` /
+    ``.norm`` / ``.qkv`` / ``.attn_out`` / ``.mlp`` (stage N); None for what follows every stage (neck, head)."""
+    m = _DOWN.match(name)
+    if m:
+        stage = int(m.group(1))
+        return ("stem" if stage == 0 else f"down{stage}"), stage
+    m = _STAGE.match(name)
+    if not m:
+        return None
+    stage, block, part = int(m.group(1)), f"s{m.group(1)}.{m.group(2)}", m.group(3)
+    if part == "pos_embed":
+        return f"{block}.pos", stage
+    if part.startswith("norm"):
+        return f"{block}.norm", stage
+    if part == "mlp":
+        return f"{block}.mlp", stage
+    return (f"{block}.qkv" if ".attn.qkv" in name else f"{block}.attn_out"), stage
+
+
+CLASSIFIER = dict(task="classification", classifier="head", min_input_size=MIN_INPUT_SIZE, quant_group=quant_group)
 
 
 @dataclass(frozen=True)
@@ -149,16 +177,16 @@ BASE = BiFormerConfig(depth=(4, 4, 18, 4), embed_dim=(96, 192, 384, 768))
 PUBLISHED_PARAMS_M = {"biformer_tiny": 13.1, "biformer_small": 25.5, "biformer_base": 56.8}
 
 
-@register_model("biformer_tiny", input_size=(224, 224), task="classification")
+@register_model("biformer_tiny", input_size=(224, 224), **CLASSIFIER)
 def biformer_tiny(**overrides) -> BiFormer:
     return BiFormer(TINY.with_overrides(**overrides))
 
 
-@register_model("biformer_small", input_size=(224, 224), task="classification")
+@register_model("biformer_small", input_size=(224, 224), **CLASSIFIER)
 def biformer_small(**overrides) -> BiFormer:
     return BiFormer(SMALL.with_overrides(**overrides))
 
 
-@register_model("biformer_base", input_size=(224, 224), task="classification")
+@register_model("biformer_base", input_size=(224, 224), **CLASSIFIER)
 def biformer_base(**overrides) -> BiFormer:
     return BiFormer(BASE.with_overrides(**overrides))

@@ -20,6 +20,11 @@ QAT_FORMAT = "biformer-edge-qat"   # the ``format`` tag of biformer-qat checkpoi
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    return state_dict_from(read_checkpoint(path), path)
+
+
+def read_checkpoint(path: str | Path):
+    """What a checkpoint file holds (``torch.load`` with ``weights_only``), or a one-line UserError."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a directory: pass the path of a .pth/.pt file")
@@ -35,6 +40,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # torch's unpickler raises anything from KeyError to RuntimeError on foreign bytes
         raise UserError(f"checkpoint {path} is not a readable PyTorch file ({short_reason(exc)}): re-download or "
                         f"re-save it") from None
+    return obj
+
+
+def state_dict_from(obj, path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint (official, mmseg, wrapped; a QAT checkpoint's FP32 reference)."""
     if isinstance(obj, dict) and obj.get("format") == QAT_FORMAT:
         obj = obj.get("reference_state_dict")
     for _ in range(2):  # e.g. {"state_dict": {"module": {...}}}
@@ -60,8 +70,9 @@ def check_task(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> 
         raise UserError(f"checkpoint {path} is a segmentation checkpoint ('backbone.' keys): use a *_sfpn model")
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    state = read_state_dict(path)
+def load_checkpoint(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load ``path`` strictly into ``model``; ``state``: its state dict when the caller already read it."""
+    state = read_state_dict(path) if state is None else state
     check_task(model, state, Path(path))
     load_state(model, state, path)
 

@@ -14,10 +14,17 @@ from ..errors import UserError
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """What a registered model says about itself (timm's ``pretrained_cfg``); every built model carries it as
+    ``model.spec``, so tools ask the model, not a table of their own."""
+
     name: str
     factory: Callable[..., nn.Module]
     input_size: tuple[int, int]          # the size exports use unless --input-size says otherwise
     task: str                            # "classification" | "segmentation"
+    classifier: str                      # the layer that produces the logits (INT8 keeps it float: it decides labels)
+    min_input_size: int                  # the smallest H and W the model takes
+    # timm's group_matcher: module name -> (QAR search group, backbone stage it feeds), None after the last stage
+    quant_group: Callable[[str], tuple[str, int] | None]
     shipped_weights: str | None = None   # file name under biformer_edge/weights/, loaded by default
     shipped_qat: str | None = None       # a biformer-qat checkpoint of those weights: what --int8 exports by default
 
@@ -26,10 +33,12 @@ _REGISTRY: dict[str, ModelSpec] = {}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
-def register_model(name: str, input_size: tuple[int, int], task: str, shipped_weights: str | None = None,
+def register_model(name: str, input_size: tuple[int, int], task: str, classifier: str, min_input_size: int,
+                   quant_group: Callable[[str], tuple[str, int] | None], shipped_weights: str | None = None,
                    shipped_qat: str | None = None):
     def wrap(factory):
-        _REGISTRY[name] = ModelSpec(name, factory, tuple(input_size), task, shipped_weights, shipped_qat)
+        _REGISTRY[name] = ModelSpec(name, factory, tuple(input_size), task, classifier, min_input_size, quant_group,
+                                    shipped_weights, shipped_qat)
         return factory
     return wrap
 
@@ -47,11 +56,12 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def create_model(name: str, checkpoint: str | Path | None = None, pretrained: bool = True,
-                 **overrides) -> nn.Module:
+                 state: dict[str, torch.Tensor] | None = None, **overrides) -> nn.Module:
     """Build a registered model in eval mode.
 
-    ``checkpoint``: a file to load strictly (official, mmseg, or biformer-edge checkpoints). Without one, models
-    that ship weights (``biformer_seg_demo``) load them unless ``pretrained=False``; the others start random.
+    ``checkpoint``: a file to load strictly (official, mmseg, or biformer-edge checkpoints); ``state``: its state
+    dict when the caller already read it (no second read). Without a checkpoint, models that ship weights
+    (``biformer_seg_demo``) load them unless ``pretrained=False``; the others start random.
     """
     from .checkpoint import load_checkpoint
 
@@ -63,7 +73,7 @@ def create_model(name: str, checkpoint: str | Path | None = None, pretrained: bo
             model = spec.factory(**overrides)
     except (TypeError, ValueError) as exc:
         raise UserError(f"cannot build {name}: {exc}") from None
-    model.name, model.task, model.default_input_size = name, spec.task, spec.input_size
+    model.name, model.task, model.default_input_size, model.spec = name, spec.task, spec.input_size, spec
     model.checkpoint_path = None
     if checkpoint is None and pretrained and spec.shipped_weights:
         checkpoint = WEIGHTS_DIR / spec.shipped_weights
@@ -71,6 +81,6 @@ def create_model(name: str, checkpoint: str | Path | None = None, pretrained: bo
             raise UserError(f"{name}'s shipped weights {checkpoint} are missing: reinstall biformer-edge, or "
                             f"train them with 'python -m biformer_edge.train_demo'")
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        load_checkpoint(model, checkpoint, state)
         model.checkpoint_path = str(checkpoint)
     return model.eval()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .biformer import BASE, SMALL, TINY, BiFormerBackbone, BiFormerConfig
+from .biformer import BASE, MIN_INPUT_SIZE, SMALL, TINY, BiFormerBackbone, BiFormerConfig, quant_group
 from .registry import register_model
 
 
@@ -110,23 +110,27 @@ class BiFormerSegmentor(nn.Module):
         return self.decode_head(self.neck(self.backbone(x)))
 
 
+SEGMENTOR = dict(task="segmentation", classifier="decode_head.conv_seg", min_input_size=MIN_INPUT_SIZE,
+                 quant_group=quant_group)
+
+
 def _sfpn(base: BiFormerConfig, neck_channels=256, head_channels=128, **overrides) -> BiFormerSegmentor:
     # mmseg ADE20K configs: n_win 8 at 512x512 crops (regions 16/8/4 px per stage), 150 classes.
     cfg = base.with_overrides(**{"n_win": 8, "num_classes": 150, **overrides})
     return BiFormerSegmentor(cfg, neck_channels, head_channels)
 
 
-@register_model("biformer_tiny_sfpn", input_size=(512, 512), task="segmentation")
+@register_model("biformer_tiny_sfpn", input_size=(512, 512), **SEGMENTOR)
 def biformer_tiny_sfpn(**overrides) -> BiFormerSegmentor:
     return _sfpn(TINY, **overrides)
 
 
-@register_model("biformer_small_sfpn", input_size=(512, 512), task="segmentation")
+@register_model("biformer_small_sfpn", input_size=(512, 512), **SEGMENTOR)
 def biformer_small_sfpn(**overrides) -> BiFormerSegmentor:
     return _sfpn(SMALL, **overrides)
 
 
-@register_model("biformer_base_sfpn", input_size=(512, 512), task="segmentation")
+@register_model("biformer_base_sfpn", input_size=(512, 512), **SEGMENTOR)
 def biformer_base_sfpn(**overrides) -> BiFormerSegmentor:
     return _sfpn(BASE, **overrides)
 
@@ -134,7 +138,7 @@ def biformer_base_sfpn(**overrides) -> BiFormerSegmentor:
 DEMO = BiFormerConfig(depth=(1, 1, 2, 1), embed_dim=(32, 64, 128, 256), n_win=8, num_classes=6)
 
 
-@register_model("biformer_seg_demo", input_size=(128, 128), task="segmentation",
+@register_model("biformer_seg_demo", input_size=(128, 128), **SEGMENTOR,
                 shipped_weights="biformer_seg_demo.pt", shipped_qat="biformer_seg_demo_qat.pt")
 def biformer_seg_demo(**overrides) -> BiFormerSegmentor:
     """Small BiFormer-SFPN trained on biformer_edge.data's synthetic scenes (``python -m biformer_edge.train_demo``)."""

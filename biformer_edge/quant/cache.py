@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..fileio import save_npz
+from .config import config_problem
 
 
 def cache_dir() -> Path:
@@ -35,6 +36,8 @@ def cache_key(state: dict, inputs: np.ndarray, settings: dict) -> str:
     return digest.hexdigest()
 
 
+CACHE_SCHEMA = 4                # part of the key: entries of another layout are never read
+CONFIG_KEY = "__config__"       # the entry's QAR config, as JSON (quantizer names never start with "__")
 PAYLOAD_SHA256 = "__sha256__"   # a cache entry's hash of its own ranges: an edited or damaged entry is a miss
 
 
@@ -47,9 +50,10 @@ def _payload_digest(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def read_entry(path: Path, log=print) -> dict | None:
-    """A cache entry whose payload matches the hash stored in it, else None (a miss, noted when an entry was there).
-    The ranges themselves are checked when they are restored (:func:`~.int8.restore_ranges`)."""
+def read_entry(path: Path, log=print) -> tuple[dict[str, np.ndarray], dict] | None:
+    """A cache entry's (ranges, QAR config) when its payload matches the hash stored in it and the config is one,
+    else None (a miss, noted when an entry was there). The ranges themselves are checked when they are restored
+    (:func:`~.int8.restore_ranges`)."""
     if not path.is_file() or path.is_symlink():
         return None
     try:
@@ -58,15 +62,28 @@ def read_entry(path: Path, log=print) -> dict | None:
     except Exception:  # a corrupt or foreign cache file is a miss, never an error
         entry = None
     stored = entry.pop(PAYLOAD_SHA256, None) if entry is not None else None
-    if entry is None or stored is None or stored.shape != () or str(stored) != _payload_digest(entry):
+    config = None
+    if entry is not None and stored is not None and stored.shape == () and str(stored) == _payload_digest(entry):
+        config = _config(entry.pop(CONFIG_KEY, None))
+    if config is None:
         log(f"note: the cached INT8 calibration {path.name[:12]}... is damaged or was edited: calibrating again")
         return None
-    return entry
+    return entry, config
 
 
-def write_entry(path: Path, ranges: dict) -> None:
+def _config(stored: np.ndarray | None) -> dict | None:
+    try:
+        config = json.loads(str(stored)) if stored is not None and stored.shape == () else None
+    except ValueError:
+        return None
+    return None if config_problem(config) else config
+
+
+def write_entry(path: Path, ranges: dict[str, np.ndarray], config: dict) -> None:
+    """Store a calibration: its 8-bit ranges and the QAR config they belong to (keep-float layers included)."""
+    payload = {**ranges, CONFIG_KEY: np.array(json.dumps(config, sort_keys=True))}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_npz(path, {**ranges, PAYLOAD_SHA256: np.array(_payload_digest(ranges))})
+        save_npz(path, {**payload, PAYLOAD_SHA256: np.array(_payload_digest(payload))})
     except (OSError, UserError):
         pass  # the cache only saves time; a read-only home must not fail an export

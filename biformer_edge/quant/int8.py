@@ -29,6 +29,7 @@ from torch import nn
 from ..cpu import FULL_WEIGHT_BOUND
 from ..errors import UserError
 from ..models.bra import RegionRouter
+from .config import ROUTERS, keep_float, modelopt_config, qar_config
 
 ROUTER_QUANTIZERS = ("q_region_quantizer", "k_region_quantizer")
 
@@ -48,20 +49,13 @@ def toolkit_version() -> str:
         return "nvidia-modelopt (unknown version)"
 
 
-def final_layer(model: nn.Module) -> str:
-    """The layer producing the logits, kept in float (it decides every label)."""
-    name = "decode_head.conv_seg" if getattr(model, "task", None) == "segmentation" else "head"
-    if name not in dict(model.named_modules()):
-        raise UserError(f"{getattr(model, 'name', type(model).__name__)} has no '{name}' layer: INT8 supports the "
-                        f"registered BiFormer models")
-    return name
-
-
-def int8_config(model: nn.Module) -> dict:
-    mtq = modelopt()
-    cfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
-    cfg["quant_cfg"].append({"quantizer_name": f"{final_layer(model)}.*", "enable": False})
-    return cfg
+def model_config(model: nn.Module, routing: str = "qar") -> dict:
+    """The starting QAR config of ``model`` (:func:`.config.qar_config`), from what its spec says (its classifier)."""
+    spec = getattr(model, "spec", None)
+    if spec is None or spec.classifier not in dict(model.named_modules()):
+        raise UserError(f"{getattr(model, 'name', type(model).__name__)} is not a registered BiFormer model built by "
+                        f"create_model: INT8 supports those")
+    return qar_config(spec.classifier, routing)
 
 
 def insert_router_quantizers(model: nn.Module) -> None:
@@ -79,24 +73,10 @@ def insert_router_quantizers(model: nn.Module) -> None:
 class QuantizedModel:
     model: nn.Module                       # fake-quantized copy; the FP32 model given is left unchanged
     amax: dict[str, np.ndarray]            # calibrated range of every enabled quantizer (what the cache stores)
+    config: dict                           # the QAR config it was made with, the search's keep-float layers included
     quantizers: int = 0
     from_cache: bool = False
     search: dict = field(default_factory=dict)   # QAR's routing-aware keep-float search (qar routing only)
-
-    def cache_payload(self) -> dict[str, np.ndarray]:
-        return {**self.amax, FLOAT_LAYERS_KEY: np.array(self.search.get("float_layers", []), dtype=str)}
-
-
-FLOAT_LAYERS_KEY = "__float_layers__"
-
-
-def float_layernorm_inputs(model: nn.Module) -> None:
-    """QAR keeps LayerNorm inputs in float (ModelOpt's default quantizes them): the residual stream they read is what
-    the routers' q/k come from, and INT8 there flips routes (the first block's norm is the second most sensitive layer
-    of the default model)."""
-    for module in model.modules():
-        if isinstance(module, nn.LayerNorm) and getattr(module, "input_quantizer", None) is not None:
-            module.input_quantizer.disable()
 
 
 def quantizer_ranges(model: nn.Module) -> dict[str, np.ndarray]:
@@ -108,20 +88,19 @@ def quantizer_ranges(model: nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def quantize(model: nn.Module, batches: np.ndarray, routing: str = "qar", cached: dict | None = None,
-             progress=None, max_regret: float | None = None, log=print,
-             weight_bound: int = FULL_WEIGHT_BOUND) -> QuantizedModel:
-    """A fake-quantized copy of ``model``: calibrated on ``batches`` (B, N, 3, H, W), or, when ``cached`` holds the
-    ranges (and QAR's float layers) of an identical earlier calibration, restored from them without running a batch.
-    ``routing="qar"`` also keeps LayerNorm inputs float and, with ``max_regret``, runs the routing-aware keep-float
-    search (:mod:`biformer_edge.quant.qar`). ``weight_bound``: the largest |integer| an INT8 weight takes
-    (:func:`bound_weights`; 64 for CPUs without VNNI), applied before the search so that it chooses for the weights
-    that deploy. The ranges returned (and cached) are the calibrated 8-bit ones, whatever the bound."""
-    from .qar import keep_float_search, quantized_modules, set_float
+def quantize(model: nn.Module, batches: np.ndarray, config: dict, ranges: dict | None = None, progress=None,
+             max_regret: float | None = None, log=print, weight_bound: int = FULL_WEIGHT_BOUND) -> QuantizedModel:
+    """A fake-quantized copy of ``model`` made by ``config`` (:mod:`.config`): calibrated on ``batches``
+    (B, N, 3, H, W), or, with the ``ranges`` of an identical earlier calibration (the cache, a QAT checkpoint),
+    restored from them without running a batch. With the router island and ``max_regret``, a fresh calibration runs
+    the routing-aware keep-float search (:mod:`.qar`), which extends the config. ``weight_bound``: the largest
+    |integer| an INT8 weight takes (:func:`bound_weights`; 64 for CPUs without VNNI), applied before the search so
+    that it chooses for the weights that deploy. The ranges returned (and cached) are the calibrated 8-bit ones,
+    whatever the bound."""
+    from .qar import keep_float_search
 
     mtq = modelopt()
     qmodel = copy.deepcopy(model).float().eval()
-    cfg = int8_config(qmodel)
 
     def forward_loop(m):
         with torch.no_grad():
@@ -129,34 +108,32 @@ def quantize(model: nn.Module, batches: np.ndarray, routing: str = "qar", cached
                 m(torch.from_numpy(np.ascontiguousarray(batch)))
 
     search: dict = {}
+    island = config["router"] == ROUTERS["qar"]
     with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers" itself
-        qmodel = mtq.quantize(qmodel, cfg, forward_loop if cached is None else (lambda m: None))
-        if routing == "naive":
+        qmodel = mtq.quantize(qmodel, modelopt_config(config), forward_loop if ranges is None else (lambda m: None))
+        if not island:
             insert_router_quantizers(qmodel)
-            if cached is None:
-                qmodel = mtq.calibrate(qmodel, "max", forward_loop)   # max ranges: the others come out the same
-        else:
-            float_layernorm_inputs(qmodel)
+            if ranges is None:
+                qmodel = mtq.calibrate(qmodel, config["algorithm"], forward_loop)
     qmodel.eval()
-    if cached is not None:
-        floats = [str(n) for n in cached.get(FLOAT_LAYERS_KEY, np.array([], dtype=str))]
-        modules = quantized_modules(qmodel)
-        if any(n not in modules for n in floats):
-            raise KeyError("cached float layers do not match")   # a cache miss for the caller
-        set_float([modules[n] for n in floats], True)
-        restore_ranges(qmodel, {k: v for k, v in cached.items() if k != FLOAT_LAYERS_KEY})
-        if routing == "qar" and max_regret is not None:
-            search = {"max_regret": max_regret, "float_layers": floats, "from_cache": True}
+    if ranges is not None:
+        modules = dict(qmodel.named_modules())
+        if any(getattr(modules.get(n), "input_quantizer", None) is None for n in config["keep_float"]):
+            raise KeyError("the config's float layers are not this model's")   # a cache miss for the caller
+        restore_ranges(qmodel, ranges)
+        if island and max_regret is not None:
+            search = {"max_regret": max_regret, "float_layers": list(config["keep_float"]), "from_cache": True}
     calibrated = quantizer_ranges(qmodel)
     bound_weights(qmodel, weight_bound)
-    if cached is None and routing == "qar" and max_regret is not None:
+    if ranges is None and island and max_regret is not None:
         search = keep_float_search(qmodel, model, batches, max_regret, log=log)
-    ranges = {name: calibrated[name] for name in quantizer_ranges(qmodel)}
-    missing = [n for n, m in enabled_quantizers(qmodel) if n not in ranges]
+        config = keep_float(config, search["float_layers"])
+    kept = {name: calibrated[name] for name in quantizer_ranges(qmodel)}
+    missing = [n for n, m in enabled_quantizers(qmodel) if n not in kept]
     if missing:
         raise UserError(f"calibration left {len(missing)} quantizers without a range (e.g. {missing[0]}): the "
                         f"calibration data never reached them; pass more or other --calib data")
-    return QuantizedModel(qmodel, ranges, quantizers=len(ranges), from_cache=cached is not None, search=search)
+    return QuantizedModel(qmodel, kept, config, quantizers=len(kept), from_cache=ranges is not None, search=search)
 
 
 def bound_weights(qmodel: nn.Module, bound: int) -> None:

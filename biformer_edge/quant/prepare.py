@@ -19,9 +19,10 @@ import numpy as np
 from ..contract import ROUTER_PRECISION
 from ..cpu import weight_bound
 from ..errors import UserError
-from .cache import cache_dir, cache_key, read_entry, write_entry
+from .cache import CACHE_SCHEMA, cache_dir, cache_key, read_entry, write_entry
 from .calibration import calibration_inputs, resolve_recipe
-from .int8 import FLOAT_LAYERS_KEY, QuantizedModel, int8_weight_share, quantize, toolkit_version
+from .config import keep_float
+from .int8 import QuantizedModel, int8_weight_share, model_config, quantize, toolkit_version
 from .qar import MIN_INT8_SHARE, SEARCH_VERSION
 from .settings import QuantSettings
 
@@ -71,34 +72,35 @@ def prepare_int8(model, settings: QuantSettings, input_shape: tuple[int, int, in
         log(note)
     max_regret = settings.max_routing_regret if settings.routing == "qar" else None
     bound = weight_bound(settings.cpu)
-    config = {"routing": settings.routing, "method": recipe.method, "input_shape": list(input_shape),
-              "samples": int(np.prod(inputs.shape[:2])), "toolkit": toolkit_version(), "max_regret": max_regret,
-              "search": SEARCH_VERSION, "schema": 3, "weight_bound": bound}
-    key = cache_key(model.state_dict(), inputs, config)
+    start = model_config(model, settings.routing)
+    samples = int(np.prod(inputs.shape[:2]))
+    key_settings = {"config": start, "method": recipe.method, "input_shape": list(input_shape), "samples": samples,
+                    "toolkit": toolkit_version(), "max_regret": max_regret, "search": SEARCH_VERSION,
+                    "schema": CACHE_SCHEMA, "weight_bound": bound}
+    key = cache_key(model.state_dict(), inputs, key_settings)
     path = cache_dir() / f"{key}.npz"
     cached = read_entry(path, log)
     source = "synthetic scenes" if recipe.source == "synthetic" else ", ".join(recipe.source)
-    if cached is None:
-        log(f"calibrating INT8 ({settings.routing} routing) on {config['samples']} samples of {source}")
-        result = quantize(model, inputs, settings.routing, max_regret=max_regret, log=log, weight_bound=bound,
-                          progress=lambda b: tqdm(b, desc="calibrate", unit="batch", leave=False, disable=None))
-        write_entry(path, result.cache_payload())
-    else:
+    result = None
+    if cached is not None:
+        ranges, config = cached
         try:
-            result = quantize(model, inputs, settings.routing, cached=cached, max_regret=max_regret, log=log,
-                              weight_bound=bound)
+            result = quantize(model, inputs, config, ranges, max_regret=max_regret, log=log, weight_bound=bound)
             log(f"INT8 calibration reused from the cache ({path.name[:12]}...)")
         except KeyError as exc:
             log(f"note: the cached INT8 calibration {path.name[:12]}... does not fit this model ({exc.args[0]}): "
                 f"calibrating again")
-            result = quantize(model, inputs, settings.routing, max_regret=max_regret, log=log, weight_bound=bound)
-            write_entry(path, result.cache_payload())
+    if result is None:
+        log(f"calibrating INT8 ({settings.routing} routing) on {samples} samples of {source}")
+        result = quantize(model, inputs, start, max_regret=max_regret, log=log, weight_bound=bound,
+                          progress=lambda b: tqdm(b, desc="calibrate", unit="batch", leave=False, disable=None))
+        write_entry(path, result.amax, result.config)
     share = int8_weight_share(result.model)
     info = {"toolkit": toolkit_version(), "routing": settings.routing, "router_precision":
             ROUTER_PRECISION[settings.routing],
-            "calibration": {**recipe.describe(), "samples": config["samples"], "source": recipe.source,
+            "calibration": {**recipe.describe(), "samples": samples, "source": recipe.source,
                             "cache_key": key, "cache": "hit" if result.from_cache else "miss"},
-            "quantizers": result.quantizers, **weight_record(settings.cpu), **share}
+            "config": result.config, "quantizers": result.quantizers, **weight_record(settings.cpu), **share}
     if result.search:
         info["routing_search"] = result.search
     return result, info
@@ -128,18 +130,18 @@ def prepare_qat(qat: dict, source: dict, log=print, cpu: str | None = None) -> t
     """The fake-quantized model of a QAT checkpoint, restored exactly as it was trained (full 8-bit weights; ``cpu``:
     the CPU class whose weight bound applies, :mod:`biformer_edge.cpu`), and its manifest record.
     ``source``: {"checkpoint": path, "sha256", "shipped": bool}."""
-    cached = {name: amax.numpy() for name, amax in qat["quantizers"].items()}
-    cached[FLOAT_LAYERS_KEY] = np.array(qat["float_layers"], dtype=str)
+    ranges = {name: amax.numpy() for name, amax in qat["quantizers"].items()}
     finetuned = qat_float_model(qat)
+    config = qat_config(qat, finetuned)
     try:
-        result = quantize(finetuned, np.zeros((1, 0, 3, 1, 1), np.float32), "qar", cached=cached, log=log,
+        result = quantize(finetuned, np.zeros((1, 0, 3, 1, 1), np.float32), config, ranges, log=log,
                           weight_bound=weight_bound(cpu))
     except (KeyError, ValueError, RuntimeError):
         raise UserError(f"QAT checkpoint {source['checkpoint']} does not match this model's quantizers (damaged, or "
                         f"from another biformer-edge or ModelOpt version): re-run biformer-qat") from None
     share = int8_weight_share(result.model)
     if share["int8_weight_share"] < MIN_INT8_SHARE:
-        raise UserError(f"QAT checkpoint {source['checkpoint']} keeps {len(qat['float_layers'])} layers float: only "
+        raise UserError(f"QAT checkpoint {source['checkpoint']} keeps {len(config['keep_float'])} layers float: only "
                         f"{share['int8_weight_share']:.2%} of the weights would be INT8, below the "
                         f"{MIN_INT8_SHARE:.0%} every INT8 export holds; re-run biformer-qat")
     train = qat.get("train") or {}
@@ -148,9 +150,17 @@ def prepare_qat(qat: dict, source: dict, log=print, cpu: str | None = None) -> t
         f"{decisive:.4f})" if isinstance(decisive, float) else f"INT8 from QAT checkpoint {source['checkpoint']}")
     info = {"toolkit": toolkit_version(), "routing": "qar", "router_precision": ROUTER_PRECISION["qar"],
             "calibration": {"source": "qat checkpoint", "cache": "none"},
-            "qat": qat_record(qat, source),
+            "qat": qat_record(qat, source), "config": result.config,
             "quantizers": result.quantizers, **weight_record(cpu), **share}
     return result, info
+
+
+def qat_config(qat: dict, model) -> dict:
+    """A QAT checkpoint's QAR config; checkpoints written before configs were stored (the shipped one) list their
+    float layers instead, which map onto the model's starting config (a checkpoint filter, timm style)."""
+    if "config" in qat:
+        return qat["config"]
+    return keep_float(model_config(model, "qar"), list(qat["float_layers"]))
 
 
 def weight_record(cpu: str | None) -> dict:

@@ -13,7 +13,6 @@ candidates.
 """
 from __future__ import annotations
 
-import re
 import time
 
 import numpy as np
@@ -30,37 +29,6 @@ MAX_STEPS = 4
 MIN_DECISIVE = 0.995  # stop only when decisive-route agreement also holds (regret alone stopped too early once)
 TIME_BUDGET_S = 90.0
 SEARCH_SAMPLES = 32  # calibration samples the search scores on (whole batches of the export's batch size)
-
-_STAGE = re.compile(r"(?:backbone\.)?stages\.(\d+)\.(\d+)\.(\w+)")
-_DOWN = re.compile(r"(?:backbone\.)?downsample_layers\.(\d+)\.")
-
-
-def group_of(name: str) -> str | None:
-    """The search group of a quantized module, or None when it sits after every router (neck, head)."""
-    m = _DOWN.match(name)
-    if m:
-        return "stem" if m.group(1) == "0" else f"down{m.group(1)}"
-    m = _STAGE.match(name)
-    if not m:
-        return None
-    block, part = f"s{m.group(1)}.{m.group(2)}", m.group(3)
-    if part == "pos_embed":
-        return f"{block}.pos"
-    if part.startswith("norm"):
-        return f"{block}.norm"
-    if part == "mlp":
-        return f"{block}.mlp"
-    return f"{block}.qkv" if ".attn.qkv" in name else f"{block}.attn_out"
-
-
-def stage_of(group: str) -> int:
-    """The backbone stage a group feeds: the stem feeds stage 0, ``downN`` stage N, ``sN.M.*`` stage N."""
-    if group == "stem":
-        return 0
-    if group.startswith("down"):
-        return int(group[4:])
-    return int(group[1:].split(".")[0])
-
 
 def quantized_modules(qmodel: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in qmodel.named_modules()
@@ -81,12 +49,9 @@ def weights(modules: list[nn.Module]) -> int:
 def router_stages(model: nn.Module) -> int:
     """The last stage index that holds a BRA router (later stages cannot change any route)."""
     from ..models.bra import BiLevelRoutingAttention
-    last = -1
-    for name, m in model.named_modules():
-        found = _STAGE.match(name + ".x") if isinstance(m, BiLevelRoutingAttention) else None
-        if found:
-            last = max(last, int(found.group(1)))
-    return last
+    groups = [model.spec.quant_group(name) for name, m in model.named_modules()
+              if isinstance(m, BiLevelRoutingAttention)]
+    return max((g[1] for g in groups if g is not None), default=-1)
 
 
 def keep_float_search(qmodel: nn.Module, fp32_model: nn.Module, batches: np.ndarray,
@@ -103,9 +68,9 @@ def keep_float_search(qmodel: nn.Module, fp32_model: nn.Module, batches: np.ndar
                        and m.weight_quantizer.is_enabled)
     groups: dict[str, list[str]] = {}
     for name in modules:
-        group = group_of(name)
-        if group is not None and stage_of(group) <= last_stage:
-            groups.setdefault(group, []).append(name)
+        found = fp32_model.spec.quant_group(name)   # the model's own group matcher (its spec)
+        if found is not None and found[1] <= last_stage:
+            groups.setdefault(found[0], []).append(name)
 
     def score() -> dict:
         with torch.no_grad():

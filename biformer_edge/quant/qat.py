@@ -33,23 +33,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.synthetic import render_scene, scene_seed
+from ..data.images import collect_images
+from ..data.seeds import SCENE_SETS, scene_set
+from ..data.synthetic import render_scene
 from ..errors import UserError, short_reason
 from ..fileio import output_lock, sha256_file
 from ..memory import check_samples, max_samples
 from ..metrics import agreement, runs_agreement, to_labels
 from ..models import create_model, get_spec
-from ..models.biformer import MIN_INPUT_SIZE
-from ..models.checkpoint import read_state_dict
+from ..models.checkpoint import QAT_FORMAT, read_checkpoint, state_dict_from
 from ..models.registry import WEIGHTS_DIR
 from ..models.routing import RoutingOutputs, bra_blocks, run_torch
-from ..parity.inputs import collect_images
 from ..preprocess import preprocess_all
 from . import qat_checkpoint as files
-from .int8 import FLOAT_LAYERS_KEY, quantize, toolkit_version
+from .int8 import model_config, quantize, toolkit_version
+from .prepare import qat_config
 from .settings import DEFAULT_MAX_ROUTING_REGRET
 
-TRAIN_SEED, VAL_SEED = 11, 13   # synthetic scene_seed bases: disjoint from parity (0..), calibration (7), benchmarks
 WARMUP_STEPS = 10
 # QAT starts from a stricter PTQ-QAR point than an export's default (0.002): on the demo model the search then keeps
 # block 0's position embedding float too (held-out decisive 0.988 -> 0.9965 before any training).
@@ -97,8 +97,9 @@ class QATSettings:
             raise UserError(f"--seed must be a whole number from 0 to 2**64-1, not {self.seed!r}")
         if self.samples < self.batch:
             raise UserError(f"--samples {self.samples} is fewer than the batch of {self.batch}")
-        if self.input_size is not None and min(self.input_size) < MIN_INPUT_SIZE:
-            raise UserError(f"--input-size must be at least {MIN_INPUT_SIZE} {MIN_INPUT_SIZE}")
+        least = get_spec(self.model).min_input_size
+        if self.input_size is not None and min(self.input_size) < least:
+            raise UserError(f"--input-size must be at least {least} {least}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device must be auto, cpu or cuda, not {self.device}")
 
@@ -142,9 +143,9 @@ def training_data(settings: QATSettings, size: tuple[int, int], log=print) -> tu
     want = settings.samples + settings.val_samples
     if not settings.data:
         check_samples(want, size, SAMPLE_COPIES, "--samples")
-        train = [render_scene(scene_seed(TRAIN_SEED, i), size)[0] for i in range(settings.samples)]
-        val = [render_scene(scene_seed(VAL_SEED, i), size)[0] for i in range(settings.val_samples)]
-        desc = f"synthetic scenes (seed bases {TRAIN_SEED} / {VAL_SEED} held out)"
+        train = [render_scene(seed, size)[0] for seed in scene_set("qat_train", settings.samples)]
+        val = [render_scene(seed, size)[0] for seed in scene_set("qat_val", settings.val_samples)]
+        desc = f"synthetic scenes (seed bases {SCENE_SETS['qat_train'].base} / {SCENE_SETS['qat_val'].base} held out)"
     else:
         # the data may hold fewer images than asked for: collect at most one more than fits, then refuse if over
         limit, images, notes = min(want, max_samples(size, SAMPLE_COPIES) + 1), [], []
@@ -261,12 +262,14 @@ def load_teacher(settings: QATSettings) -> tuple[nn.Module, dict, dict]:
     if path is None:
         raise UserError(f"{settings.model} ships no weights: pass --checkpoint with your FP32 model (QAT distils "
                         f"from it)")
-    if files.is_qat_checkpoint(path):
+    stored = read_checkpoint(path)   # read once: the teacher's weights, and the checkpoint's reference as stored
+    if isinstance(stored, dict) and stored.get("format") == QAT_FORMAT:
         raise UserError(f"{path} is a QAT checkpoint: pass the original FP32 checkpoint (QAT always starts from it)")
-    teacher = create_model(settings.model, checkpoint=settings.checkpoint)
+    state = state_dict_from(stored, path)
+    teacher = create_model(settings.model, checkpoint=path, state=state)
     origin = {"origin": "checkpoint" if settings.checkpoint else "shipped", "path": str(path),
               "sha256": sha256_file(path)}
-    return teacher, read_state_dict(path), origin
+    return teacher, state, origin
 
 
 def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
@@ -302,18 +305,16 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
             # metrics do not depend on the batching, so calibrate in the largest batches that divide it
             per = next(b for b in range(settings.batch, 0, -1) if len(calib) % b == 0)
             say(f"PTQ-QAR start point: calibrating on {len(calib)} training images")
-            quantized = quantize(teacher, calib.reshape(-1, per, *calib.shape[1:]), "qar",
+            quantized = quantize(teacher, calib.reshape(-1, per, *calib.shape[1:]), model_config(teacher, "qar"),
                                  max_regret=settings.max_routing_regret, log=say)
         else:
-            cached = {k: v.numpy() for k, v in saved["quantizers"].items()}
-            cached[FLOAT_LAYERS_KEY] = np.array(saved["float_layers"], dtype=str)
+            ranges = {k: v.numpy() for k, v in saved["quantizers"].items()}
             try:
-                quantized = quantize(teacher, train_x[:0][None], "qar", cached=cached, log=say)
+                quantized = quantize(teacher, train_x[:0][None], qat_config(saved, teacher), ranges, log=say)
             except (KeyError, ValueError, RuntimeError):
                 raise UserError(f"{state_file} holds INT8 ranges that do not fit {settings.model}: move it away to "
                                 f"start over") from None
         student = quantized.model
-        float_layers = quantized.search.get("float_layers", []) if saved is None else list(saved["float_layers"])
         refs = [run_torch(teacher, val_x[i:i + settings.batch], affinities=True)
                 for i in range(0, len(val_x), settings.batch)]
         before = saved["before"] if saved else held_out_metrics(student, refs, val_x, settings.batch)
@@ -358,7 +359,7 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
                     "format": files.STATE_FORMAT, "fingerprint": fingerprint, "step": at,
                     "student": float_weights(student, teacher_keys), "optimizer": optimizer.state_dict(),
                     "scheduler": schedule.state_dict(), "quantizers": _ranges(quantized.amax),
-                    "float_layers": float_layers, "before": before, "history": history,
+                    "config": quantized.config, "before": before, "history": history,
                     "seconds": elapsed_before + time.perf_counter() - started})
 
         from tqdm import tqdm
@@ -423,7 +424,7 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
             files.save(output, {
                 "format": files.QAT_FORMAT, "version": files.QAT_VERSION, "model": settings.model,
                 "input_size": list(size), "routing": "qar", "toolkit": toolkit_version(),
-                "state_dict": weights, "quantizers": _ranges(quantized.amax), "float_layers": float_layers,
+                "state_dict": weights, "quantizers": _ranges(quantized.amax), "config": quantized.config,
                 "reference_state_dict": reference_state, "reference": reference, "train": record})
             if state_file.is_file() and not state_file.is_symlink():
                 state_file.unlink()   # the run finished: its resume state is ours and no longer needed

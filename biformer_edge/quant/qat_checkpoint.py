@@ -7,7 +7,8 @@ QAT checkpoint (``torch.save`` of plain tensors, strings and numbers, so it load
     model       registered model name (the size it was trained for)
     state_dict  the fine-tuned float weights (same keys as the FP32 model)
     quantizers  {quantizer name: amax tensor}: the INT8 ranges it was trained with (fixed during QAT)
-    float_layers  layers QAR kept float (the keep-float search before training)
+    config      the QAR config it was trained with (:mod:`.config`: router island, layers kept float by the
+                keep-float search before training); checkpoints of earlier versions list ``float_layers`` instead
     reference_state_dict  the user's original FP32 weights, as they were read: every export of this checkpoint
                 measures drift against them, never against the fine-tuned weights
     reference   {"origin": "shipped" | "checkpoint", "path", "sha256"}: where those weights came from
@@ -28,6 +29,7 @@ from ..errors import UserError, short_reason
 from ..fileio import check_not_input, write_file
 from ..models.biformer import MIN_INPUT_SIZE
 from ..models.checkpoint import QAT_FORMAT
+from .config import config_problem
 
 STATE_FORMAT = "biformer-edge-qat-state"
 QAT_VERSION = 1
@@ -92,9 +94,9 @@ def read_qat_checkpoint(path: str | Path, loaded: dict | None = None) -> dict:
     if not all(v.is_floating_point() for v in obj["state_dict"].values()):
         raise UserError(f"{damaged}: its fine-tuned weights are not floating point; re-run biformer-qat")
     reference = obj.get("reference")
-    if not isinstance(obj.get("model"), str) or not _strings(obj.get("float_layers")) or not isinstance(
+    if not isinstance(obj.get("model"), str) or not _qar_config(obj) or not isinstance(
             reference, dict) or not all(isinstance(reference.get(k), str) for k in ("origin", "path", "sha256")):
-        raise UserError(f"{damaged} (model / float_layers / reference); re-run biformer-qat")
+        raise UserError(f"{damaged} (model / config / reference); re-run biformer-qat")
     train = obj.get("train", {})
     if not isinstance(train, dict) or not all(train.get(k) is None or _metrics(train[k]) for k in ("before", "after")):
         raise UserError(f"{damaged} (train record); re-run biformer-qat")
@@ -120,9 +122,9 @@ def read_state(path: Path) -> dict:
     _require_tensors(obj.get("student"), f"{bad}: 'student'")
     _require_tensors(obj.get("quantizers"), f"{bad}: 'quantizers'")
     _require_ranges(obj["quantizers"], bad)
-    if not _strings(obj.get("float_layers")) or not _history(obj.get("history", [])) or not _number(
+    if not _qar_config(obj) or not _history(obj.get("history", [])) or not _number(
             obj.get("seconds", 0.0)) or not _metrics(obj["before"]):
-        raise UserError(f"{bad} (float_layers / history / seconds / before): move it away to start over")
+        raise UserError(f"{bad} (config / history / seconds / before): move it away to start over")
     return obj
 
 
@@ -166,6 +168,14 @@ def _require_tensors(value, what: str) -> None:
 def _require_ranges(ranges: dict, what: str) -> None:
     if not all(v.is_floating_point() and v.numel() >= 1 and bool((v > 0).all()) for v in ranges.values()):
         raise UserError(f"{what}: an INT8 range is not a positive number; re-run biformer-qat")
+
+
+def _qar_config(obj: dict) -> bool:
+    """A usable QAR config: a valid ``config`` (:func:`.config.config_problem`), or, in files of earlier versions,
+    a ``float_layers`` list of names and no ``config``."""
+    if "config" in obj:
+        return config_problem(obj["config"]) is None
+    return _strings(obj.get("float_layers"))
 
 
 def _strings(value) -> bool:
