@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bra import BiLevelRoutingAttention
+from .routing import bra_blocks, recording
 
 
 def margin_hinge(affinity: torch.Tensor, k: int, margin: float) -> torch.Tensor:
@@ -38,13 +38,13 @@ class RoutingMargin:
     def __init__(self, model: nn.Module, margin: float = 0.05):
         if not 0 < margin < 1:
             raise ValueError(f"margin must be in (0, 1), got {margin}")
-        self.blocks = [m for m in model.modules() if isinstance(m, BiLevelRoutingAttention)]
+        self.blocks = bra_blocks(model)
         self.margin = margin
+        self._recording = None
 
     def __enter__(self):
-        for block in self.blocks:
-            block.routing_gradients = True
-            block.router.record = True
+        self._recording = recording(self.blocks, affinities=True, gradients=True)
+        self._recording.__enter__()
         return self
 
     def loss(self) -> torch.Tensor:
@@ -55,8 +55,5 @@ class RoutingMargin:
         return torch.stack(terms).mean()
 
     def __exit__(self, *exc):
-        for block in self.blocks:
-            block.routing_gradients = False
-            block.router.record = False
-            block.router.last_affinity = None
+        self._recording.__exit__(*exc)
         return False

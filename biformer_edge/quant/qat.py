@@ -43,7 +43,7 @@ from ..metrics import agreement, runs_agreement, to_labels
 from ..models import create_model, get_spec
 from ..models.checkpoint import QAT_FORMAT, read_checkpoint, state_dict_from
 from ..models.registry import WEIGHTS_DIR
-from ..models.routing import RoutingOutputs, bra_blocks, run_torch
+from ..models.routing import RoutingOutputs, bra_blocks, recording, run_torch
 from ..preprocess import preprocess_all
 from . import qat_checkpoint as files
 from .int8 import model_config, quantize, toolkit_version
@@ -212,6 +212,16 @@ def routing_margin_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]
     return torch.stack(losses).mean() if losses else torch.zeros(())
 
 
+def losses(x: torch.Tensor, teacher_run: RoutingOutputs, student_run: RoutingOutputs,
+           topk: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's (distillation, routing) losses of the student against the teacher."""
+    with torch.no_grad():
+        t_out, *_ = teacher_run(x)
+        t_aff = teacher_run.affinities
+    s_out, *_ = student_run(x)
+    return distillation_loss(s_out, t_out), routing_margin_loss(student_run.affinities, t_aff, topk)
+
+
 # ----------------------------------------------------------------------------------------------------- evaluation
 def held_out_metrics(student: nn.Module, refs: list, val: np.ndarray, batch: int) -> dict:
     """Routing (decisive, regret, strict) and label agreement of ``student`` against the teacher's runs ``refs``."""
@@ -272,6 +282,41 @@ def load_teacher(settings: QATSettings) -> tuple[nn.Module, dict, dict]:
     return teacher, state, origin
 
 
+def start_point(settings: QATSettings, teacher: nn.Module, train_x: np.ndarray, saved: dict | None, state_file: Path,
+                say=print):
+    """The fake-quantized student QAT starts from: PTQ-QAR on the first training images (the keep-float search
+    included), or, when resuming, the ranges and config of the saved state."""
+    if saved is None:
+        calib = train_x[:max(settings.batch, settings.calib_samples // settings.batch * settings.batch)]
+        # a small training set need not be whole batches of --batch: max ranges and the search's pooled routing
+        # metrics do not depend on the batching, so calibrate in the largest batches that divide it
+        per = next(b for b in range(settings.batch, 0, -1) if len(calib) % b == 0)
+        say(f"PTQ-QAR start point: calibrating on {len(calib)} training images")
+        return quantize(teacher, calib.reshape(-1, per, *calib.shape[1:]), model_config(teacher, "qar"),
+                        max_regret=settings.max_routing_regret, log=say)
+    ranges = {k: v.numpy() for k, v in saved["quantizers"].items()}
+    try:
+        return quantize(teacher, train_x[:0][None], qat_config(saved, teacher), ranges, log=say)
+    except (KeyError, ValueError, RuntimeError):
+        raise UserError(f"{state_file} holds INT8 ranges that do not fit {settings.model}: move it away to start "
+                        f"over") from None
+
+
+def resume(student: nn.Module, optimizer, schedule, saved: dict, teacher_keys: set[str], state_file: Path) -> int:
+    """Load a saved state's weights, optimizer and schedule (its quantizers were restored by :func:`start_point`);
+    returns the step it stopped at."""
+    if set(saved["student"]) != teacher_keys:
+        raise UserError(f"{state_file} holds weights of another model: move it away to start over")
+    try:
+        student.load_state_dict(saved["student"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        files.check_optimizer(optimizer, state_file)
+        schedule.load_state_dict(saved["scheduler"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise UserError(f"{state_file} is damaged ({short_reason(exc)}): move it away to start over") from None
+    return saved["step"]
+
+
 def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
     """Run (or resume) QAT; returns the checkpoint path and its ``train`` record."""
     settings.validate()
@@ -299,21 +344,7 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
             saved = files.read_state(state_file)
             files.check_same_run(saved["fingerprint"], fingerprint, state_file)
         started = time.perf_counter()
-        if saved is None:
-            calib = train_x[:max(settings.batch, settings.calib_samples // settings.batch * settings.batch)]
-            # a small training set need not be whole batches of --batch: max ranges and the search's pooled routing
-            # metrics do not depend on the batching, so calibrate in the largest batches that divide it
-            per = next(b for b in range(settings.batch, 0, -1) if len(calib) % b == 0)
-            say(f"PTQ-QAR start point: calibrating on {len(calib)} training images")
-            quantized = quantize(teacher, calib.reshape(-1, per, *calib.shape[1:]), model_config(teacher, "qar"),
-                                 max_regret=settings.max_routing_regret, log=say)
-        else:
-            ranges = {k: v.numpy() for k, v in saved["quantizers"].items()}
-            try:
-                quantized = quantize(teacher, train_x[:0][None], qat_config(saved, teacher), ranges, log=say)
-            except (KeyError, ValueError, RuntimeError):
-                raise UserError(f"{state_file} holds INT8 ranges that do not fit {settings.model}: move it away to "
-                                f"start over") from None
+        quantized = start_point(settings, teacher, train_x, saved, state_file, say)
         student = quantized.model
         refs = [run_torch(teacher, val_x[i:i + settings.batch], affinities=True)
                 for i in range(0, len(val_x), settings.batch)]
@@ -322,24 +353,12 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
 
         teacher.to(device)
         student.to(device)
-        for block in bra_blocks(student):
-            block.routing_gradients = True
         params = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(settings.steps))
-        step = 0
         teacher_keys = set(teacher.state_dict())
+        step = resume(student, optimizer, schedule, saved, teacher_keys, state_file) if saved else 0
         if saved:
-            if set(saved["student"]) != teacher_keys:
-                raise UserError(f"{state_file} holds weights of another model: move it away to start over")
-            try:
-                student.load_state_dict(saved["student"], strict=False)   # the quantizers were restored above
-                optimizer.load_state_dict(saved["optimizer"])
-                files.check_optimizer(optimizer, state_file)
-                schedule.load_state_dict(saved["scheduler"])
-            except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-                raise UserError(f"{state_file} is damaged ({short_reason(exc)}): move it away to start over") from None
-            step = saved["step"]
             say(f"resuming {state_file} at step {step}/{settings.steps}")
         model = student
         if world > 1:
@@ -366,43 +385,37 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
         bar = tqdm(total=settings.steps, initial=step, desc="QAT", unit="step", disable=None if rank == 0 else True,
                    leave=False)
         with StopRequest() as stop:
-            while step < settings.steps:
-                idx, flips = batch_indices(settings.seed, step, len(train_x), settings.batch)
-                x = train_x[idx].copy()
-                x[flips] = x[flips][..., ::-1]
-                x = torch.from_numpy(np.ascontiguousarray(x[rank::world])).to(device)
-                with torch.no_grad():
-                    t_out, *_ = teacher_run(x)
-                    t_aff = teacher_run.affinities
-                s_out, *_ = student_run(x)
-                out_loss = distillation_loss(s_out, t_out)
-                route_loss = routing_margin_loss(student_run.affinities, t_aff, topk)
-                loss = out_loss + settings.routing_weight * route_loss
-                if not torch.isfinite(loss):
-                    raise UserError(f"QAT diverged at step {step} (loss {loss.item()}): lower --lr; the last good "
-                                    f"state stays in {state_file}" if state_file.exists() else
-                                    f"QAT diverged at step {step}: lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                schedule.step()
-                step += 1
-                history.append([step, round(out_loss.item(), 6), round(route_loss.item(), 6)])
-                bar.update(1)
-                bar.set_postfix(kl=f"{out_loss.item():.4f}", route=f"{route_loss.item():.4f}")
-                if _any_rank(stop.signum, world):
-                    save_state(step)
-                    bar.close()
-                    stop.raise_stop(f"stopped at step {step}/{settings.steps}, state saved in {state_file}: run the "
-                                    f"same command with --resume to continue")
-                if step % settings.save_every == 0 and step < settings.steps:
-                    save_state(step)
-            bar.close()
+            with recording(bra_blocks(student), gradients=True):   # the routing loss reaches q/k
+                while step < settings.steps:
+                    idx, flips = batch_indices(settings.seed, step, len(train_x), settings.batch)
+                    x = train_x[idx].copy()
+                    x[flips] = x[flips][..., ::-1]
+                    x = torch.from_numpy(np.ascontiguousarray(x[rank::world])).to(device)
+                    out_loss, route_loss = losses(x, teacher_run, student_run, topk)
+                    loss = out_loss + settings.routing_weight * route_loss
+                    if not torch.isfinite(loss):
+                        raise UserError(f"QAT diverged at step {step} (loss {loss.item()}): lower --lr; the last good "
+                                        f"state stays in {state_file}" if state_file.exists() else
+                                        f"QAT diverged at step {step}: lower --lr")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    schedule.step()
+                    step += 1
+                    history.append([step, round(out_loss.item(), 6), round(route_loss.item(), 6)])
+                    bar.update(1)
+                    bar.set_postfix(kl=f"{out_loss.item():.4f}", route=f"{route_loss.item():.4f}")
+                    if _any_rank(stop.signum, world):
+                        save_state(step)
+                        bar.close()
+                        stop.raise_stop(f"stopped at step {step}/{settings.steps}, state saved in {state_file}: "
+                                        f"run the same command with --resume to continue")
+                    if step % settings.save_every == 0 and step < settings.steps:
+                        save_state(step)
+                bar.close()
             if last_saved[0] != step:
                 save_state(step)   # the trained weights are kept even if the evaluation below is interrupted
-            for block in bra_blocks(student):
-                block.routing_gradients = False
             student.to("cpu")
             teacher.to("cpu")
             after = held_out_metrics(student, refs, val_x, settings.batch)
@@ -410,11 +423,7 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
                 stop.raise_stop(f"stopped after the last step, state saved in {state_file}: run the same command "
                                 f"with --resume to write the checkpoint")
         say(f"held out ({len(val_x)} images), QAT-QAR: " + _fmt(after))
-        worse = [k for k in ("label_agreement", "routing_decisive") if before[k] - after[k] > MAX_HELD_OUT_DROP]
-        if worse:
-            say(f"warning: QAT made the held-out {' and '.join(worse)} clearly worse than its PTQ-QAR start "
-                f"({', '.join(f'{before[k]:.4f} -> {after[k]:.4f}' for k in worse)}): this checkpoint is likely "
-                f"worse than calibrating; re-run with a lower --lr")
+        warn_if_worse(before, after, say)
         record = {"settings": {**settings.fingerprint(world), "data": data_desc}, "steps": step,
                   "processes": world, "seconds": round(elapsed_before + time.perf_counter() - started, 1),
                   "held_out": len(val_x), "before": before, "after": after,
@@ -429,6 +438,15 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
             if state_file.is_file() and not state_file.is_symlink():
                 state_file.unlink()   # the run finished: its resume state is ours and no longer needed
     return output, record
+
+
+def warn_if_worse(before: dict, after: dict, say=print) -> None:
+    """A held-out figure that fell clearly below the PTQ-QAR start means the training hurt: say so."""
+    worse = [k for k in ("label_agreement", "routing_decisive") if before[k] - after[k] > MAX_HELD_OUT_DROP]
+    if worse:
+        say(f"warning: QAT made the held-out {' and '.join(worse)} clearly worse than its PTQ-QAR start "
+            f"({', '.join(f'{before[k]:.4f} -> {after[k]:.4f}' for k in worse)}): this checkpoint is likely "
+            f"worse than calibrating; re-run with a lower --lr")
 
 
 QAT_RECIPE = 1   # bump when the loss or the schedule changes: a saved state of another recipe never resumes
