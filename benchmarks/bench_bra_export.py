@@ -135,7 +135,8 @@ def bench_case(name: str, size: int, tmp: Path, args) -> dict:
     import numpy as np
     import torch
 
-    from biformer_edge.backends.onnx import OnnxSession, export_onnx
+    from biformer_edge.backends.onnx.export import export_onnx
+    from biformer_edge.backends.onnx.session import OnnxSession
     from biformer_edge.models import create_model
     from biformer_edge.models.routing import run_torch
     from biformer_edge.parity.inputs import parity_inputs

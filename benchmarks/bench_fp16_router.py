@@ -21,7 +21,8 @@ import torch
 
 import biformer_edge as be
 from biformer_edge import metrics
-from biformer_edge.backends.onnx import OnnxSession, export_onnx
+from biformer_edge.backends.onnx.export import export_onnx
+from biformer_edge.backends.onnx.session import OnnxSession
 from biformer_edge.models.routing import bra_blocks, run_torch
 from biformer_edge.parity.inputs import parity_inputs
 

@@ -1,5 +1,5 @@
 """What OpenVINO's CPU plugin does to BiFormer's routing in each compute precision: the numbers behind the precision
-rule of ``biformer_edge/backends/openvino.py`` and the ``[thresholds.bf16]`` of ``export/openvino.toml``.
+rule of ``biformer_edge/backends/openvino`` (its package doc) and the ``[thresholds.bf16]`` of ``export/openvino.toml``.
 
     python benchmarks/openvino_precision.py [biformer_seg_demo:128 biformer_seg_demo:256 biformer_tiny:224]
         [--samples 4] [--hints f32 f16 bf16] [--threads N] [--out bench_results]
@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from biformer_edge import create_model
-from biformer_edge.backends import openvino as bov
 from biformer_edge.backends.base import ExportContext
+from biformer_edge.backends.openvino import export as ov_export
+from biformer_edge.backends.openvino import rules as ov_rules
+from biformer_edge.backends.openvino import session as ov_session
 from biformer_edge.bench.report import cpu_name
 from biformer_edge.models.registry import get_spec
 from biformer_edge.models.routing import bra_blocks
@@ -43,14 +45,14 @@ def export_ir(model, workdir: Path, precision: str, shape: tuple, island: bool) 
     for b in blocks:
         b.router_fp32 = island
     try:
-        bov.export(model, ExportContext(workdir, "openvino", precision, tuple(shape), log=lambda *a: None))
+        ov_export.export(model, ExportContext(workdir, "openvino", precision, tuple(shape), log=lambda *a: None))
     finally:
         for b, f in zip(blocks, flags):
             b.router_fp32 = f
     return workdir
 
 
-def router_runtime_precision(session: bov.OpenVINOSession) -> str:
+def router_runtime_precision(session: ov_session.OpenVINOSession) -> str:
     """The runtime precisions the plugin gave the routers' affinity MatMuls (one value when they agree)."""
     found = set()
     for op in session.compiled.get_runtime_model().get_ordered_ops():
@@ -58,7 +60,7 @@ def router_runtime_precision(session: bov.OpenVINOSession) -> str:
         if "originalLayersNames" not in info or "runtimePrecision" not in info:
             continue
         names = info["originalLayersNames"].astype(str).split(",")
-        if any(bov.router_scope(n) and n.endswith("/MatMul") for n in names):
+        if any(ov_rules.router_scope(n) and n.endswith("/MatMul") for n in names):
             found.add(info["runtimePrecision"].astype(str))
     return "/".join(sorted(found)) or "?"
 
@@ -77,7 +79,7 @@ def measure(name: str, size: int, samples: int, hints: list[str], threads: int |
         for ir, (precision, island) in VARIANTS.items():
             path = export_ir(model, Path(tmp) / ir, precision, shape, island)
             for hint in (["f32"] if ir == "fp32" else hints):
-                session = bov.OpenVINOSession(path, precision_hint=hint, threads=threads)
+                session = ov_session.OpenVINOSession(path, precision_hint=hint, threads=threads)
                 m = measure_backend(session, ref, spec.task, num_classes)
                 row = {"model": name, "size": size, "weights": weights, "ir": ir, "hint": hint,
                        "computes": session.inference_precision, "router": router_runtime_precision(session),
@@ -108,13 +110,13 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("configs", nargs="*", default=list(DEFAULT_CONFIGS), help="model:size (default: %(default)s)")
     p.add_argument("--samples", type=int, default=4, help="parity inputs per config (default 4, as parity)")
-    p.add_argument("--hints", nargs="+", default=["f32", "f16", "bf16"], choices=sorted(bov.PRECISION_HINTS))
+    p.add_argument("--hints", nargs="+", default=["f32", "f16", "bf16"], choices=sorted(ov_rules.PRECISION_HINTS))
     p.add_argument("--threads", type=int)
     p.add_argument("--out", default="bench_results")
     a = p.parse_args(argv)
     import openvino as ov
 
-    meta = {"cpu": cpu_name(), "openvino": ov.__version__, "capabilities": bov.cpu_capabilities()}
+    meta = {"cpu": cpu_name(), "openvino": ov.__version__, "capabilities": ov_rules.cpu_capabilities()}
     print(f"{meta['cpu']}: OpenVINO {meta['openvino']}, capabilities {meta['capabilities']}")
     rows = []
     for config in a.configs:

@@ -11,12 +11,13 @@ import argparse
 import os
 from pathlib import Path
 
-from .console import OneLineParser, error_boundary, positive_int, utf8_path
-from .cpu import CPU_CLASSES
+from .argtypes import positive_int
+from .backends import PRECISIONS
+from .console import OneLineParser, error_boundary, utf8_path
 from .errors import UserError
 from .fileio import check_not_input
 from .quant.settings import DEFAULT_MAX_ROUTING_REGRET
-from .targets import DEFAULT_MODEL, TARGETS
+from .targets import DEFAULT_MODEL, TARGETS, option_flags
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -43,14 +44,20 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact directory")
     p.add_argument("--no-parity", dest="parity", action="store_false")
     g = p.add_argument_group("target options")
-    g.add_argument("--dla-core", type=int, help="jetson: build for DLA core N (Orin) with GPU fallback")
-    g.add_argument("--workspace-mib", type=positive_int, help="jetson/tensorrt: builder workspace")
-    g.add_argument("--build", action="store_true", help="jetson/tensorrt: build model.engine here (needs TensorRT)")
-    g.add_argument("--ios", type=int, help="coreml: minimum iOS (16, 17, 18)")
-    g.add_argument("--weights-8bit", action="store_true", help="coreml: int8 per-channel weights")
-    g.add_argument("--cpu", help=f"openvino/onnx --int8: the x86 CPU class the INT8 weights are made for, one of "
-                                 f"{', '.join(CPU_CLASSES)} (default portable: accurate on every class)")
+    for spec, takers in option_flags():   # from the backends' options dataclasses
+        only = "".join(f" --{p}" for p in spec.precisions) if len(spec.precisions) < len(PRECISIONS) else ""
+        help = f"{'/'.join(takers)}{only}: {spec.help}"
+        if spec.type is None:
+            g.add_argument(spec.flag, action="store_true", help=help)
+        else:
+            g.add_argument(spec.flag, type=spec.type, help=help)
     return p
+
+
+def target_options(a: argparse.Namespace) -> dict:
+    """The target flags as ExportRequest.options: a switch not given is None, like a value not given."""
+    return {spec.name: getattr(a, spec.name) if spec.type else getattr(a, spec.name) or None
+            for spec, _ in option_flags()}
 
 
 @error_boundary
@@ -67,8 +74,7 @@ def export_main(argv=None):
         calib_samples=a.calib_samples, routing=a.routing, max_routing_regret=a.max_routing_regret,
         reference=a.reference, output=a.output, force=a.force,
         parity=a.parity, data=a.data,
-        options={"dla_core": a.dla_core, "workspace_mib": a.workspace_mib, "build": a.build or None,
-                 "ios": a.ios, "weights_8bit": a.weights_8bit or None, "cpu": a.cpu})
+        options=target_options(a))
     out, manifest = export(req, log=lambda msg: print(msg, flush=True))
     print("\n".join(summary_lines(out, manifest, req)))
     return 1 if manifest["parity"]["verdict"] == "fail" else 0

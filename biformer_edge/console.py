@@ -19,15 +19,16 @@ import traceback
 import warnings
 
 from .errors import UserError, first_line
+from .targets import install_hints
 
 DEBUG_ENV = "BIFORMER_EDGE_DEBUG"
 
 
+# What to install for a missing library: the backends' table, plus what the tools themselves use.
 INSTALL_HINTS = {
+    **install_hints(),
     "torch": "pip install torch (exporting and --data re-references need PyTorch; re-checking an artifact does not)",
-    "onnx": "pip install 'biformer-edge[onnx]'", "onnxruntime": "pip install 'biformer-edge[onnx]'",
-    "onnxsim": "pip install 'biformer-edge[onnx]'", "openvino": "pip install 'biformer-edge[openvino]'",
-    "coremltools": "pip install 'biformer-edge[coreml]'", "matplotlib": "pip install 'biformer-edge[apps]'",
+    "matplotlib": "pip install 'biformer-edge[apps]'",
 }
 
 
@@ -169,14 +170,3 @@ def utf8_path(text: str, what: str) -> str:
         raise UserError(f"{what} {text.encode('utf-8', 'surrogateescape')!r} is not a valid UTF-8 path: rename "
                         f"it") from None
     return text
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts (--batch, --samples, --runs ...): an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value

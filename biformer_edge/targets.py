@@ -1,24 +1,23 @@
 """The one registry of export targets and the runtimes that run their artifacts. Everything else asks here.
 
-A *target* is what ``biformer-export --target`` names: the backend module that writes the artifact, the files it
-writes, its profile (``export/<target>.toml``: precisions, thresholds, parity runtimes) and the runtime it is meant
+A *target* is what ``biformer-export --target`` names: the backend that writes the artifact, the export options it
+takes, its profile (``export/<target>.toml``: precisions, thresholds, parity runtimes) and the runtime it is meant
 for on the device. A *runtime* is something that runs an artifact file behind the ``Session`` interface
-(``backends/base.py``): onnxruntime, TensorRT, OpenVINO, Core ML, and PyTorch for the FP32 model itself.
+(``backends/base.py``): onnxruntime, TensorRT, OpenVINO, Core ML, and PyTorch for the FP32 model itself. Both are
+assembled from the backends' descriptors (``biformer_edge.backends.BACKENDS``: files, options, install hints,
+availability), whose export and session modules load by name only when asked for.
 
 This module imports neither torch nor any runtime: a Jetson or a Mac loads artifacts through it without torch.
 """
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.util
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomllib
 
-from .contract import BUILD_PY, BUILD_SCRIPT, ENGINE_FILE, IR_BIN, IR_XML, MLPACKAGE, ONNX_FILE
+from .backends import BACKENDS, Backend, Option
 from .errors import UserError, short_reason
 from .profiles import profile_file
 
@@ -26,52 +25,37 @@ DEFAULT_MODEL = "biformer_seg_demo"            # the built-in default: its weigh
 
 
 @dataclass(frozen=True)
-class Runtime:
-    name: str
-    module: str                  # biformer_edge.backends.<module> holds the Session class
-    session_class: str
-    file: str | None             # the artifact file it runs (None: runs the FP32 PyTorch model)
-    package: str                 # import name of the runtime library
-    aliases: tuple[str, ...] = ()
-    install_hint: str = ""
-
-
-@dataclass(frozen=True)
 class Target:
     name: str
     backend: str                 # biformer_edge.backends.<backend> writes the artifact
-    files: tuple[str, ...]       # what the export writes (optional ones in brackets in docs)
     device_runtime: str          # the runtime the artifact is made for
     aliases: tuple[str, ...] = ()
     description: str = ""
     int8: str | None = "qdq"     # "qdq": calibrated explicit Q/DQ; "weights": 8-bit weights, float activations
+    options: tuple[str, ...] = ()   # the backend's export options this target takes (biformer-export flags)
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """What the export writes (optional files, e.g. model.engine with --build, not listed)."""
+        return backend_of(self).files
 
-RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
-    Runtime("tensorrt", "tensorrt", "TensorRTSession", ENGINE_FILE, "tensorrt", ("trt", "engine"),
-            "on a Jetson 'sudo apt install python3-libnvinfer', on a GPU host NVIDIA's tensorrt wheel"),
-    Runtime("coreml", "coreml", "CoreMLSession", MLPACKAGE, "coremltools", ("mlpackage",),
-            "pip install 'biformer-edge[coreml]' on a Mac"),
-    Runtime("openvino", "openvino", "OpenVINOSession", IR_XML, "openvino", ("ov",),
-            "pip install 'biformer-edge[openvino]'"),
-    Runtime("onnxruntime", "onnx", "OnnxSession", ONNX_FILE, "onnxruntime", ("ort", "onnx"),
-            "pip install 'biformer-edge[onnx]'"),
-    Runtime("torch", "pytorch", "TorchSession", None, "torch", ("pytorch",), "pip install torch"),
-)}
-
-TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("jetson", "tensorrt", (ONNX_FILE, BUILD_SCRIPT, BUILD_PY), "tensorrt", (),
-           "Jetson / TensorRT 10-11 (engine built on the device)"),
-    Target("tensorrt", "tensorrt", (ONNX_FILE, BUILD_SCRIPT, BUILD_PY), "tensorrt",
-           ("trt", "engine"), "TensorRT 10-11 on an NVIDIA GPU"),
-    Target("openvino", "openvino", (IR_XML, IR_BIN), "openvino", ("ov",), "OpenVINO IR for Intel"),
-    Target("coreml", "coreml", (MLPACKAGE,), "coreml", ("mlpackage", "ios"), "Core ML mlprogram",
-           int8="weights"),  # W8A8 calibrates through Core ML's predict, which runs only on macOS
-    Target("onnx", "onnx", (ONNX_FILE,), "onnxruntime", ("ort", "onnxruntime"), "ONNX for onnxruntime"),
-)}
 
 # Most specific runtime first: the one an artifact was made for, where it can run, before the generic ones.
-AUTO_ORDER = ("tensorrt", "coreml", "openvino", "onnxruntime")
+RUNTIMES: dict[str, Backend] = {b.name: b for b in BACKENDS}
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("jetson", "tensorrt", "tensorrt", (), "Jetson / TensorRT 10-11 (engine built on the device)",
+           options=("dla_core", "workspace_mib", "build")),
+    Target("tensorrt", "tensorrt", "tensorrt", ("trt", "engine"), "TensorRT 10-11 on an NVIDIA GPU",
+           options=("workspace_mib", "build")),
+    Target("openvino", "openvino", "openvino", ("ov",), "OpenVINO IR for Intel", options=("cpu",)),
+    Target("coreml", "coreml", "coreml", ("mlpackage", "ios"), "Core ML mlprogram",
+           int8="weights",  # W8A8 calibrates through Core ML's predict, which runs only on macOS
+           options=("ios", "weights_8bit")),
+    Target("onnx", "onnx", "onnxruntime", ("ort", "onnxruntime"), "ONNX for onnxruntime", options=("cpu",)),
+)}
+
+AUTO_ORDER = tuple(name for name, rt in RUNTIMES.items() if rt.file is not None)
 
 
 def _resolve(name: str, table: dict, kind: str):
@@ -88,7 +72,7 @@ def resolve_target(name: str) -> Target:
     return _resolve(name, TARGETS, "target")
 
 
-def resolve_runtime(name: str) -> Runtime:
+def resolve_runtime(name: str) -> Backend:
     return _resolve(name, RUNTIMES, "backend")
 
 
@@ -142,33 +126,78 @@ def load_profile(target: str) -> dict:
     return merged
 
 
+def backend_of(target: Target | str) -> Backend:
+    """The descriptor of the backend that exports ``target``."""
+    target = target if isinstance(target, Target) else resolve_target(target)
+    return next(b for b in BACKENDS if b.module == target.backend)
+
+
 def backend_module(target: Target | str):
     """The module that exports ``target`` (imports torch: export side only)."""
+    return backend_of(target).export_module()
+
+
+def target_options(target: Target | str) -> tuple[Option, ...]:
+    """The export options ``target`` takes, in its order."""
     target = target if isinstance(target, Target) else resolve_target(target)
-    return importlib.import_module(f"biformer_edge.backends.{target.backend}")
+    specs = {o.name: o for o in backend_of(target).option_specs()}
+    return tuple(specs[name] for name in target.options)
+
+
+def check_options(target: Target | str, precision: str, given: dict | None) -> dict:
+    """The options an export of ``target`` in ``precision`` records and uses: every option the target takes at its
+    default, the given ones (not None) over them. UserError for an option the target does not take, one given for a
+    precision it does not change, or a value it refuses; an option with a default a precision does not change is
+    dropped. Options with a default are checked first."""
+    target = target if isinstance(target, Target) else resolve_target(target)
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    specs = target_options(target)
+    unsupported = sorted(k for k, v in given.items() if v is not False and k not in target.options)
+    if unsupported:
+        flag = unsupported[0].replace("_", "-")
+        raise UserError(f"--{flag} does not apply to --target {target.name} (its options: "
+                        f"{', '.join(o.flag for o in specs) or 'none'})")
+    options = {**{o.name: o.default for o in specs if o.default is not None}, **given}
+    for spec in sorted(specs, key=lambda o: o.default is None):
+        if spec.name not in options:
+            continue
+        if precision not in spec.precisions:
+            if spec.name in given:
+                raise UserError(spec.only)
+            del options[spec.name]
+        elif spec.check is not None:
+            spec.check(options[spec.name], precision)
+    return options
+
+
+def option_flags() -> list[tuple[Option, tuple[str, ...]]]:
+    """Each export option some target takes, once, with the targets that take it: biformer-export's target flags."""
+    flags, seen = [], set()
+    for backend in BACKENDS:
+        for spec in backend.option_specs():
+            takers = tuple(t.name for t in TARGETS.values() if spec.name in t.options)
+            if takers and spec.name not in seen:
+                seen.add(spec.name)
+                flags.append((spec, takers))
+    return flags
+
+
+def install_hints() -> dict[str, str]:
+    """Import name -> how to install it, for every library a backend uses (the one table of install hints)."""
+    return {name: hint for b in BACKENDS for name, hint in b.install_hints().items()}
 
 
 def runtime_unavailable(name: str) -> str | None:
     """Why runtime ``name`` cannot run on this machine at all (whatever the artifact), or None."""
-    rt = resolve_runtime(name)
-    if rt.name == "coreml" and sys.platform != "darwin":
-        return "Core ML runs only on macOS (the program was checked structurally here)"
-    if importlib.util.find_spec(rt.package) is None:
-        return f"{rt.package} is not installed ({rt.install_hint})"
-    if rt.name == "tensorrt":
-        from .backends.tensorrt import cuda_unavailable
-        return cuda_unavailable()
-    return None
+    return resolve_runtime(name).unavailable()
 
 
 def unavailable_reason(name: str, artifact_dir: str | Path) -> str | None:
     """Why runtime ``name`` cannot run this artifact here, or None when it can."""
     rt = resolve_runtime(name)
     if rt.file is not None and not (Path(artifact_dir) / rt.file).exists():
-        if rt.name == "tensorrt":
-            return f"no {ENGINE_FILE}: build it on the device with ./{BUILD_SCRIPT}"
-        return f"no {rt.file} in the artifact"
-    return runtime_unavailable(rt.name)
+        return rt.missing_file()
+    return rt.unavailable()
 
 
 def first_runnable(artifact_dir: str | Path) -> tuple[str | None, dict[str, str]]:
@@ -183,8 +212,7 @@ def first_runnable(artifact_dir: str | Path) -> tuple[str | None, dict[str, str]
 
 
 def session_class(name: str):
-    rt = resolve_runtime(name)
-    return getattr(importlib.import_module(f"biformer_edge.backends.{rt.module}"), rt.session_class)
+    return resolve_runtime(name).session_class()
 
 
 def open_session(name: str, artifact_dir: str | Path, manifest: dict | None = None, **options):

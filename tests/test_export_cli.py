@@ -180,7 +180,7 @@ def test_unwritable_output(checkpoint, tmp_path, capsys):
 
 
 def test_failure_midway_leaves_nothing(checkpoint, tmp_path, monkeypatch):
-    import biformer_edge.backends.onnx as onnx_backend
+    import biformer_edge.backends.onnx.export as onnx_backend
 
     def boom(*a, **k):
         raise KeyboardInterrupt

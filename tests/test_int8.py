@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("modelopt.torch.quantization")
 
-from biformer_edge.backends.onnx import qdq_into_topk  # noqa: E402
+from biformer_edge.backends.onnx.export import qdq_into_topk  # noqa: E402
 from biformer_edge.cli import export_main  # noqa: E402
 
 SIZE = ["--input-size", "64", "64"]

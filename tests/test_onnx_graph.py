@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from biformer_edge.backends.onnx import OnnxSession, export_onnx
+from biformer_edge.backends.onnx.export import export_onnx
+from biformer_edge.backends.onnx.session import OnnxSession
 from biformer_edge.models import create_model
 from biformer_edge.models.routing import bra_blocks, run_torch
 from tests.official_bra import use_official_bra

@@ -21,9 +21,11 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper, shape_inference  # noqa: E402
 
 import biformer_edge as be  # noqa: E402
-from biformer_edge.backends import tensorrt as btrt  # noqa: E402
 from biformer_edge.backends.base import ExportContext  # noqa: E402
-from biformer_edge.backends.tensorrt import assert_tensorrt_ready, check_onnx, export, load_build_module  # noqa: E402
+from biformer_edge.backends.tensorrt import export as btrt_export  # noqa: E402
+from biformer_edge.backends.tensorrt import session as btrt  # noqa: E402
+from biformer_edge.backends.tensorrt.export import export, load_build_module  # noqa: E402
+from biformer_edge.backends.tensorrt.rules import assert_tensorrt_ready, check_onnx  # noqa: E402
 from biformer_edge.quant.settings import QuantSettings  # noqa: E402
 
 INPUT_SHAPE = (1, 3, 128, 128)   # biformer_seg_demo has n_win=8: 128 keeps every stage divisible and the test fast
@@ -178,7 +180,7 @@ def export_int8(model, workdir, target="jetson", options=None, **kw):
     ctx = ExportContext(workdir=workdir, target=target, precision="int8", input_shape=INPUT_SHAPE,
                         options=options or {}, log=lambda *a: None, routing=settings.routing)
     files = export(qmodel, ctx)   # then, as the exporter does, the router island and the layer report
-    return ctx, files + check_int8_graph(workdir, btrt.int8_graph(workdir), settings.routing, ctx.checks)
+    return ctx, files + check_int8_graph(workdir, btrt_export.int8_graph(workdir), settings.routing, ctx.checks)
 
 
 @pytest.fixture(scope="module", params=["fp32", "fp16", "int8"])
@@ -345,7 +347,7 @@ def test_quantized_program_counts_router_quantizers(model, tmp_path, routing, in
     4 routers), and none with QAR."""
     shape = (1, 3, 64, 64)
     qmodel, _ = quantized(model, shape=shape, routing=routing)
-    found = btrt.export_quantized_program(qmodel, shape, tmp_path / "model.pt2")
+    found = btrt_export.export_quantized_program(qmodel, shape, tmp_path / "model.pt2")
     assert found["router_quantize_ops"] == in_router and found["quantize_ops"] > 80   # QAR keeps LN inputs float
     assert (tmp_path / "model.pt2").stat().st_size > 0
 
@@ -479,25 +481,26 @@ def test_build_without_tensorrt_is_a_user_error(model, tmp_path, monkeypatch):
 def test_template_left_unrendered_is_a_user_error(tmp_path, monkeypatch):
     (tmp_path / "escaped.sh").write_text("A=@@precision B=@@@@dla_core\n")   # '@@@@' renders as a literal '@@'
     (tmp_path / "missing.sh").write_text("A=@@precision B=@@nothing\n")
-    monkeypatch.setattr(btrt, "template_path", lambda name: tmp_path / name)
+    monkeypatch.setattr(btrt_export, "template_path", lambda name: tmp_path / name)
     with pytest.raises(be.UserError, match="still has an '@@' placeholder"):
-        btrt.render_template("escaped.sh", precision="fp16")
+        btrt_export.render_template("escaped.sh", precision="fp16")
     with pytest.raises(be.UserError, match="cannot render the template .*missing.sh.*nothing"):
-        btrt.render_template("missing.sh", precision="fp16")
-    assert btrt.render_template("missing.sh", precision="fp16", nothing=1) == "A=fp16 B=1\n"
+        btrt_export.render_template("missing.sh", precision="fp16")
+    assert btrt_export.render_template("missing.sh", precision="fp16", nothing=1) == "A=fp16 B=1\n"
 
 
 def test_modules_import_without_torch():
     """A Jetson or a Mac loads Sessions with no torch installed."""
     probe = ("import sys; sys.modules['torch'] = None\n"
-             "import biformer_edge.backends.onnx, biformer_edge.backends.tensorrt, biformer_edge.backends.coreml\n"
-             "from biformer_edge.backends.tensorrt import cuda_unavailable; cuda_unavailable()\n"
+             "import biformer_edge.backends.onnx.session, biformer_edge.backends.tensorrt.session\n"
+             "import biformer_edge.backends.tensorrt.rules, biformer_edge.backends.coreml.session\n"
+             "from biformer_edge.backends.tensorrt.session import cuda_unavailable; cuda_unavailable()\n"
              "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m])")
     subprocess.run([sys.executable, "-c", probe], check=True)
 
 
 def test_session_without_tensorrt_is_a_user_error(tmp_path, monkeypatch):
-    from biformer_edge.backends.tensorrt import TensorRTSession
+    from biformer_edge.backends.tensorrt.session import TensorRTSession
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(be.UserError, match="TensorRT is not installed"):
         TensorRTSession(tmp_path)
@@ -659,7 +662,7 @@ def test_cuda_unavailable_reasons(monkeypatch):
 
 def test_runtime_unavailable_asks_cuda_python(monkeypatch):
     from biformer_edge import targets
-    monkeypatch.setattr(targets.importlib.util, "find_spec", lambda name: object())   # 'tensorrt is installed'
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())   # 'tensorrt is installed'
     monkeypatch.setattr(btrt, "load_cudart", lambda: None)
     assert targets.runtime_unavailable("tensorrt") == "cuda-python is not installed (pip install cuda-python)"
 
@@ -797,8 +800,8 @@ def test_engine_matches_onnxruntime(model, tmp_path, precision, min_cosine, min_
     why = btrt.cuda_unavailable()
     if why:
         pytest.skip(f"TensorRT needs a CUDA GPU: {why}")
-    from biformer_edge.backends.onnx import OnnxSession
-    from biformer_edge.backends.tensorrt import TensorRTSession
+    from biformer_edge.backends.onnx.session import OnnxSession
+    from biformer_edge.backends.tensorrt.session import TensorRTSession
 
     ctx = ExportContext(workdir=tmp_path, target="tensorrt", precision=precision, input_shape=INPUT_SHAPE,
                         options={"build": True}, log=lambda *a: None)
@@ -819,8 +822,8 @@ def test_int8_engine_matches_onnxruntime_and_keeps_the_router_fp32(model, tmp_pa
     why = btrt.cuda_unavailable()
     if why:
         pytest.skip(f"TensorRT needs a CUDA GPU: {why}")
-    from biformer_edge.backends.onnx import OnnxSession
-    from biformer_edge.backends.tensorrt import TensorRTSession
+    from biformer_edge.backends.onnx.session import OnnxSession
+    from biformer_edge.backends.tensorrt.session import TensorRTSession
 
     _, files = export_int8(model, tmp_path, target="tensorrt", options={"build": True})
     assert "model.engine" in files

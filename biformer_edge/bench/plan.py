@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ..console import OneLineParser, positive_int
+from ..argtypes import positive_int
+from ..console import OneLineParser
 from ..errors import UserError
 from ..targets import RUNTIMES, TARGETS, load_profile, resolve_runtime, resolve_target, runtime_unavailable
 
@@ -80,9 +81,8 @@ def runtime_files(runtime: str) -> tuple[str, ...]:
 
 def export_options(target) -> dict:
     """Build the runtime's file here when the target writes only what it is built from (an engine from ONNX)."""
-    profile = load_profile(target.name)["target"]
     needs_build = RUNTIMES[target.device_runtime].file not in target.files
-    return {"build": True} if needs_build and "build" in profile.get("options", []) else {}
+    return {"build": True} if needs_build and "build" in target.options else {}
 
 
 def export_request(model, runtime: str, precision: str, shape: tuple, output: str | None = None,
@@ -113,15 +113,18 @@ def precision_problem(model: str, runtime: str, precision: str, shape: tuple) ->
 
 
 def precision_hints(runtime: str) -> dict:
-    """precision -> the hint its session computes in, from the target profile (``[parity] hint``); {} for runtimes
-    that take none."""
-    target = export_target(runtime)
-    return dict(load_profile(target.name).get("parity", {}).get("hint", {})) if target else {}
+    """precision -> the hint its session computes in when parity checks it (the runtime's own lookup of its target
+    profile); {} for runtimes that take none."""
+    target, rt = export_target(runtime), RUNTIMES[runtime]
+    if target is None or rt.hint_option is None:
+        return {}
+    profile = load_profile(target.name)
+    return {p: hint for p in profile["target"]["precisions"] if (hint := rt.parity_hint(profile, p))}
 
 
 def hint_name(value) -> str:
     """'f32' / 'bf16' / 'f16' from an OpenVINO type, its string or a precision name."""
-    from ..backends.openvino import PRECISION_HINTS
+    from ..backends.openvino.rules import PRECISION_HINTS
     text = value.to_string() if hasattr(value, "to_string") else str(value)
     return PRECISION_HINTS.get(text.lower(), text)
 

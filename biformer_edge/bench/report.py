@@ -201,14 +201,8 @@ def cpu_name() -> str:
 
 
 def machine_meta(threads: int, runs: int, warmup: int, weights: str) -> dict:
-    from importlib import metadata
     cpu = cpu_name()
-    versions = []
-    for lib in (RUNTIMES[r].package for r in runtime_order()):
-        try:
-            versions.append(f"{lib} {metadata.version(lib)}")
-        except metadata.PackageNotFoundError:
-            pass
+    versions = [f"{rt.package} {rt.version()}" for rt in (RUNTIMES[r] for r in runtime_order()) if rt.version()]
     from ..cpu import class_phrase, detect
     return {"threads": threads, "runs": runs, "warmup": warmup, "cpu": cpu, "cores": os.cpu_count(),
             "cpu_class": class_phrase(detect()),

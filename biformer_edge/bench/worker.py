@@ -72,7 +72,7 @@ def open_worker_session(spec: dict):
         import torch
         torch.set_num_threads(spec["threads"])
 
-        from ..backends.pytorch import TorchSession
+        from ..backends.pytorch.session import TorchSession
         from ..models import create_model
         model = create_model(spec["model"], pretrained=False)
         model.load_state_dict(torch.load(spec["weights"], map_location="cpu", weights_only=True))

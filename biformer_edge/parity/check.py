@@ -85,7 +85,6 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
     precision = manifest["precision"]
     user_thresholds = thresholds or {}
     thresholds = {**profile_thresholds(profile, manifest), **user_thresholds}
-    hints = {**profile.get("parity", {}).get("hint", {}), **({precision: ov_precision} if ov_precision else {})}
     names = backends or profile.get("parity", {}).get("backends", [])
     machine = cpu.detect()
     report = {"reference": {"device": str(ref["device"]), "samples": int(np.prod(ref["inputs"].shape[:2])),
@@ -98,13 +97,15 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
                 raise UserError(f"cannot run {name} here: {reason}")
             report["backends"][name] = {"verdict": "skipped", "reason": reason}
             continue
-        options = {"precision_hint": hints[precision]} if name == "openvino" and precision in hints else {}
+        rt = RUNTIMES[name]
+        hint = rt.parity_hint(profile, precision, ov_precision)
+        options = {rt.hint_option: hint} if hint else {}
         session = open_session(name, artifact_dir, manifest, **options)
         limits = thresholds
         if options:
             # What the runtime actually computes in: an f16 hint runs in bf16 on CPUs with BF16 but no FP16 units.
-            computes = str(getattr(session, "inference_precision", options["precision_hint"]))
-            if computes == "bf16" and getattr(session, "requested_hint", options["precision_hint"]) != "bf16":
+            computes = str(getattr(session, "inference_precision", hint))
+            if computes == "bf16" and getattr(session, "requested_hint", hint) != "bf16":
                 raise UserError(f"openvino computes the '{options['precision_hint']}' hint in bf16 on this CPU (no "
                                 f"native f16): check bf16 against its own thresholds with --ov-precision bf16, or "
                                 f"use --ov-precision auto (f32 compute here)")
@@ -134,7 +135,7 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
         if hasattr(session, "executed"):
             entry["executed"] = session.executed()
         if options:
-            entry["precision_hint"] = options["precision_hint"]
+            entry["precision_hint"] = hint
             entry["inference_precision"] = computes
             if limits is not thresholds:
                 entry["thresholds"] = limits

@@ -63,7 +63,7 @@ def fp32_model(manifest: dict, checkpoint: str | None, why: str):
 def torch_session(manifest: dict, checkpoint: str | None, why: str):
     """A Session running the FP32 model (imports torch)."""
     model = fp32_model(manifest, checkpoint, why)
-    from ..backends.pytorch import TorchSession
+    from ..backends.pytorch.session import TorchSession
 
     return TorchSession(model)
 

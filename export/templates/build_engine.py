@@ -32,7 +32,7 @@ from pathlib import Path
 PRECISION = "@@precision"
 DLA_CORE = "@@dla_core"            # "" = GPU only
 INPUT_SHAPE = "@@input_shape"      # NxCxHxW, static
-WORKSPACE_MIB = "@@workspace_mib"
+WORKSPACE_MIB = "@@workspace_mib"  # rendered from biformer-edge's --workspace-mib (default there)
 LAYERS_JSON, LAYERS_TXT = "engine_layers.json", "engine_layers.txt"
 PROGRAM_FILE, TORCH_TRT_FILE = "model.pt2", "model_trt.ep"
 ROUTER_SCOPE = "/router/"          # every op of a BRA router is named .../router/... in the ONNX
@@ -128,7 +128,7 @@ def write_layer_report(info: str, directory, log=print) -> dict:
     return summary
 
 
-def build_engine(onnx_path, engine_path, precision: str, dla_core: int | None = None, workspace_mib: int = 2048,
+def build_engine(onnx_path, engine_path, precision: str, dla_core: int | None = None, workspace_mib: int | None = None,
                  timing_cache=None, tf32: bool = False, log=print) -> Path:
     """Parse ``onnx_path``, build, write the serialized plan to ``engine_path``. Raises RuntimeError on failure."""
     import tensorrt as trt
@@ -155,7 +155,7 @@ def build_engine(onnx_path, engine_path, precision: str, dla_core: int | None = 
         raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors[0] if errors else 'unknown error'}")
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib or default_workspace_mib()) << 20)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED   # per-layer precisions for the inspector
     if not tf32 and hasattr(trt.BuilderFlag, "TF32"):
         # TF32 rounds FP32 matmul inputs to 10 mantissa bits: enough to flip near-tied top-k routing choices.
@@ -199,7 +199,8 @@ def build_engine(onnx_path, engine_path, precision: str, dla_core: int | None = 
     return engine_path
 
 
-def compile_torch_tensorrt(program_path, output_path, input_shape, workspace_mib: int = 2048, log=print) -> Path:
+def compile_torch_tensorrt(program_path, output_path, input_shape, workspace_mib: int | None = None,
+                           log=print) -> Path:
     """Compile the quantized ExportedProgram (model.pt2) with Torch-TensorRT's dynamo frontend, explicit typing (the
     program's own Q/DQ decide what runs in INT8), and save the compiled program to ``output_path``."""
     import inspect
@@ -218,13 +219,19 @@ def compile_torch_tensorrt(program_path, output_path, input_shape, workspace_mib
               if "use_explicit_typing" in inspect.signature(torch_tensorrt.dynamo.compile).parameters
               else {"enabled_precisions": {torch.float32, torch.int8}})   # releases before explicit typing
     compiled = torch_tensorrt.dynamo.compile(program, inputs=inputs, min_block_size=1,
-                                             workspace_size=int(workspace_mib) << 20, **typing)
+                                             workspace_size=int(workspace_mib or default_workspace_mib()) << 20,
+                                             **typing)
     torch_tensorrt.save(compiled, str(output_path), inputs=inputs)
     return Path(output_path)
 
 
 def _default(value: str, fallback: str) -> str:
     return fallback if value.startswith("@") else value  # unrendered template: no value starts with '@'
+
+
+def default_workspace_mib() -> int:
+    """The workspace this artifact was exported with; 2048 MiB in the unrendered template (biformer-edge's default)."""
+    return int(_default(WORKSPACE_MIB, "2048"))
 
 
 def main(argv=None) -> int:
@@ -235,7 +242,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dla-core", type=int, default=int(dla_default) if dla_default else None, metavar="N",
                     help="build for DLA core N with GPU fallback (FP16/INT8 artifacts; Jetson Orin)")
     ap.add_argument("--no-dla", dest="dla_core", action="store_const", const=None, help="GPU only")
-    ap.add_argument("--workspace", type=int, default=int(_default(WORKSPACE_MIB, "2048")), metavar="MiB",
+    ap.add_argument("--workspace", type=int, default=default_workspace_mib(), metavar="MiB",
                     help="builder workspace memory pool limit (default: %(default)s)")
     ap.add_argument("--precision", default=_default(PRECISION, "fp32"), choices=["fp32", "fp16", "int8"],
                     help="what model.onnx holds (set at export; default: %(default)s)")

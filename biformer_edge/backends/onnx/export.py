@@ -1,24 +1,18 @@
-"""ONNX: TorchScript exporter at a fixed opset (17 by default), onnxsim, onnx.checker; onnxruntime Session.
-
-Node names carry the module scope (``/model/.../attn/router/TopK``): every op of a BRA router is named
-``.../router/...``, the name quantization tools exclude the router island by. Importing this module imports no torch
-(the Session runs where torch is absent); ``export_onnx`` imports it.
+"""The ONNX artifact: the TorchScript exporter at a fixed opset, onnxsim, onnx.checker, names stable across exports;
+and the INT8 facts of a Q/DQ graph (which layers its Q/DQ pairs make INT8, which reach a router's TopK). Imports
+torch only inside :func:`export_onnx`.
 """
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import warnings
 from collections import defaultdict, deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ..contract import INPUT_NAME, ONNX_FILE, ROUTER_MODULE, Int8Graph, RunResult
-from ..errors import UserError
-from .base import ExportContext, Session
+from ...contract import INPUT_NAME, ONNX_FILE, ROUTER_MODULE, Int8Graph
+from ..base import ExportContext
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,7 +25,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     import onnx
     import torch
 
-    from ..models.routing import RoutingOutputs
+    from ...models.routing import RoutingOutputs
 
     dtype = torch.float16 if fp16 else torch.float32
     # A copy: casting the caller's module in place would make the FP32 reference that follows an FP16-weight one.
@@ -102,40 +96,6 @@ def restore_scopes(proto) -> int:
         node.name = name
         renamed += 1
     return renamed
-
-
-def ort_session_options(threads: int | None = None, config: dict | None = None):
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    for key, value in (config or {}).items():  # e.g. {"session.intra_op.allow_spinning": "0"}
-        opts.add_session_config_entry(key, value)
-    return opts
-
-
-class OnnxSession(Session):
-    backend = "onnxruntime"
-
-    def __init__(self, artifact: str | Path, manifest: dict | None = None, threads: int | None = None,
-                 providers: list[str] | None = None, config: dict | None = None):
-        path = Path(artifact) / ONNX_FILE if Path(artifact).is_dir() else Path(artifact)
-        if importlib.util.find_spec("onnxruntime") is None:
-            raise UserError("onnxruntime is not installed: pip install 'biformer-edge[onnx]'")
-        import onnxruntime as ort
-        ort.set_default_logger_severity(3)
-        available = ort.get_available_providers()
-        providers = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
-        self.sess = ort.InferenceSession(str(path), ort_session_options(threads, config), providers=providers)
-        self.device = "cuda" if self.sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-        self.input = self.sess.get_inputs()[0]
-        self.output_names = [o.name for o in self.sess.get_outputs()]
-        self.input_dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32
-
-    def run(self, x: np.ndarray):
-        values = self.sess.run(self.output_names, {self.input.name: np.asarray(x, dtype=self.input_dtype)})
-        return RunResult.from_outputs(self.output_names, values)
 
 
 def graph_summary(proto) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ..contract import RunResult
-from ..models.routing import run_torch
-from .base import Session
+from ...contract import RunResult
+from ...models.routing import run_torch
+from ..base import Session
 
 
 class TorchSession(Session):

@@ -1,0 +1,56 @@
+"""TensorRT (10.x and 11.x): an ONNX that TensorRT's parser accepts, the scripts that build the engine on the device,
+an in-process build where TensorRT and a GPU are present, and a Session that runs ``model.engine``.
+
+TensorRT cannot be installed on CPU machines (its libraries are not on PyPI's CPU wheels), so everything except the
+build and the Session works with onnx alone. By side:
+
+- :mod:`.rules`: what TensorRT's ONNX parser accepts (opsets, operators, TopK and rank limits, no INT8 into the
+  router): ``check_onnx`` and ``assert_tensorrt_ready``. Torch-free.
+- :mod:`.export`: the artifact (model.onnx, build_engine.sh/.py, model.engine with ``--build``, INT8 model.pt2).
+- :mod:`.session`: ``TensorRTSession`` and the cuda-python bindings it runs on. Torch-free.
+
+This module is the descriptor :data:`TENSORRT` and the export options: it imports no runtime.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...argtypes import positive_int
+from ...contract import BUILD_PY, BUILD_SCRIPT, ENGINE_FILE, ONNX_FILE
+from ...errors import UserError
+from ..base import Backend, option
+
+MIN_WORKSPACE_MIB = 64
+
+
+def _dla_core(value, precision: str) -> None:
+    if value not in (0, 1):
+        raise UserError(f"--dla-core must be 0 or 1 (Orin has two DLA cores), not {value}")
+    if precision == "fp32":
+        raise UserError("DLA runs only FP16/INT8: use --fp16 with --dla-core")
+
+
+def _workspace(value, precision: str) -> None:
+    if not (type(value) is int and value >= MIN_WORKSPACE_MIB):
+        raise UserError(f"--workspace-mib must be a whole number of MiB >= {MIN_WORKSPACE_MIB}, not {value}")
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """What a TensorRT export takes (``targets.TARGETS`` says which of these the jetson and tensorrt targets take;
+    timing_cache and tf32 no target takes: build_engine.py's --timing-cache and --tf32 set them on the device)."""
+
+    dla_core: int | None = option(None, "build for DLA core N (Orin) with GPU fallback", type=int, check=_dla_core)
+    workspace_mib: int = option(2048, "builder workspace", type=positive_int, check=_workspace)
+    build: bool | None = option(None, "build model.engine here (needs TensorRT)")
+    timing_cache: str | None = option(None, "the engine build's timing cache (in-process builds)")
+    tf32: bool | None = option(None, "allow TF32 for FP32 layers (in-process builds)")
+
+
+TENSORRT = Backend(
+    "tensorrt", "tensorrt", package="tensorrt",
+    install_hint="on a Jetson 'sudo apt install python3-libnvinfer', on a GPU host NVIDIA's tensorrt wheel",
+    file=ENGINE_FILE, session="session.TensorRTSession", aliases=("trt", "engine"),
+    files=(ONNX_FILE, BUILD_SCRIPT, BUILD_PY), options=TensorRTOptions,
+    requires=(("cuda", "pip install cuda-python"),), device_check="session.cuda_unavailable",
+    no_file=f"no {ENGINE_FILE}: build it on the device with ./{BUILD_SCRIPT}")
