@@ -21,6 +21,7 @@ from biformer_edge.backends.base import ExportContext  # noqa: E402
 from biformer_edge.backends.coreml import export as cm_export  # noqa: E402
 from biformer_edge.backends.coreml import rules as cm_rules  # noqa: E402
 from biformer_edge.backends.coreml import session as cm_session  # noqa: E402
+from biformer_edge.contract import MLPACKAGE  # noqa: E402
 from biformer_edge.models.bra import BiLevelRoutingAttention  # noqa: E402
 from biformer_edge.models.routing import RoutingOutputs, run_torch  # noqa: E402
 
@@ -82,7 +83,7 @@ def seg_packages(seg_model, seg_program, tmp_path_factory):
     for label, mlmodel in (("fp16", fp16),
                            ("fp32", cm_export.convert_program(program, names, SEG_SHAPE, "fp32")),
                            ("w8", cm_export.quantize_weights_8bit(fp16))):
-        paths[label] = root / label / cm_export.PACKAGE_NAME
+        paths[label] = root / label / MLPACKAGE
         paths[label].parent.mkdir()
         mlmodel.save(str(paths[label]))
     return paths
@@ -207,7 +208,7 @@ def test_router_op_names_are_what_w8a8_leaves_fp32(seg_packages):
 def test_int8_is_a_coreml_precision_with_fp16_thresholds():
     from biformer_edge.exporter import ExportRequest, validate
     from biformer_edge.targets import load_profile
-    profile, _ = validate(ExportRequest(target="coreml", precision="int8"))
+    _, profile, _ = validate(ExportRequest(target="coreml", precision="int8"))
     assert "int8" in profile["target"]["precisions"]
     assert load_profile("coreml")["thresholds"]["int8"] == load_profile("coreml")["thresholds"]["fp16"]
 
