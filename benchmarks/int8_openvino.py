@@ -21,9 +21,9 @@ by runtime precision (i8/u8 = INT8 kernels), every runtime node counted by kerne
 and where the time goes (``PERF_COUNT`` profile, summed per kernel and runtime precision).
 
 ``accuracy``: biformer_seg_demo at 128 with its shipped weights on ``--scenes`` held-out synthetic scenes (the parity
-inputs, seeds 0..N-1; calibration uses its own seeds): cosine, pixel agreement, tie-aware ``routing`` and
-``routing_strict`` against FP32 PyTorch, computed exactly as ``biformer-parity`` does, for the island and naive INT8
-IRs under the f32 hint (and bf16 where the CPU has it).
+inputs, the "parity" scene set of biformer_edge/data/seeds.py; calibration uses its own): cosine, pixel agreement,
+tie-aware ``routing`` and ``routing_strict`` against FP32 PyTorch, computed exactly as ``biformer-parity`` does, for
+the island and naive INT8 IRs under the f32 hint (and bf16 where the CPU has it).
 
 INT8 models come from the exporter's own path (``biformer_edge.quant.prepare.prepare_int8``: shipped default calibration
 recipe, ``--calib-samples`` synthetic scenes, cached) and ``biformer_edge.backends.openvino.export``. Writes

@@ -6,8 +6,8 @@
 For biformer_seg_demo (shipped weights) at 128x128: FP16, INT8 PTQ-QAR (router island + routing-aware keep-float
 search), INT8 QAT-QAR (the shipped biformer-qat state, or --qat PATH) and INT8 naive, each exported
 with biformer-export's own code and run by onnxruntime, against the FP32 PyTorch reference on held-out synthetic
-scenes (seeds parity and calibration never use; mIoU against their ground truth too) and, with --photos, on a
-folder of photographs. ``--cpu`` exports the INT8 variants for each CPU class named (the weight range of
+scenes (the "held_out" scene set of biformer_edge/data/seeds.py; mIoU against their ground truth too) and, with
+--photos, on a folder of photographs. ``--cpu`` exports the INT8 variants for each CPU class named (the weight range of
 ``biformer-export --cpu``; default portable) and names the machine's class in the table. --tiny adds the
 cosine of biformer_tiny @ 224 (random weights) INT8 against FP32. Prints a Markdown table and writes
 bench_results/int8_routing.md.
@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from biformer_edge.cpu import CPU_CLASSES, DEFAULT_CPU_CLASS, describe, detect
+from biformer_edge.data.seeds import scene_set
 from biformer_edge.data.synthetic import render_scene
 from biformer_edge.exporter import ExportRequest, export
 from biformer_edge.metrics import miou, to_labels
@@ -33,7 +34,6 @@ from biformer_edge.parity.inputs import collect_images
 from biformer_edge.preprocess import preprocess
 from biformer_edge.targets import open_session
 
-HELD_OUT_SEED = 50_000  # parity uses seeds 0.., calibration scene_seed(7, i): this range is neither
 RESULTS = Path(__file__).resolve().parent.parent / "bench_results"
 
 
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
                    help="also time each variant: p10 of N interleaved rounds, batch 1")
     a = p.parse_args(argv)
     size = (128, 128)
-    scenes = [render_scene(HELD_OUT_SEED + i, size) for i in range(a.scenes)]
+    scenes = [render_scene(seed, size) for seed in scene_set("held_out", a.scenes)]
     data = {"synthetic": batches([image for image, _ in scenes], size)}
     truth = {"synthetic": np.stack([label for _, label in scenes])}
     if a.photos:
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         rows = measure("biformer_seg_demo", size, variants, data, Path(tmp), truth, a.runtime, a.checkpoint,
                        a.time_rounds)
         if a.tiny:
-            tiny = {"synthetic": batches([render_scene(HELD_OUT_SEED + i, (224, 224))[0] for i in range(8)],
+            tiny = {"synthetic": batches([render_scene(seed, (224, 224))[0] for seed in scene_set("held_out", 8)],
                                          (224, 224))}
             tiny_variants = [(label, precision, routing, {"options": extra["options"], **(
                 {"calib_samples": 128} if label.startswith("int8-ptq") else {})})

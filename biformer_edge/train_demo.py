@@ -21,13 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from .data.dataset import SyntheticScenes
+from .data.seeds import SCENE_SETS
 from .data.synthetic import CLASSES
 from .metrics import to_labels
 from .models import create_model
 from .models.registry import WEIGHTS_DIR
 from .models.routing_margin import RoutingMargin
-
-TRAIN_SEED, VAL_SEED = 0, 9_000  # base seeds of disjoint scene sets
 
 
 def per_class_iou(confusion: np.ndarray) -> np.ndarray:
@@ -42,7 +41,7 @@ def evaluate(model, n: int, size: int, batch: int = 16) -> dict:
     model.eval()
     k = len(CLASSES)
     confusion = np.zeros((k, k), dtype=np.int64)
-    data = SyntheticScenes(n, size=(size, size), seed=VAL_SEED)
+    data = SyntheticScenes(n, size=(size, size), seed=SCENE_SETS["demo_val"].base)
     loader = torch.utils.data.DataLoader(data, batch_size=batch)
     for x, y in loader:
         logits = F.interpolate(model(x), size=y.shape[-2:], mode="bilinear", align_corners=False)
@@ -59,7 +58,7 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m biformer_edge.train_demo", description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=8)
@@ -73,8 +72,12 @@ def main(argv=None) -> int:
     p.add_argument("--routing-margin", type=float, default=0.0, metavar="W",
                    help="weight of the routing margin term (models/routing_margin.py; 0: off)")
     p.add_argument("--margin", type=float, default=0.05, help="the relative k-th/(k+1)-th gap it asks for")
-    p.add_argument("--seed", type=int, default=TRAIN_SEED, help="base seed of the training scenes")
-    a = p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=SCENE_SETS["demo_train"].base, help="base seed of the training scenes")
+    return p
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     from tqdm import tqdm
 
     if a.threads:

@@ -1,4 +1,7 @@
-"""Tests for the deterministic synthetic scene / clip generator (biformer_edge.data.synthetic)."""
+"""Tests for the deterministic synthetic scene / clip generator (biformer_edge.data.synthetic) and the table of scene
+sets (biformer_edge.data.seeds)."""
+import itertools
+
 import cv2
 import numpy as np
 import pytest
@@ -8,6 +11,8 @@ from biformer_edge.data import (
     MEAN,
     NUM_CLASSES,
     PALETTE,
+    SCENE_SETS,
+    SEED_STRIDE,
     STD,
     SceneClip,
     denormalize,
@@ -15,6 +20,7 @@ from biformer_edge.data import (
     render_clip,
     render_scene,
     scene_seed,
+    scene_set,
 )
 from biformer_edge.data import synthetic as syn
 from biformer_edge.video.draw import colorize, draw_legend, overlay
@@ -240,3 +246,37 @@ def test_bad_arguments():
         render_scene(1, 256)
     with pytest.raises(ValueError):
         SceneClip(1, SMALL, n_frames=1)
+
+
+def scene_set_sizes() -> dict[str, int]:
+    """How many scenes of each set the code draws by default (the benchmarks' --scenes / --held-out: 64)."""
+    from biformer_edge.quant.calibration import DEFAULT_SAMPLES
+    from biformer_edge.quant.qat import QATSettings
+    from biformer_edge.train_demo import parser
+    demo = parser().parse_args([])
+    return {"demo_train": demo.steps * demo.batch, "demo_val": demo.val_scenes, "calibration": DEFAULT_SAMPLES,
+            "qat_train": QATSettings.samples, "qat_val": QATSettings.val_samples, "parity": 64, "held_out": 64}
+
+
+def test_the_scene_sets_are_pairwise_disjoint():
+    sizes = scene_set_sizes()
+    assert set(sizes) == set(SCENE_SETS) and max(sizes.values()) < SEED_STRIDE
+    spans = {name: range(scene_seed(base, start), scene_seed(base, start) + sizes[name])
+             for name, (base, start) in SCENE_SETS.items()}
+    for a, b in itertools.combinations(spans, 2):
+        assert spans[a].stop <= spans[b].start or spans[b].stop <= spans[a].start, (a, b)
+    # parity's scenes are none of a training set's, however many a parity check asks for (up to a stride)
+    parity = scene_set("parity", 1)[0]
+    for name in ("demo_train", "calibration", "qat_train"):
+        base, start = SCENE_SETS[name]
+        assert not scene_seed(base, 0) <= parity < scene_seed(base + 1, 0), name
+    assert scene_set("parity", 3) == [parity, parity + 1, parity + 2]
+
+
+def test_the_scene_sets_keep_the_images_their_figures_were_measured_on():
+    from biformer_edge.quant.calibration import resolve_recipe
+    assert scene_set("held_out", 3) == [50_000, 50_001, 50_002]   # benchmarks/int8_routing.py, qar_ptq_search.py
+    assert resolve_recipe(None, None).seed == SCENE_SETS["calibration"].base == 7
+    assert scene_set("calibration", 2) == [scene_seed(7, 0), scene_seed(7, 1)]
+    assert SCENE_SETS["demo_train"] == (0, 0) and SCENE_SETS["demo_val"].base == 9_000   # the shipped demo weights
+    assert (SCENE_SETS["qat_train"].base, SCENE_SETS["qat_val"].base) == (11, 13)        # the shipped QAT state

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from ..preprocess import normalize
-from .synthetic import SEED_STRIDE, Size, check_size, render_scene, scene_seed
+from .seeds import SEED_STRIDE, scene_seed
+from .synthetic import Size, check_size, render_scene
 
 
 class SyntheticScenes(torch.utils.data.Dataset):

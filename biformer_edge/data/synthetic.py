@@ -40,8 +40,8 @@ import numpy as np
 from ..preprocess import MEAN, STD, denormalize, normalize  # noqa: F401  (re-exported)
 
 __all__ = [
-    "CLASSES", "NUM_CLASSES", "PALETTE", "MEAN", "STD", "SEED_STRIDE",
-    "render_scene", "SceneClip", "render_clip", "scene_seed", "check_size",
+    "CLASSES", "NUM_CLASSES", "PALETTE", "MEAN", "STD",
+    "render_scene", "SceneClip", "render_clip", "check_size",
     "normalize", "denormalize",
 ]
 
@@ -61,9 +61,6 @@ PALETTE = np.array([
 ], dtype=np.uint8)
 PALETTE.setflags(write=False)
 
-
-#: Dataset item ``i`` with base seed ``s`` renders ``render_scene(s * SEED_STRIDE + i)``.
-SEED_STRIDE = 1_000_003
 
 Size = Tuple[int, int]
 
@@ -573,15 +570,3 @@ class SceneClip:
 def render_clip(seed: int, n_frames: int = 90, size: Size = (256, 256)) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Yield ``(image, label)`` for each frame of ``SceneClip(seed, size, n_frames)``."""
     return iter(SceneClip(seed, size, n_frames))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Dataset seeds
-# ----------------------------------------------------------------------------------------------------------------
-
-def scene_seed(base_seed: int, index: int) -> int:
-    """Seed of item ``index`` of a dataset with ``base_seed``; sets with different base seeds do not overlap
-    while ``n < SEED_STRIDE``."""
-    if base_seed < 0 or index < 0:
-        raise ValueError(f"seeds must be non-negative, got base_seed={base_seed} index={index}")
-    return int(base_seed) * SEED_STRIDE + int(index)

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from ..console import captured_native_stderr
+from ..data.seeds import SCENE_SETS, scene_set
 from ..data.synthetic import render_scene
 from ..errors import UserError
 from ..memory import check_samples
@@ -195,8 +196,8 @@ def parity_inputs(input_shape: tuple[int, int, int, int], data: str | Path | Non
     n_batches = max(1, -(-samples // N))
     check_samples(n_batches * N, (H, W), 1.25, "--samples")   # the float batches and the decoded uint8 images
     if data is None:
-        images = [render_scene(seed, (H, W))[0] for seed in range(n_batches * N)]
-        source = f"synthetic scenes 0..{n_batches * N - 1}"
+        images = [render_scene(seed, (H, W))[0] for seed in scene_set("parity", n_batches * N)]
+        source = f"synthetic scenes scene_seed({SCENE_SETS['parity'].base}, 0..{n_batches * N - 1})"
     else:
         images = collect_images(data, n_batches * N, size=(H, W))
         images = (images * (n_batches * N))[: n_batches * N]  # repeat a short set to fill the static batch

@@ -14,7 +14,8 @@ import numpy as np
 import tomllib
 
 from ..calibration_recipes import recipe_file
-from ..data.synthetic import render_scene, scene_seed
+from ..data.seeds import SCENE_SETS, scene_seed
+from ..data.synthetic import render_scene
 from ..errors import UserError
 from ..memory import check_samples, max_samples
 from ..parity.inputs import collect_images
@@ -30,7 +31,7 @@ class Recipe:
     source: list[str] | str = "synthetic"   # "synthetic" or paths (folders, images, videos)
     samples: int = DEFAULT_SAMPLES
     method: str = "max"
-    seed: int = 7
+    seed: int = SCENE_SETS["calibration"].base   # synthetic scene i: render_scene(scene_seed(seed, i))
     preprocessing: str = "model"
     origin: str = "default"                 # where the recipe came from (for the manifest)
     notes: list[str] = field(default_factory=list)
@@ -72,7 +73,8 @@ def load_recipe(path: Path) -> Recipe:
             raise UserError(f"calibration recipe {path}: 'source' must be \"synthetic\" or a list of paths")
         source = [str((path.parent / s).resolve()) if not Path(s).is_absolute() else s for s in items]
     recipe = Recipe(source=source, samples=table.get("samples", DEFAULT_SAMPLES), method=table.get("method", "max"),
-                    seed=table.get("seed", 7), preprocessing=table.get("preprocessing", "model"), origin=str(path))
+                    seed=table.get("seed", Recipe.seed), preprocessing=table.get("preprocessing", "model"),
+                    origin=str(path))
     check_recipe(recipe)
     return recipe
 
