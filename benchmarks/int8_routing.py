@@ -24,13 +24,13 @@ import cv2
 import numpy as np
 
 from biformer_edge.cpu import CPU_CLASSES, DEFAULT_CPU_CLASS, describe, detect
+from biformer_edge.data.images import collect_images
 from biformer_edge.data.seeds import scene_set
 from biformer_edge.data.synthetic import render_scene
 from biformer_edge.exporter import ExportRequest, export
 from biformer_edge.metrics import miou, to_labels
 from biformer_edge.models import create_model
 from biformer_edge.parity.check import measure_backend, run_reference
-from biformer_edge.parity.inputs import collect_images
 from biformer_edge.preprocess import preprocess
 from biformer_edge.targets import open_session
 

@@ -18,7 +18,7 @@ pytest.importorskip("modelopt.torch.quantization", reason="QAT and INT8 need NVI
 from biformer_edge import memory  # noqa: E402
 from biformer_edge.cli import export_main, qat_main  # noqa: E402
 from biformer_edge.data import render_scene  # noqa: E402
-from biformer_edge.parity.inputs import image_size, read_rgb  # noqa: E402
+from biformer_edge.data.images import image_size, read_rgb  # noqa: E402
 from biformer_edge.preprocess import preprocess  # noqa: E402
 from biformer_edge.quant import qar  # noqa: E402
 from biformer_edge.quant.calibration import calibration_inputs, resolve_recipe  # noqa: E402
@@ -156,7 +156,7 @@ def test_qat_data_that_cannot_fit_is_refused_after_at_most_one_image_too_many(tm
     monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 20)   # room for 4 samples at 64x64
     decoded = []
     real = read_rgb
-    monkeypatch.setattr("biformer_edge.parity.inputs.read_rgb", lambda *a: decoded.append(1) or real(*a))
+    monkeypatch.setattr("biformer_edge.data.images.read_rgb", lambda *a: decoded.append(1) or real(*a))
     out = tmp_path / "q.pt"
     assert run_cli(qat_main, [*SIZE, "--data", tmp_path / "photos", "--batch", "2", "--output", out]) == 2
     one_line_error(capsys, "use --samples 4 or fewer")

@@ -14,11 +14,11 @@ import numpy as np
 import tomllib
 
 from ..calibration_recipes import recipe_file
+from ..data.images import collect_images
 from ..data.seeds import SCENE_SETS, scene_seed
 from ..data.synthetic import render_scene
 from ..errors import UserError
 from ..memory import check_samples, max_samples
-from ..parity.inputs import collect_images
 from ..preprocess import preprocess_all
 
 DEFAULT_SAMPLES = 128
