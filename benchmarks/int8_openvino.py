@@ -45,9 +45,12 @@ from pathlib import Path
 import numpy as np
 
 from biformer_edge import create_model
-from biformer_edge.backends import openvino as bov
 from biformer_edge.backends.base import ExportContext
+from biformer_edge.backends.openvino import export as ov_export
+from biformer_edge.backends.openvino import rules as ov_rules
+from biformer_edge.backends.openvino import session as ov_session
 from biformer_edge.bench.report import cpu_name
+from biformer_edge.contract import IR_XML
 from biformer_edge.cpu import DEFAULT_CPU_CLASS
 from biformer_edge.parity.check import measure_backend, run_reference
 from biformer_edge.parity.inputs import parity_inputs
@@ -77,9 +80,9 @@ def export_ir(model, workdir: Path, precision: str, shape: tuple, routing: str =
         export_model = prepare_int8(model, quant, shape, log)[0].model
     ctx = ExportContext(workdir=workdir, target="openvino", precision=precision, input_shape=tuple(shape),
                         log=quiet, routing=routing)
-    bov.export(export_model, ctx)
+    ov_export.export(export_model, ctx)
     if quant is not None:   # as the exporter: the router island checked on the IR
-        check_int8_graph(workdir, bov.int8_graph(workdir), routing, ctx.checks)
+        check_int8_graph(workdir, ov_export.int8_graph(workdir), routing, ctx.checks)
     return workdir
 
 
@@ -89,8 +92,8 @@ def fp32_onnx_ir(model, workdir: Path, shape: tuple) -> Path:
     import openvino as ov
 
     workdir.mkdir(parents=True, exist_ok=True)
-    ov_model, _ = bov.convert_qdq(model, shape, 17, workdir)
-    ov.save_model(ov_model, str(workdir / bov.XML_NAME), compress_to_fp16=False)
+    ov_model, _ = ov_export.convert_qdq(model, shape, 17, workdir)
+    ov.save_model(ov_model, str(workdir / IR_XML), compress_to_fp16=False)
     return workdir
 
 
@@ -102,28 +105,28 @@ def nncf_ir(fp32_dir: Path, workdir: Path, shape: tuple, samples: int, routing: 
 
     from biformer_edge.quant.calibration import calibration_inputs, resolve_recipe
 
-    model = bov._core().read_model(str(fp32_dir / bov.XML_NAME))
+    model = ov_rules._core().read_model(str(fp32_dir / IR_XML))
     batches = calibration_inputs(resolve_recipe(None, samples), shape)
     kwargs = {}
     if routing == "qar":
-        names = [n.get_friendly_name() for n in bov.router_nodes(model) if n.get_type_name() != "Constant"]
+        names = [n.get_friendly_name() for n in ov_rules.router_nodes(model) if n.get_type_name() != "Constant"]
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=names, validate=False)
     quantized = nncf.quantize(model, nncf.Dataset(list(batches)), subset_size=len(batches), **kwargs)
     workdir.mkdir(parents=True, exist_ok=True)
-    ov.save_model(quantized, str(workdir / bov.XML_NAME), compress_to_fp16=False)
+    ov.save_model(quantized, str(workdir / IR_XML), compress_to_fp16=False)
     return workdir
 
 
 # ----------------------------------------------------------------------------------------------------------- speed
 
 
-def profile(session: bov.OpenVINOSession, x: np.ndarray, runs: int = 20) -> tuple[dict, dict]:
+def profile(session: ov_session.OpenVINOSession, x: np.ndarray, runs: int = 20) -> tuple[dict, dict]:
     """Milliseconds per inference (PERF_COUNT profile of the same IR and config) by ``kernel precision``, and by
     runtime node (``kernel precision: name`` with the block index taken out, so the same op of every block adds up)."""
-    core = bov._core()
+    core = ov_rules._core()
     model = core.read_model(str(session.xml))
     compiled = core.compile_model(model, "CPU", {**session.config, "PERF_COUNT": True})
-    kinds = {r["name"]: f"{r['kernel']} {r['precision']}" for r in bov.runtime_layers(compiled)}
+    kinds = {r["name"]: f"{r['kernel']} {r['precision']}" for r in ov_session.runtime_layers(compiled)}
     request = compiled.create_infer_request()
     for _ in range(3):
         request.infer({0: x})
@@ -144,12 +147,12 @@ def profile(session: bov.OpenVINOSession, x: np.ndarray, runs: int = 20) -> tupl
     return ranked(by_kind), dict(list(ranked(by_node).items())[:12])
 
 
-def executed_counts(session: bov.OpenVINOSession) -> dict:
+def executed_counts(session: ov_session.OpenVINOSession) -> dict:
     """What the plugin executed: the layer report's layers (Conv/MatMul/attention of the IR) by runtime precision,
     those not run by an INT8 kernel by op, and every runtime node by ``kernel precision``."""
-    nodes = Counter(f"{r['kernel']} {r['precision']}" for r in bov.runtime_layers(session.compiled)
+    nodes = Counter(f"{r['kernel']} {r['precision']}" for r in ov_session.runtime_layers(session.compiled)
                     if r["kernel"] not in ("Const", "Input", "Output"))
-    graph = bov.int8_graph(session.xml.parent, session.requested_hint)
+    graph = ov_export.int8_graph(session.xml.parent, session.requested_hint)
     rows = graph.rows
     return {"runtime_nodes": dict(nodes.most_common()), "layers": graph.executed["by_precision"],
             "float_layers": dict(Counter(f"{r['op']} {r['executed']}" for r in rows
@@ -162,7 +165,7 @@ def speed(args, log=print) -> dict:
     torch.manual_seed(0)
     model = create_model(SPEED_MODEL, pretrained=False).eval()
     shape = (1, 3, SPEED_SIZE, SPEED_SIZE)
-    bf16 = "BF16" in bov.cpu_capabilities()
+    bf16 = "BF16" in ov_rules.cpu_capabilities()
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="biformer-int8-ov-") as tmp:
         tmp = Path(tmp)
@@ -186,8 +189,8 @@ def speed(args, log=print) -> dict:
                 configs.append(("nncf qar", "bf16"))
         sessions = {}
         for ir, hint in configs:
-            s = bov.OpenVINOSession(irs[ir], precision_hint=hint, threads=args.threads)
-            s.xml = irs[ir] / bov.XML_NAME
+            s = ov_session.OpenVINOSession(irs[ir], precision_hint=hint, threads=args.threads)
+            s.xml = irs[ir] / IR_XML
             sessions[f"{ir} {hint}"] = s
         for s in sessions.values():
             for _ in range(args.warmup):
@@ -235,7 +238,7 @@ def accuracy(args, log=print) -> dict:
     inputs, source = parity_inputs(shape, None, args.scenes)
     log(f"FP32 PyTorch reference of {ACCURACY_MODEL} {ACCURACY_SIZE} on {source}")
     ref = run_reference(model, inputs, "cpu")
-    hints = ["f32"] + (["bf16"] if "BF16" in bov.cpu_capabilities() else [])
+    hints = ["f32"] + (["bf16"] if "BF16" in ov_rules.cpu_capabilities() else [])
     rows = []
     with tempfile.TemporaryDirectory(prefix="biformer-int8-ov-acc-") as tmp:
         tmp = Path(tmp)
@@ -246,7 +249,7 @@ def accuracy(args, log=print) -> dict:
             irs["nncf qar"] = nncf_ir(fp32, tmp / "nncf", shape, args.calib_samples or 128, "qar")
         for routing, path in irs.items():
             for hint in hints:
-                session = bov.OpenVINOSession(path, precision_hint=hint, threads=args.threads)
+                session = ov_session.OpenVINOSession(path, precision_hint=hint, threads=args.threads)
                 m = measure_backend(session, ref, "segmentation", getattr(model, "num_classes", None))
                 row = {"mode": routing, "hint": hint, "computes": session.inference_precision,
                        **{k: float(m[k]) for k in ("cosine", "pixel", "miou", "routing", "routing_strict",
@@ -340,7 +343,7 @@ def main(argv=None) -> int:
 
     from biformer_edge.quant.int8 import toolkit_version
 
-    result = {"meta": {"cpu": cpu_name(), "openvino": ov.__version__, "capabilities": bov.cpu_capabilities(),
+    result = {"meta": {"cpu": cpu_name(), "openvino": ov.__version__, "capabilities": ov_rules.cpu_capabilities(),
                        "toolkit": toolkit_version()}}
     if "speed" in a.mode:
         result["speed"] = speed(a)

@@ -69,7 +69,12 @@ def test_the_device_side_modules_import_no_torch_at_module_level():
                    "biformer_edge.console", "biformer_edge.cli", "biformer_edge.preprocess", "biformer_edge.errors",
                    "biformer_edge.backends", "biformer_edge.backends.base", "biformer_edge.backends.onnx",
                    "biformer_edge.backends.openvino", "biformer_edge.backends.tensorrt",
-                   "biformer_edge.backends.coreml", "biformer_edge.parity", "biformer_edge.parity.check",
+                   "biformer_edge.backends.coreml", "biformer_edge.backends.pytorch",
+                   "biformer_edge.backends.onnx.session", "biformer_edge.backends.tensorrt.session",
+                   "biformer_edge.backends.tensorrt.rules", "biformer_edge.backends.openvino.session",
+                   "biformer_edge.backends.openvino.rules", "biformer_edge.backends.coreml.session",
+                   "biformer_edge.backends.coreml.rules", "biformer_edge.argtypes",
+                   "biformer_edge.parity", "biformer_edge.parity.check",
                    "biformer_edge.metrics", "biformer_edge.parity.inputs", "biformer_edge.data",
                    "biformer_edge.data.synthetic", "biformer_edge.data.seeds",
                    "biformer_edge.data.images"]
@@ -122,3 +127,33 @@ def test_imports_run_one_way():
             if any(forbids(f, target) for f in forbidden):
                 broken.append(f"{name} -> {target}")
     assert not broken, "imports against the rules: " + "; ".join(broken)
+
+
+# A backend package's __init__ is its descriptor: what targets.py (and every command through it) imports to know the
+# backend. It loads its export/session/rules modules only by name (Backend.export_module, session_class,
+# device_check), so knowing the backends costs no runtime import and no torch.
+BACKEND_SIDES = ("export", "session", "rules")
+RUNTIME_LIBRARIES = ("torch", "onnx", "onnxruntime", "openvino", "coremltools", "tensorrt", "cuda")
+
+
+def test_backend_descriptors_import_no_side_of_any_backend():
+    known = modules()
+    descriptors = [n for n in known if n.startswith("biformer_edge.backends.") and known[n].name == "__init__.py"]
+    assert len(descriptors) == 5, descriptors
+    broken = [f"{name} -> {target}" for name in descriptors for target in imports_of(name, known[name], known)
+              if target.startswith("biformer_edge.backends.") and target.rsplit(".", 1)[-1] in BACKEND_SIDES]
+    assert not broken, "descriptors importing a backend side: " + "; ".join(broken)
+
+
+def test_targets_loads_no_backend_side_nor_runtime():
+    """What importing the registry (and the CLI module, and the console) loads: the descriptors, never an export,
+    session or rules module, never torch or a runtime library."""
+    import subprocess
+    import sys
+    probe = ("import sys, biformer_edge.targets, biformer_edge.cli, biformer_edge.console\n"
+             "sides = sorted(m for m in sys.modules if m.startswith('biformer_edge.backends.')\n"
+             "               and m.rsplit('.', 1)[-1] in " + repr(BACKEND_SIDES) + ")\n"
+             "libs = sorted(m for m in " + repr(RUNTIME_LIBRARIES) + " if m in sys.modules)\n"
+             "assert not sides and not libs, (sides, libs)")
+    subprocess.run([sys.executable, "-c", probe], check=True)
+
