@@ -1,6 +1,6 @@
 """Parity on a video stream: a deployed runtime's label maps against the FP32 reference's, frame by frame (pixel
 agreement) and over time (flicker). Used by the video demo's ``--compare``; numpy only (the reference session is
-whatever runs the FP32 model, e.g. ``backends.tracing.TorchSession``)."""
+whatever runs the FP32 model, e.g. ``backends.pytorch.session.TorchSession``)."""
 from __future__ import annotations
 
 import time
