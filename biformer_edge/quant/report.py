@@ -1,10 +1,10 @@
 """What an INT8 graph really is, checked and written down: the router-island verdict and the per-layer precision
 report (``layer_precision.json`` / ``.md``) of the graph a backend wrote.
 
-The backend reads its own graph into an :class:`~biformer_edge.contract.Int8Graph` (``backends.onnx.int8_graph`` for
-the Q/DQ ONNX, ``backends.openvino.int8_graph`` for the IR, which adds what the CPU plugin executed); this module
-holds every export to the same rules: with ``--routing qar`` no quantizer reaches a TopK, and the report lists every
-Conv / MatMul with the precision of its activation input and of its weight, its weight parameters, and whether it
+The backend reads its own graph into an :class:`~biformer_edge.contract.Int8Graph` (``backends.onnx.export.int8_graph``
+for the Q/DQ ONNX, ``backends.openvino.export.int8_graph`` for the IR, which adds what the CPU plugin executed); this
+module holds every export to the same rules: with ``--routing qar`` no quantizer reaches a TopK, and the report lists
+every Conv / MatMul with the precision of its activation input and of its weight, its weight parameters, and whether it
 belongs to a router.
 """
 from __future__ import annotations
