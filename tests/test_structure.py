@@ -103,6 +103,12 @@ FORBIDDEN_IMPORTS = {
     "biformer_edge.backends": ["biformer_edge.quant", "biformer_edge.parity", "biformer_edge.exporter",
                                "biformer_edge.cli", "biformer_edge.bench"],
     "biformer_edge.targets": ["biformer_edge.backends."],
+    "biformer_edge.parity": ["biformer_edge.quant", "biformer_edge.exporter", "biformer_edge.cli",
+                             "biformer_edge.bench"],
+    "biformer_edge.fileio": ["biformer_edge.manifest", "biformer_edge.artifact", "biformer_edge.models",
+                             "biformer_edge.quant", "biformer_edge.backends", "biformer_edge.parity"],
+    "biformer_edge.manifest": ["biformer_edge.artifact", "biformer_edge.models", "biformer_edge.quant",
+                               "biformer_edge.backends", "biformer_edge.parity"],
 }
 
 
