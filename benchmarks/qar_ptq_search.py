@@ -3,6 +3,7 @@ keep-float search, scored by routing regret / decisive flips against FP32.
 
     python benchmarks/qar_ptq_search.py [--calib-samples 64] [--score-samples 64] [--held-out 64] [--steps 10]
         [--target-regret 0.002] [--min-share 0.90] [--granularity group|layer] [--no-coordinate] [--slow-hist]
+        [--greedy-from shipped max best-global best]
 
 For biformer_seg_demo (shipped weights) at 128x128, on the fake-quantized PyTorch model that
 ``biformer_edge.quant.int8.quantize`` returns (the exported Q/DQ graph matches it to ~1e-7, so no export is run):
@@ -11,27 +12,44 @@ For biformer_seg_demo (shipped weights) at 128x128, on the fake-quantized PyTorc
    ``--calib-samples`` scenes; the searches score on the first ``--score-samples``) and on held-out scenes (the
    "held_out" scene set of biformer_edge/data/seeds.py; never used for a choice).
 2. Baseline: ``quantize(model, calib, model_config(model, "qar"))``: max ranges; every Conv/Linear input and weight
-   INT8 but the final seg layer, and (ModelOpt's INT8_DEFAULT_CFG registers nn.LayerNorm as QuantInputBase) every
-   LayerNorm input.
+   INT8 but the model's classifier (``spec.classifier``); LayerNorm inputs float (QAR's config, quant/config.py).
 3. Range search over ALL enabled input quantizers (weights stay per-channel max unless said): a global factor on the
    max amax, ModelOpt's histogram calibrator (percentiles; entropy and histogram-MSE with --slow-hist, minutes on
-   CPU), ModelOpt's ``algorithm="mse"`` (weights only), and a per-quantizer sweep (each input quantizer picks max or a
-   percentile, by calibration score; ~2 min, --no-coordinate skips it). Score = regret + (1 - decisive) +
-   (1 - cosine) on the calibration set.
-4. Greedy keep-float search from one or more range settings (--greedy-from): groups (stem, downsamples, each block's
-   pos-embed / LayerNorm inputs / qkv / wo+lepe / mlp, stage 4, fpn, head; --granularity layer: single modules).
-   Routing phase: at each step the group whose float-ness lowers calibration regret most is kept float (input and
-   weight quantizer disabled), while it lowers regret by >= --min-gain; only groups upstream of some router are
-   candidates (the others cannot move a route), each scored by a forward that starts at its own backbone unit from
-   cached inputs and stops after the last router (exactly the routes of a full forward, checked at start). Then an
-   output phase while calibration pixel < --target-pixel. Stops at the targets, --steps, or INT8 weight share
-   < --min-share.
+   CPU), ModelOpt's ``algorithm="mse"`` (weights only: ``quantize`` with the QAR config's algorithm set to "mse"),
+   and a per-quantizer sweep (each input quantizer picks max or a percentile, by calibration score; ~2 min,
+   --no-coordinate skips it). Score = regret + (1 - decisive) + (1 - cosine) on the calibration set. Ranges are read
+   from what ``quantize`` returns (``QuantizedModel.amax``) and set with ``quant.int8.restore_ranges``.
+4. Greedy keep-float search, from one or more starts (--greedy-from):
+   - ``shipped``: the library's own search, ``quant.qar.keep_float_search``, called as an export calls it (max
+     ranges, its defaults: ``DEFAULT_MAX_ROUTING_REGRET``, ``MIN_DECISIVE``, ``MAX_STEPS``, ``MIN_INT8_SHARE``, its
+     90 s budget, the first ``SEARCH_SAMPLES`` calibration scenes), so that row is exactly what exports ship; its
+     choices are then replayed one by one to fill the same columns as the other runs.
+   - ``max`` / ``best-global`` / ``best`` / a range label: the benchmark's own greedy search from those ranges.
+     Candidates and groups are the library's (``model.spec.quant_group``: stem, downN, each block's pos / norm /
+     qkv / attn_out / mlp; the groups printed were named ``wo+lepe`` before they took the library's ``attn_out``),
+     plus the benchmark's own groups past the backbone, which the library's matcher does not name: ``fpn`` (the
+     neck) and ``head`` (the decode head but its classifier); stage-4 groups (``s3.*``), which the library's search
+     never scores (no router follows them), are kept as output-phase candidates. --granularity layer: single
+     modules. Routing phase: at each step the group whose float-ness lowers calibration regret most is kept float
+     (``quant.qar.set_float``: input and weight quantizer disabled), while it lowers regret by >= --min-gain; only
+     groups upstream of some router are candidates (the others cannot move a route), each scored by a forward that
+     starts at its own backbone unit from cached inputs and stops after the last router (exactly the routes of a
+     full forward, checked at start). Then an output phase while calibration pixel < --target-pixel. Stops at the
+     targets, --steps, or INT8 weight share < --min-share.
+     Same algorithm as ``keep_float_search`` in its routing phase (same greedy rule, same candidates in effect, same
+     0.0003 minimum gain, same share floor), but it differs in: the score set (--score-samples, not the first
+     ``SEARCH_SAMPLES``); the stopping rule (regret <= --target-regret ends the routing phase, where the library also
+     wants decisive >= ``MIN_DECISIVE``); --steps instead of ``MAX_STEPS`` and no time budget; ties broken by
+     decisive, then weights; the two groups of the last router's block that feed no router (attn_out, mlp) are not
+     scored (the library scores them, but they cannot win); the output phase; --granularity layer; --min-gain.
 5. Where flips come from: per-block metrics, the per-block effect of each group kept float alone, of each group
    (then each single quantizer of the worst three) quantized alone with everything else float, and of input-only /
    weight-only INT8.
 
 Prints Markdown tables and writes them to bench_results/qar_ptq_search.md (--output). About 2.5 min on 2 busy cores
-with the defaults, 30 s with --no-coordinate.
+with the defaults, 30 s with --no-coordinate, plus the shipped search (its budget is checked between steps, so one
+step may overrun it). On 2 cores loaded by other jobs (load ~4), --no-coordinate --calib-samples 16 --score-samples 16
+--held-out 16 --steps 3 took 9.8 min, 172 s of it the shipped search.
 """
 from __future__ import annotations
 
@@ -40,7 +58,6 @@ import contextlib
 import copy
 import io
 import os
-import re
 import sys
 import time
 import warnings
@@ -55,14 +72,24 @@ from biformer_edge.data.synthetic import render_scene
 from biformer_edge.metrics import compare, routing_agreement
 from biformer_edge.models import create_model
 from biformer_edge.models.bra import BiLevelRoutingAttention
-from biformer_edge.models.routing import run_torch
+from biformer_edge.models.routing import bra_blocks, recording, run_torch
 from biformer_edge.preprocess import preprocess
+from biformer_edge.quant import qar
 from biformer_edge.quant.calibration import calibration_inputs, resolve_recipe
-from biformer_edge.quant.config import modelopt_config, qar_config
-from biformer_edge.quant.int8 import enabled_quantizers, int8_weight_share, model_config, modelopt, quantize
+from biformer_edge.quant.config import modelopt_config
+from biformer_edge.quant.int8 import (
+    enabled_quantizers,
+    int8_weight_share,
+    model_config,
+    modelopt,
+    quantize,
+    restore_ranges,
+)
+from biformer_edge.quant.settings import DEFAULT_MAX_ROUTING_REGRET
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench_results"
 BATCH = 8
+SHIPPED = "shipped"   # --greedy-from: the library's keep_float_search, as exports run it
 
 
 def load() -> str:
@@ -121,24 +148,19 @@ class RouteRunner:
         self.units = self.units[:last + 1]
         self.index = {name: k for k, (name, _, _) in enumerate(self.units)}
         self.block_units = [k for k, u in enumerate(self.units) if u[2] is not None]
+        self.blocks = bra_blocks(qmodel)
 
     def run(self, batches: np.ndarray, start: int = 0, base: dict | None = None, record: bool = False) -> dict:
         inputs = {k: [] for k in range(len(self.units))} if record else None
         routes = {k: [] for k in self.block_units}
-        with torch.no_grad():
+        with torch.no_grad(), recording(self.blocks, indices=True):
             for b, batch in enumerate(batches):
                 h = torch.from_numpy(np.ascontiguousarray(batch)) if start == 0 else base["inputs"][start][b]
                 for k in range(start, len(self.units)):
                     _, unit, attn = self.units[k]
                     if record:
                         inputs[k].append(h)
-                    if attn is not None:
-                        attn.record_routing = True
-                    try:
-                        h = unit(h)
-                    finally:
-                        if attn is not None:
-                            attn.record_routing = False
+                    h = unit(h)
                     if attn is not None:
                         routes[k].append(attn.last_routing.cpu().numpy().astype(np.int64))
         out_routes = []
@@ -148,92 +170,51 @@ class RouteRunner:
 
 
 # ------------------------------------------------------------------------------------------------------- groups
-def group_key(name: str) -> str:
-    m = re.match(r"backbone\.downsample_layers\.(\d+)\.", name)
-    if m:
-        return "stem" if m.group(1) == "0" else f"down{m.group(1)}"
-    m = re.match(r"backbone\.stages\.(\d+)\.(\d+)\.(\w+)", name)
-    if m:
-        blk, part = f"s{m.group(1)}.{m.group(2)}", m.group(3)
-        if part == "pos_embed":
-            return f"{blk}.pos"
-        if part.startswith("norm"):
-            return f"{blk}.norm"               # LayerNorm inputs: INT8_DEFAULT_CFG quantizes them too
-        if part == "mlp":
-            return f"{blk}.mlp"
-        if ".attn.qkv" in name:
-            return f"{blk}.qkv"
-        return f"{blk}.wo+lepe"            # attn.wo / attn.proj / attn.lepe: the attention output path
-    if name.startswith("neck."):
-        return "fpn"
-    if name.startswith("decode_head."):
-        return "head"
-    return name
+# The library's groups (model.spec.quant_group) cover the backbone; past it the matcher names none and the shipped
+# search keeps nothing float. The benchmark's own additions, for its output phase: the neck and the decode head.
+OWN_GROUPS = (("neck.", "fpn"), ("decode_head.", "head"))
 
 
-def layer_groups(qmodel: nn.Module, per_layer: bool = False) -> dict[str, list[str]]:
-    """Group name -> its quantized modules (one each with ``per_layer``): every Conv/Linear but the final layer, and
-    every other module whose input quantizer is enabled (ModelOpt's INT8_DEFAULT_CFG quantizes LayerNorm inputs)."""
-    final = qmodel.spec.classifier
+def group_name(spec, name: str) -> str:
+    """The keep-float group of module ``name``: the library's, else the benchmark's own (fpn, head), else itself."""
+    found = spec.quant_group(name)
+    if found is not None:
+        return found[0]
+    return next((group for prefix, group in OWN_GROUPS if name.startswith(prefix)), name)
+
+
+def layer_groups(spec, qmodel: nn.Module, per_layer: bool = False) -> dict[str, list[str]]:
+    """Group name -> its quantized modules (``quant.qar.quantized_modules``: every module whose input quantizer is
+    enabled; the classifier is not); one module each with ``per_layer``."""
     groups: dict[str, list[str]] = {}
-    for name, mod in qmodel.named_modules():
-        q = getattr(mod, "input_quantizer", None)
-        if name != final and q is not None and q.is_enabled:
-            groups.setdefault(name if per_layer else group_key(name), []).append(name)
+    for name in qar.quantized_modules(qmodel):
+        groups.setdefault(name if per_layer else group_name(spec, name), []).append(name)
     return groups
 
 
-def group_unit(group: str, runner: RouteRunner) -> int | None:
-    """The backbone unit a group lives in, or None when the group is past the last router."""
-    group = group_key(group) if "." in group and group.startswith(("backbone", "neck", "decode")) else group
-    unit = "down0" if group == "stem" else group if group.startswith("down") else ".".join(group.split(".")[:2])
+def group_unit(found: tuple[str, int] | None, runner: RouteRunner) -> int | None:
+    """The backbone unit a library group (``quant_group``'s answer) lives in, or None past the last router."""
+    if found is None:
+        return None
+    group = found[0]
+    unit = "down0" if group == "stem" else group if group.startswith("down") else group.rsplit(".", 1)[0]
     return runner.index.get(unit)
 
 
-def moves_routes(group: str, runner: RouteRunner) -> bool:
-    """Whether keeping ``group`` float can change any route: it sits before some router (pos-embed and qkv feed their
-    own block's router; wo+lepe and mlp only the routers of later blocks)."""
-    k = group_unit(group, runner)
+def moves_routes(found: tuple[str, int] | None, runner: RouteRunner) -> bool:
+    """Whether keeping a library group float can change any route: it sits before some router (pos-embed, norm and
+    qkv feed their own block's router; attn_out and mlp only the routers of later blocks). Finer than the library's
+    rule (every group of a stage up to ``quant.qar.router_stages``) by the last router block's attn_out and mlp."""
+    k = group_unit(found, runner)
     if k is None:
         return False
-    group = group_key(group) if group.startswith(("backbone", "neck", "decode")) else group
-    last = runner.block_units[-1]
-    if k < last:
-        return True
-    return group.endswith((".pos", ".qkv", ".norm"))
-
-
-def set_float(qmodel: nn.Module, layers: list[str], on: bool) -> None:
-    for name in layers:
-        mod = qmodel.get_submodule(name)
-        for q in (mod.input_quantizer, getattr(mod, "weight_quantizer", None)):
-            if q is not None:
-                q.disable() if on else q.enable()
-
-
-def weight_params(qmodel: nn.Module, layers: list[str]) -> int:
-    mods = [qmodel.get_submodule(n) for n in layers]
-    return sum(m.weight.numel() for m in mods if isinstance(m, (nn.Conv2d, nn.Linear)))
+    return k < runner.block_units[-1] or found[0].endswith((".pos", ".qkv", ".norm"))
 
 
 # ------------------------------------------------------------------------------------------------------ ranges
-def input_quantizers(qmodel: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: q.amax.detach().clone() for n, q in enabled_quantizers(qmodel) if n.endswith("input_quantizer")}
-
-
-def weight_ranges(qmodel: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: q.amax.detach().clone() for n, q in enabled_quantizers(qmodel) if n.endswith("weight_quantizer")}
-
-
-def apply_ranges(qmodel: nn.Module, ranges: dict[str, torch.Tensor]) -> None:
-    mods = dict(qmodel.named_modules())
-    for name, amax in ranges.items():
-        mods[name].amax = amax.clone()
-
-
-def base_config(model: nn.Module) -> dict:
-    """ModelOpt's INT8 config with the classifier float and nothing of QAR (LayerNorm inputs INT8 too)."""
-    return modelopt_config(qar_config(model.spec.classifier, "naive"))
+def ranges_of(amax: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
+    """The ``input_quantizer`` or ``weight_quantizer`` entries of ``quantizer_ranges`` / ``QuantizedModel.amax``."""
+    return {n: v for n, v in amax.items() if n.endswith(kind)}
 
 
 def histogram_ranges(model: nn.Module, calib: np.ndarray, methods: list[tuple[str, str, dict]]) -> dict:
@@ -242,11 +223,10 @@ def histogram_ranges(model: nn.Module, calib: np.ndarray, methods: list[tuple[st
     with algorithm=None and the stats collected with ModelOpt's own enable_stats_collection."""
     mtq = modelopt()
     from modelopt.torch.quantization.model_calib import enable_stats_collection
-    cfg = base_config(model)
+    cfg = modelopt_config({**model_config(model, "qar"), "algorithm": None})
     for entry in cfg["quant_cfg"]:
-        if entry.get("quantizer_name") == "*input_quantizer":
+        if entry.get("quantizer_name") == "*input_quantizer" and "cfg" in entry:
             entry["cfg"] = {**entry["cfg"], "calibrator": "histogram"}
-    cfg["algorithm"] = None
     hmodel = copy.deepcopy(model).float().eval()
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         hmodel = mtq.quantize(hmodel, cfg, None)
@@ -261,25 +241,17 @@ def histogram_ranges(model: nn.Module, calib: np.ndarray, methods: list[tuple[st
         ranges = {}
         for name, q in quantizers:
             amax = q._calibrator.compute_amax(method, **kwargs)
-            ranges[name] = torch.as_tensor(amax, dtype=torch.float32).reshape(())
+            ranges[name] = torch.as_tensor(amax, dtype=torch.float32).reshape(()).numpy()
         out[label] = (ranges, time.perf_counter() - started)
     return out
 
 
-def weight_mse_ranges(model: nn.Module, calib: np.ndarray) -> dict[str, torch.Tensor]:
-    """Weight amax of ModelOpt's algorithm="mse" (per-channel multiplier search on the weights; inputs stay max)."""
-    mtq = modelopt()
-    cfg = base_config(model)
-    cfg["algorithm"] = "mse"
-    m = copy.deepcopy(model).float().eval()
-
-    def loop(mm):
-        for batch in calib:
-            mm(torch.from_numpy(np.ascontiguousarray(batch)))
-
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
-        m = mtq.quantize(m, cfg, loop)
-    return weight_ranges(m)
+def weight_mse_ranges(model: nn.Module, calib: np.ndarray) -> dict[str, np.ndarray]:
+    """Weight amax of ModelOpt's algorithm="mse" (per-channel multiplier search on the weights; inputs stay max):
+    ``quantize`` with the QAR config's algorithm set to "mse"."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        qres = quantize(model, calib, {**model_config(model, "qar"), "algorithm": "mse"})
+    return ranges_of(qres.amax, "weight_quantizer")
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -321,10 +293,21 @@ class Search:
             kinds[kind] = kinds.get(kind, 0) + 1
         self.quantizer_kinds = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
         self.qmodel = qres.model
-        self.base_inputs, self.base_weights = input_quantizers(self.qmodel), weight_ranges(self.qmodel)
+        self.base_inputs, self.base_weights = ranges_of(qres.amax, "input_quantizer"), ranges_of(qres.amax,
+                                                                                                 "weight_quantizer")
         self.runner = RouteRunner(self.qmodel)
-        self.groups = layer_groups(self.qmodel, a.granularity == "layer")
-        self.movers = [g for g in self.groups if moves_routes(g, self.runner)]
+        self.modules = qar.quantized_modules(self.qmodel)
+        spec = model.spec
+        self.groups = layer_groups(spec, self.qmodel, a.granularity == "layer")
+        self.members = {g: [self.modules[n] for n in names] for g, names in self.groups.items()}
+        found = {g: spec.quant_group(names[0]) for g, names in self.groups.items()}   # the library group it is in
+        self.unit = {g: group_unit(f, self.runner) for g, f in found.items()}
+        self.movers = [g for g in self.groups if moves_routes(found[g], self.runner)]
+        self.library_groups: dict[str, list[nn.Module]] = {}   # what keep_float_search keeps float, group by group
+        for name, module in self.modules.items():
+            f = spec.quant_group(name)
+            if f is not None:
+                self.library_groups.setdefault(f[0], []).append(module)
         share = int8_weight_share(self.qmodel)
         self.total_w, self.base_int8 = share["weight_params"], share["int8_weight_params"]
         # the runner's routes must be exactly those of a full forward
@@ -342,12 +325,12 @@ class Search:
         m["per_block"] = per_block(cal, routes)
         return m
 
-    def set_ranges(self, inputs: dict, weights: dict) -> None:
-        apply_ranges(self.qmodel, inputs)
-        apply_ranges(self.qmodel, weights)
+    def set_ranges(self, inputs: dict, weight_amax: dict) -> None:
+        """Every enabled quantizer's range (``restore_ranges``: the sets must cover them all)."""
+        restore_ranges(self.qmodel, {**inputs, **weight_amax})
 
     def share_with(self, floated: list[str]) -> float:
-        return (self.base_int8 - sum(weight_params(self.qmodel, self.groups[g]) for g in floated)) / self.total_w
+        return (self.base_int8 - sum(qar.weights(self.members[g]) for g in floated)) / self.total_w
 
     # -------------------------------------------------------------- routing-aware per-quantizer ranges
     def coordinate_ranges(self, start: tuple, options: dict[str, dict]) -> tuple[dict, int]:
@@ -360,15 +343,15 @@ class Search:
         for name in current:
             keep = current[name]
             for label, ranges in options.items():
-                if torch.equal(ranges[name], current[name]):
+                if np.array_equal(ranges[name], current[name]):
                     continue
-                apply_ranges(self.qmodel, {name: ranges[name]})
+                self.set_ranges({**current, name: ranges[name]}, start[2])
                 score = self.evaluate(("calib",))["calib"]["score"]
                 evals += 1
                 if score < best - 1e-6:
                     best, keep = score, ranges[name]
             current[name] = keep
-            apply_ranges(self.qmodel, {name: keep})
+            self.set_ranges(current, start[2])
         return current, evals
 
     # -------------------------------------------------------------- greedy keep-float
@@ -395,12 +378,11 @@ class Search:
                 for g in self.movers:
                     if g in chosen:
                         continue
-                    set_float(self.qmodel, self.groups[g], True)
-                    routes = runner.run(self.refs["calib"].batches, start=group_unit(g, runner), base=base)["routes"]
-                    set_float(self.qmodel, self.groups[g], False)
+                    qar.set_float(self.members[g], True)
+                    routes = runner.run(self.refs["calib"].batches, start=self.unit[g], base=base)["routes"]
+                    qar.set_float(self.members[g], False)
                     m = self.routes_metrics(routes)
-                    scored.append((m["routing_regret"], -m["routing_decisive"],
-                                   weight_params(self.qmodel, self.groups[g]), g))
+                    scored.append((m["routing_regret"], -m["routing_decisive"], qar.weights(self.members[g]), g))
                     if step == 1:
                         first_step[g] = m
                 n_scored = len(scored)
@@ -419,10 +401,10 @@ class Search:
                 for g in self.groups:
                     if g in chosen or self.share_with(chosen + [g]) < a.min_share:
                         continue
-                    set_float(self.qmodel, self.groups[g], True)
+                    qar.set_float(self.members[g], True)
                     m = self.evaluate(("calib",))["calib"]
-                    set_float(self.qmodel, self.groups[g], False)
-                    scored.append((-m["pixel"], 1 - m["cosine"], weight_params(self.qmodel, self.groups[g]), g))
+                    qar.set_float(self.members[g], False)
+                    scored.append((-m["pixel"], 1 - m["cosine"], qar.weights(self.members[g]), g))
                 n_scored = len(scored)
                 if scored:
                     s = min(scored)
@@ -431,7 +413,7 @@ class Search:
             if pick is None:
                 break
             chosen.append(pick)
-            set_float(self.qmodel, self.groups[pick], True)
+            qar.set_float(self.members[pick], True)
             state = self.evaluate()
             share = self.share_with(chosen)
             history.append((pick, state, share))
@@ -442,8 +424,38 @@ class Search:
             if state["calib"]["routing_regret"] <= a.target_regret and state["calib"]["pixel"] >= a.target_pixel:
                 break
         for g in chosen:
-            set_float(self.qmodel, self.groups[g], False)
-        return {"chosen": chosen, "history": history, "first_step": first_step, "start": start[0]}
+            qar.set_float(self.members[g], False)
+        return {"chosen": chosen, "history": history, "first_step": first_step, "start": start[0],
+                "label": f"greedy from {start[0]}"}
+
+    def shipped(self, start: tuple, report_rows: list, tag: str) -> dict:
+        """The library's search (``quant.qar.keep_float_search``) as ``quantize`` runs it in an export: on this
+        model at max ranges (``start``, the baseline), with its own defaults and the calibration batches. Its choices
+        are then replayed one group at a time and evaluated like the benchmark's own steps (calib columns: the
+        benchmark's score set, which is not the library's first SEARCH_SAMPLES scenes unless --score-samples says
+        so)."""
+        self.set_ranges(start[1], start[2])
+        result = qar.keep_float_search(self.qmodel, self.model, self.calib, DEFAULT_MAX_ROUTING_REGRET,
+                                       log=lambda msg: print(f"[{tag}] {msg}", flush=True))
+        qar.set_float([self.modules[n] for n in result["float_layers"]], False)
+        state, share = start[3], self.share_with([])
+        history = [("(none)", state, share)]
+        report_rows.append([tag, "0", "", f"(none; ranges: {start[0]})", *fmt_metrics(state["calib"])[:4],
+                            *fmt_metrics(state["held-out"]), f"{share:.4f}", ""])
+        print(" | ".join(report_rows[-1]), flush=True)
+        floated: list[nn.Module] = []
+        for step, group in enumerate(result["float_groups"], 1):
+            floated += self.library_groups[group]
+            qar.set_float(self.library_groups[group], True)
+            state = self.evaluate()
+            share = int8_weight_share(self.qmodel)["int8_weight_params"] / self.total_w
+            history.append((group, state, share))
+            report_rows.append([tag, str(step), "library", group, *fmt_metrics(state["calib"])[:4],
+                                *fmt_metrics(state["held-out"]), f"{share:.4f}", ""])
+            print(" | ".join(report_rows[-1]), flush=True)
+        qar.set_float(floated, False)
+        return {"chosen": result["float_groups"], "history": history, "first_step": {}, "start": "shipped",
+                "label": "shipped search (quant.qar.keep_float_search)", "search": result}
 
     # -------------------------------------------------------------- attribution
     def quantize_alone(self) -> tuple[list, list]:
@@ -457,10 +469,10 @@ class Search:
         fp_base = runner.run(self.refs["calib"].batches, record=True)
         rows = []
         for g in self.movers:
-            set_float(qmodel, self.groups[g], False)
-            routes = runner.run(self.refs["calib"].batches, start=group_unit(g, runner), base=fp_base)["routes"]
-            set_float(qmodel, self.groups[g], True)
-            rows.append((g, weight_params(qmodel, self.groups[g]), self.routes_metrics(routes)))
+            qar.set_float(self.members[g], False)
+            routes = runner.run(self.refs["calib"].batches, start=self.unit[g], base=fp_base)["routes"]
+            qar.set_float(self.members[g], True)
+            rows.append((g, qar.weights(self.members[g]), self.routes_metrics(routes)))
         rows.sort(key=lambda r: -r[2]["routing_regret"])
         detail = []
         for g, _, _ in rows[:3]:
@@ -471,7 +483,7 @@ class Search:
                     if q is None:
                         continue
                     q.enable()
-                    routes = runner.run(self.refs["calib"].batches, start=group_unit(g, runner), base=fp_base)
+                    routes = runner.run(self.refs["calib"].batches, start=self.unit[g], base=fp_base)
                     q.disable()
                     amax = q.amax.detach().float()
                     amax_s = f"{float(amax):.3g}" if amax.numel() == 1 else f"per-ch {float(amax.max()):.3g} max"
@@ -498,25 +510,28 @@ def main(argv=None) -> int:
                    help="of those, how many the searches score on (multiple of 8, default 64)")
     p.add_argument("--held-out", type=int, default=64, help="held-out scenes (multiple of 8)")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--target-regret", type=float, default=0.002)
+    p.add_argument("--target-regret", type=float, default=DEFAULT_MAX_ROUTING_REGRET)
     p.add_argument("--target-pixel", type=float, default=0.998,
                    help="after the routing phase, keep groups float for calibration pixel agreement up to this")
-    p.add_argument("--min-gain", type=float, default=0.0003,
+    p.add_argument("--min-gain", type=float, default=0.0003,   # keep_float_search's own minimum gain
                    help="a routing step must lower calibration regret by at least this (else the phase stalls)")
     p.add_argument("--min-pixel-gain", type=float, default=0.0002)
-    p.add_argument("--min-share", type=float, default=0.90)
+    p.add_argument("--min-share", type=float, default=qar.MIN_INT8_SHARE)
     p.add_argument("--factors", type=float, nargs="*", default=[0.9, 0.8, 0.7],
                    help="global factors on every input quantizer's max amax (1.0 is the baseline)")
     p.add_argument("--percentiles", type=float, nargs="*", default=[99.999, 99.99, 99.9, 99.5])
     p.add_argument("--slow-hist", action="store_true",
                    help="also ModelOpt's histogram entropy and MSE amax (minutes on 2 CPU cores)")
     p.add_argument("--no-coordinate", action="store_true", help="skip the per-quantizer range sweep")
-    p.add_argument("--greedy-from", nargs="+", default=["max", "best-global", "best"],
-                   help="ranges the greedy search starts from: max (the product's), best-global (lowest calibration "
+    p.add_argument("--greedy-from", nargs="+", default=[SHIPPED, "max", "best-global", "best"],
+                   help="greedy searches to run: shipped (the library's keep_float_search as exports run it, max "
+                        "ranges, its own settings), then the benchmark's own from ranges: max (the product's), "
+                        "best-global (lowest calibration "
                         "score of the global range choices), best (the per-quantizer sweep included), or any row "
                         "label of the range table, e.g. 'percentile 99.9'")
     p.add_argument("--granularity", choices=["group", "layer"], default="group",
-                   help="keep-float unit: a group (stem, downN, each block's pos / qkv / wo+lepe / mlp, fpn, head) or "
+                   help="keep-float unit of the benchmark's own search: a group (model.spec.quant_group's: stem, "
+                        "downN, each block's pos / norm / qkv / attn_out / mlp; the benchmark's own fpn, head) or "
                         "one Conv/Linear")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=str(RESULTS / "qar_ptq_search.md"))
@@ -607,7 +622,7 @@ def main(argv=None) -> int:
         candidates.append((label, ranges, best_global[2], m))
         picked = {}
         for name, amax in ranges.items():
-            which = next((k for k, o in options.items() if torch.equal(o[name], amax)), "start")
+            which = next((k for k, o in options.items() if np.array_equal(o[name], amax)), "start")
             picked[which] = picked.get(which, 0) + 1
         coord_text = (f" The per-quantizer sweep ({evals} calibration evaluations, {secs:.0f} s) picks, over "
                       f"{len(ranges)} input quantizers: " + ", ".join(f"{k} {v}" for k, v in picked.items()) + ".")
@@ -630,25 +645,36 @@ def main(argv=None) -> int:
     starts["best-global"] = best_global
     starts.update({c[0]: c for c in candidates})
     for key in a.greedy_from:
-        if key not in starts:
-            p.error(f"--greedy-from {key!r}: choose from {', '.join(starts)}")
-        start = starts[key]
-        if start[0] in seen:
+        if key not in starts and key != SHIPPED:
+            p.error(f"--greedy-from {key!r}: choose from {', '.join([SHIPPED, *starts])}")
+        start = candidates[0] if key == SHIPPED else starts[key]
+        if (key if key == SHIPPED else start[0]) in seen:
             continue
-        seen.add(start[0])
+        seen.add(key if key == SHIPPED else start[0])
         started = time.perf_counter()
-        run = S.greedy(start, g_rows, key)
+        run = S.shipped(start, g_rows, key) if key == SHIPPED else S.greedy(start, g_rows, key)
         run["seconds"] = time.perf_counter() - started
         runs.append(run)
     t_greedy = time.perf_counter() - t_greedy
     S.set_ranges(S.base_inputs, S.base_weights)
-    report.add(f"## Greedy keep-float search\n\nRouting phase: each step scores every remaining group that sits "
-               f"before a router ({len(S.movers)} of {len(S.groups)} groups) by calibration regret and keeps the best "
-               f"float (input and weight quantizer disabled), while it lowers regret by >= {a.min_gain}; then an "
-               f"output phase while calibration pixel < {a.target_pixel} (every group, full forward, by calibration "
-               f"pixel, gain >= {a.min_pixel_gain}). Stops at calib regret <= {a.target_regret} and pixel >= "
-               f"{a.target_pixel}, {a.steps} steps, or INT8 weight share < {a.min_share}. Seconds: "
-               + ", ".join(f"from {r['start']} {r['seconds']:.0f}" for r in runs) + ".\n\n" + table(g_header, g_rows))
+    shipped = next((r["search"] for r in runs if "search" in r), None)
+    shipped_text = "" if shipped is None else (
+        f"Rows \"{SHIPPED}\": the library's keep_float_search as an export runs it (max ranges; regret <= "
+        f"{shipped['max_regret']} and decisive >= {qar.MIN_DECISIVE}, at most {qar.MAX_STEPS} steps, INT8 weight "
+        f"share >= {qar.MIN_INT8_SHARE}, {qar.TIME_BUDGET_S:.0f} s budget, first {qar.SEARCH_SAMPLES} calibration "
+        f"scenes): kept {', '.join(shipped['float_groups']) or 'nothing'} float in {shipped['seconds']} s, its "
+        f"calibration regret "
+        f"{shipped['calibration_before']['routing_regret']:.4f} -> {shipped['calibration_after']['routing_regret']:.4f}"
+        f", decisive {shipped['calibration_after']['routing_decisive']:.4f} (target met: {shipped['met']}); its "
+        f"choices replayed step by step for these columns. The other rows: the benchmark's own search. ")
+    report.add(f"## Greedy keep-float search\n\n{shipped_text}Routing phase: each step scores every remaining "
+               f"group that sits before a router ({len(S.movers)} of {len(S.groups)} groups) by calibration regret "
+               f"and keeps the best float (input and weight quantizer disabled), while it lowers regret by >= "
+               f"{a.min_gain}; then an output phase while calibration pixel < {a.target_pixel} (every group, full "
+               f"forward, by calibration pixel, gain >= {a.min_pixel_gain}). Stops at calib regret <= "
+               f"{a.target_regret} and pixel >= {a.target_pixel}, {a.steps} steps, or INT8 weight share < "
+               f"{a.min_share}. Seconds: " + ", ".join(f"{r['label']} {r['seconds']:.0f}" for r in runs) + ".\n\n"
+               + table(g_header, g_rows))
 
     # ------------------------------------------------------------------ 5. where flips come from
     runner = S.runner
@@ -657,7 +683,7 @@ def main(argv=None) -> int:
     pb_header = ["state", "set"] + [f"{b} (k={k}) strict / decisive / regret" for b, k in zip(block_names, topk)]
     pb_rows = []
     states = [("baseline (max)", baseline), (f"{best[0]}", best[3])]
-    states += [(f"greedy from {r['start']}: {', '.join(r['chosen']) or 'none'} float", r["history"][-1][1])
+    states += [(f"{r['label']}: {', '.join(r['chosen']) or 'none'} float", r["history"][-1][1])
                for r in runs]
     for label, st in states:
         for s in ("calib", "held-out"):
@@ -671,12 +697,13 @@ def main(argv=None) -> int:
         return [f"{b['routing_decisive']:.3f} / {b['routing_regret']:.4f}" for b in m["per_block"]]
 
     attr_header = ["float / INT8", "weights"] + [f"{b} decisive / regret" for b in block_names] + ["all: regret"]
-    first = runs[0]["first_step"] if runs else {}
-    if first:
-        rows = [[g, str(weight_params(S.qmodel, S.groups[g]))] + block_cells(m) + [f"{m['routing_regret']:.4f}"]
-                for g, m in sorted(first.items(), key=lambda kv: kv[1]["routing_regret"])]
-        text += (f"\n\nKeep ONE group float, everything else INT8 (greedy step 1 from {runs[0]['start']}, calibration "
-                 f"set; the lower the regret, the more that group's INT8 costs):\n\n" + table(attr_header, rows))
+    first_run = next((r for r in runs if r["first_step"]), None)
+    if first_run:
+        rows = [[g, str(qar.weights(S.members[g]))] + block_cells(m) + [f"{m['routing_regret']:.4f}"]
+                for g, m in sorted(first_run["first_step"].items(), key=lambda kv: kv[1]["routing_regret"])]
+        text += (f"\n\nKeep ONE group float, everything else INT8 (greedy step 1 from {first_run['start']}, "
+                 f"calibration set; the lower the regret, the more that group's INT8 costs):\n\n"
+                 + table(attr_header, rows))
     started = time.perf_counter()
     alone, detail = S.quantize_alone()
     t_attr = time.perf_counter() - started
@@ -694,12 +721,13 @@ def main(argv=None) -> int:
                 f"{S.share_with([]):.4f}"]]
     for r in runs:
         pick, st, share = r["history"][-1]
-        summary.append([f"greedy from {r['start']}: {', '.join(r['chosen']) or 'none'} float",
+        summary.append([f"{r['label']}: {', '.join(r['chosen']) or 'none'} float",
                         *fmt_metrics(st["held-out"]), f"{share:.4f}"])
     report.add("## Summary (held-out; every choice made on the calibration set)\n\n"
                + table(["configuration", "decisive", "regret", "strict", "pixel", "cosine", "INT8 weight share"],
                        summary)
-               + f"\n\nGoal: decisive >= 0.995, regret <= 0.002, pixel >= 0.998 with >= 90 % INT8 weights.\n\n"
+               + f"\n\nGoal: decisive >= {qar.MIN_DECISIVE}, regret <= {DEFAULT_MAX_ROUTING_REGRET}, pixel >= "
+               f"0.998 with >= {qar.MIN_INT8_SHARE * 100:.0f} % INT8 weights.\n\n"
                f"Times: range search {t_ranges:.0f} s, greedy {t_greedy:.0f} s, attribution {t_attr:.0f} s, "
                f"total {total:.0f} s; end {load()}")
     out = Path(a.output)
