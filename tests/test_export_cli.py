@@ -11,6 +11,7 @@ import biformer_edge as be
 from biformer_edge.cli import export_main, parity_main
 from biformer_edge.fileio import sha256_file
 from biformer_edge.parity import assert_parity
+from tests.helpers import run_cli
 
 SIZE = ["--input-size", "128", "128"]  # stage maps divisible by n_win: no padded regions, no routing ties
 
@@ -21,12 +22,6 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "demo.pth"
     torch.save({"model": be.create_model("biformer_seg_demo", pretrained=False).state_dict()}, path)
     return path
-
-
-def run_cli(main, args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    return exc.value.code
 
 
 def export_args(checkpoint, out, target="onnx", *extra):

@@ -24,16 +24,10 @@ from biformer_edge.quant import qar  # noqa: E402
 from biformer_edge.quant.calibration import calibration_inputs, resolve_recipe  # noqa: E402
 from biformer_edge.quant.qat import QATSettings, training_data  # noqa: E402
 from biformer_edge.quant.qat_checkpoint import read_qat_checkpoint  # noqa: E402
+from tests.helpers import SIZE, run_cli  # noqa: E402
 
-SIZE = ["--input-size", "64", "64"]
 # (H, W) of the folder's images: landscape, portrait, extreme strips, odd sizes, and one at the model's own size
 SHAPES = [(96, 128), (128, 96), (40, 48), (24, 200), (200, 24), (63, 65), (64, 64), (77, 31)]
-
-
-def run_cli(main, args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    return exc.value.code
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("modelopt.torch.quantization", reason="QAT and INT8 need NVIDIA ModelOpt: pip install '.[int8]'")
 
@@ -27,23 +26,11 @@ from biformer_edge.quant.int8 import quantize  # noqa: E402
 from biformer_edge.quant.qar import quantized_modules  # noqa: E402
 from biformer_edge.quant.qat import train  # noqa: E402
 from biformer_edge.quant.qat_checkpoint import read_qat_checkpoint, state_path  # noqa: E402
+from tests.helpers import SIZE, copy_of, one_error_line, onnx_artifact, run_cli  # noqa: E402
 
 from .test_qat import SMALL, interrupt_at, small, tampered  # noqa: E402
 
-SIZE = ["--input-size", "64", "64"]
 SHIPPED = WEIGHTS_DIR / "biformer_seg_demo.pt"
-
-
-def run_cli(main, args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    return exc.value.code
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(autouse=True)
@@ -60,26 +47,12 @@ def qat_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "demo"
-    assert run_cli(export_main, ["--target", "onnx", *SIZE, "--output", out]) == 0
-    return out
+    return onnx_artifact(export_main, tmp_path_factory, "art")
 
 
 @pytest.fixture
 def copy(artifact, tmp_path):
-    dst = tmp_path / "copy"
-    shutil.copytree(artifact, dst)
-    return dst
-
-
-@pytest.fixture
-def interrupted_run(tmp_path, monkeypatch):
-    out = tmp_path / "q.pt"
-    restore = interrupt_at(monkeypatch, 1)
-    with pytest.raises(KeyboardInterrupt):
-        train(small(output=str(out)), log=lambda *_: None)
-    restore()
-    return out
+    return copy_of(artifact, tmp_path)
 
 
 def listing(root: Path) -> list[str]:
@@ -87,33 +60,7 @@ def listing(root: Path) -> list[str]:
 
 
 # --- 2. damaged input is one line and exit 2, not an internal error --------------------------------------------------
-
-@pytest.mark.parametrize("case, message", [
-    ("a metric missing", "before"),
-    ("history of another type", "history"),
-    ("optimizer moments of another shape", "optimizer 'exp_avg'"),
-    ("range of another rank", "INT8 ranges that do not fit"),
-])
-def test_damaged_resume_state_is_one_line_and_kept(interrupted_run, case, message, capsys):
-    state = state_path(interrupted_run)
-
-    def edit(obj):
-        if case == "a metric missing":
-            obj["before"].pop("routing_decisive")
-        elif case == "history of another type":
-            obj["history"] = [1, 2]
-        elif case == "optimizer moments of another shape":
-            obj["optimizer"]["state"][0]["exp_avg"] = torch.zeros(7)
-        else:
-            name = next(k for k in obj["quantizers"] if k.endswith("input_quantizer"))
-            obj["quantizers"][name] = obj["quantizers"][name].reshape(1, 1, 1, 1, 1, 1)
-    tampered(state, state, edit)
-    before = state.read_bytes()
-    assert run_cli(qat_main, [*SMALL, "--steps", "4", "--save-every", "1", "--output", interrupted_run,
-                              "--resume"]) == 2
-    assert message in one_error_line(capsys)
-    assert state.read_bytes() == before and not interrupted_run.exists()
-
+# (damaged resume states: tests/test_qat.py, DAMAGED_STATES)
 
 def all_float(obj):
     """Every quantized layer but one named float, and only the ranges such a model still has (a few % INT8)."""

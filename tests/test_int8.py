@@ -14,15 +14,9 @@ pytest.importorskip("modelopt.torch.quantization")
 
 from biformer_edge.backends.onnx.export import qdq_into_topk  # noqa: E402
 from biformer_edge.cli import export_main  # noqa: E402
+from tests.helpers import SIZE, run_cli  # noqa: E402
 
-SIZE = ["--input-size", "64", "64"]
 FEW = ["--calib-samples", "16"]
-
-
-def run_cli(main, args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    return exc.value.code
 
 
 @pytest.fixture(autouse=True)

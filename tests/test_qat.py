@@ -26,6 +26,7 @@ from biformer_edge.models.registry import WEIGHTS_DIR  # noqa: E402
 from biformer_edge.quant import qat as qat_module  # noqa: E402
 from biformer_edge.quant.qat import QATSettings, routing_margin_loss, train  # noqa: E402
 from biformer_edge.quant.qat_checkpoint import read_qat_checkpoint, state_path  # noqa: E402
+from tests.helpers import one_error_line, run_cli  # noqa: E402
 
 SMALL = ["--input-size", "64", "64", "--samples", "16", "--val-samples", "8", "--calib-samples", "8", "--batch", "4"]
 
@@ -34,12 +35,6 @@ def small(**kw) -> QATSettings:
     base = dict(model="biformer_seg_demo", input_size=(64, 64), samples=16, val_samples=8, calib_samples=8, batch=4,
                 steps=4, save_every=1)
     return QATSettings(**{**base, **kw})
-
-
-def run_cli(main, args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    return exc.value.code
 
 
 def sha(path: Path) -> str:
@@ -347,30 +342,35 @@ def interrupted_run(tmp_path, monkeypatch):
     return out
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no student", "'student'"),
-    ("step beyond the run", "step 99 of 4"),
-    ("weights of another model", "weights of another model"),
-    ("no optimizer", "'optimizer' missing"),
-])
-def test_tampered_resume_state_is_one_line_and_kept(interrupted_run, case, message, capsys):
-    state = state_path(interrupted_run)
+def _first_input_range(obj) -> str:
+    return next(k for k in obj["quantizers"] if k.endswith("input_quantizer"))
 
-    def edit(obj):
-        if case == "no student":
-            obj.pop("student")
-        elif case == "step beyond the run":
-            obj["step"] = 99
-        elif case == "weights of another model":
-            obj["student"] = {"x": torch.zeros(1)}
-        else:
-            obj.pop("optimizer")
+
+# How a resume state can be damaged or tampered with, and what the one-line refusal names.
+DAMAGED_STATES = {
+    "no student": (lambda obj: obj.pop("student"), "'student'"),
+    "step beyond the run": (lambda obj: obj.update(step=99), "step 99 of 4"),
+    "weights of another model": (lambda obj: obj.update(student={"x": torch.zeros(1)}), "weights of another model"),
+    "no optimizer": (lambda obj: obj.pop("optimizer"), "'optimizer' missing"),
+    "a metric missing": (lambda obj: obj["before"].pop("routing_decisive"), "before"),
+    "history of another type": (lambda obj: obj.update(history=[1, 2]), "history"),
+    "optimizer moments of another shape": (
+        lambda obj: obj["optimizer"]["state"][0].update(exp_avg=torch.zeros(7)), "optimizer 'exp_avg'"),
+    "range of another rank": (
+        lambda obj: obj["quantizers"].update({_first_input_range(obj): obj["quantizers"][
+            _first_input_range(obj)].reshape(1, 1, 1, 1, 1, 1)}), "INT8 ranges that do not fit"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_STATES))
+def test_damaged_resume_state_is_one_line_and_kept(interrupted_run, case, capsys):
+    edit, message = DAMAGED_STATES[case]
+    state = state_path(interrupted_run)
     tampered(state, state, edit)
     before = state.read_bytes()
     assert run_cli(qat_main, [*SMALL, "--steps", "4", "--save-every", "1", "--output", interrupted_run,
                               "--resume"]) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1, err
+    assert message in one_error_line(capsys)
     assert state.read_bytes() == before and not interrupted_run.exists()
 
 

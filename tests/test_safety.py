@@ -6,7 +6,6 @@ and stale temporaries, concurrent exports, one-line errors, routing ties.
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,36 +19,19 @@ import pytest
 from biformer_edge.cli import export_main, parity_main
 from biformer_edge.contract import IN_PROGRESS
 from biformer_edge.fileio import output_lock, sha256_file
+from tests.helpers import SIZE, copy_of, one_error_line, onnx_artifact, run_cli
 
-SIZE = ["--input-size", "64", "64"]
 SRC = str(Path(__file__).resolve().parent.parent)
-
-
-def run_cli(main, args):
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    return exc.value.code
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    """An ONNX artifact of the default model (shipped weights), 64x64: small and quick."""
-    out = tmp_path_factory.mktemp("safety") / "demo"
-    assert run_cli(export_main, ["--target", "onnx", *SIZE, "--output", out]) == 0
-    return out
+    return onnx_artifact(export_main, tmp_path_factory, "safety")
 
 
 @pytest.fixture
 def copy(artifact, tmp_path):
-    dst = tmp_path / "copy"
-    shutil.copytree(artifact, dst)
-    return dst
+    return copy_of(artifact, tmp_path)
 
 
 def rewrite_manifest(path: Path, change) -> None:
