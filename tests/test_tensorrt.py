@@ -470,6 +470,24 @@ def test_layer_report_reads_both_inspector_schemas():
     assert [r["inputs"] for r in rows] == [[], []] and summary["layers"] == 2
 
 
+def test_layer_report_reads_any_datatype_spelling_and_never_passes_vacuously():
+    """IEngineInspector's JSON names a tensor's precision 'Format/Datatype' (with an execution context a full format
+    text, without one an abbreviation such as 'Int8' or 'Half'); other tools spell it 'DataType' or 'Datatype'. All
+    are read. A router whose layers state no precision at all is 'unknown', never a pass of the island check."""
+    mod = load_build_module()
+    for key in ("Format/Datatype", "DataType", "Datatype", "datatype"):
+        info = {"Layers": [{"Name": "/m/attn/router/MatMul", "Inputs": [{"Name": "q", key: "Half"}]}]}
+        summary = mod.layer_report(info)[1]
+        assert summary["router_island"] == "fp32" and summary["router_layers_read"] == 1, key
+    unread = {"Layers": [{"Name": "/m/attn/router/MatMul", "Inputs": [{"Name": "q", "Dimensions": [1, 4]}]},
+                         {"Name": "/m/attn/router/TopK", "Inputs": []}]}
+    rows, summary = mod.layer_report(unread)
+    assert summary["router_layers_with_int8_inputs"] == 0 and summary["router_island"] == "unknown"
+    assert "router layers with INT8 inputs: unknown" in mod.render_layer_report(rows, summary)
+    quantized = {"Layers": [{"Name": "/m/attn/router/MatMul", "Inputs": [{"Name": "q", "Datatype": "Int8"}]}]}
+    assert mod.layer_report(quantized)[1]["router_island"] == "int8 inputs"
+
+
 def test_build_without_tensorrt_is_a_user_error(model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)   # import tensorrt -> ImportError, even where it exists
     ctx = ExportContext(workdir=tmp_path, target="jetson", precision="fp32", input_shape=INPUT_SHAPE,

@@ -71,10 +71,12 @@ def strongly_typed(version: tuple[int, int, int], precision: str) -> bool:
 
 
 def tensor_precision(tensor) -> str:
-    """'int8', 'fp16', 'fp32', ... of one tensor entry of the inspector's JSON ('?' when it does not say)."""
+    """'int8', 'fp16', 'fp32', ... of one tensor entry of the inspector's JSON ('?' when it does not say). The key
+    is read whatever its spelling: IEngineInspector writes 'Format/Datatype' (values 'Int8', 'Half' or a full format
+    text), other tools 'DataType' or 'Datatype' beside 'Format'."""
     if not isinstance(tensor, dict):
         return "?"
-    text = " ".join(str(tensor.get(k, "")) for k in ("Format/Datatype", "DataType", "Format"))
+    text = " ".join(str(v) for k, v in tensor.items() if "datatype" in str(k).lower() or str(k).lower() == "format")
     match = _PRECISION_TOKEN.search(text)
     return _PRECISIONS[match.group(1).lower()] if match else "?"
 
@@ -97,10 +99,15 @@ def layer_report(info: str | dict) -> tuple[list[dict], dict]:
     for row in rows:
         for p in set(row["inputs"] + row["outputs"]):
             by_precision[p] = by_precision.get(p, 0) + 1
+    router = [r for r in rows if r["router"]]
+    read = [r for r in router if any(p != "?" for p in r["inputs"])]
+    int8_router = sum("int8" in r["inputs"] for r in router)
     summary = {"layers": len(rows), "layers_by_tensor_precision": dict(sorted(by_precision.items())),
                "int8_input_layers": sum("int8" in r["inputs"] for r in rows),
-               "router_layers": sum(r["router"] for r in rows),
-               "router_layers_with_int8_inputs": sum(r["router"] and "int8" in r["inputs"] for r in rows)}
+               "router_layers": len(router), "router_layers_read": len(read),
+               "router_layers_with_int8_inputs": int8_router,
+               # a 0 counts only where the precisions were read: no readable router layer is "unknown", not a pass
+               "router_island": "int8 inputs" if int8_router else ("fp32" if read else "unknown")}
     return rows, summary
 
 
@@ -108,7 +115,9 @@ def render_layer_report(rows: list[dict], summary: dict) -> str:
     lines = [f"{summary['layers']} engine layers; layers by tensor precision: "
              + (", ".join(f"{k} {v}" for k, v in summary["layers_by_tensor_precision"].items()) or "none"),
              f"{summary['int8_input_layers']} layers take INT8 inputs; router layers with INT8 inputs: "
-             f"{summary['router_layers_with_int8_inputs']} of {summary['router_layers']}", ""]
+             + (f"{summary['router_layers_with_int8_inputs']} of {summary['router_layers']}"
+                if summary["router_island"] != "unknown" else
+                f"unknown (no precision readable for any of the {summary['router_layers']} router layers)"), ""]
     for r in rows:
         lines.append(f"{','.join(r['inputs']) or '-':>16} -> {','.join(r['outputs']) or '-':<12} {r['type']:<24} "
                      f"{r['name']}{'  [router]' if r['router'] else ''}")
@@ -125,6 +134,9 @@ def write_layer_report(info: str, directory, log=print) -> dict:
     log(render_layer_report([], summary).strip())
     if summary["router_layers_with_int8_inputs"]:
         log("warning: router layers take INT8 inputs (expected only with --routing naive exports)")
+    elif summary["router_island"] == "unknown":
+        log("note: the engine's layer information states no tensor precisions, so the router island was not checked "
+            "on the engine (build with detailed profiling verbosity to check it)")
     return summary
 
 
