@@ -55,7 +55,7 @@ class Int8Graph:
     rows: list[dict]                  # one per compute layer: layer, op, input, weight, weight_params, router
     into_topk: list[str]              # quantizers on a path into a TopK: "<quantizer> -> <topk>"
     quantizer: str = "Q/DQ"           # what the graph calls its quantizers (Q/DQ, FakeQuantize)
-    where: str = ""                   # which graph, in check summaries ("" or " of the IR")
+    graph: str = ""                   # the graph's name in check summaries ("IR"); "" for the ONNX itself
     topk: int | None = None           # TopK ops in the graph, where the summary names them
     executed: dict | None = None      # what a runtime executed (OpenVINO: cpu, hint, layers by precision)
     notes: list[str] = field(default_factory=list)   # appended to the markdown report

@@ -61,7 +61,3 @@ def config_problem(config) -> str | None:
     if not (isinstance(config["keep_float"], list) and all(isinstance(m, str) and m for m in config["keep_float"])):
         return "keep_float is not a list of module names"
     return None
-
-
-def routing_of(config: dict) -> str:
-    return next(r for r, router in ROUTERS.items() if router == config["router"])

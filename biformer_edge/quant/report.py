@@ -43,17 +43,17 @@ def check_int8_graph(workdir: Path, graph: Int8Graph, routing: str, checks: dict
     ``int8_layers`` to ``checks``; returns the report's file names."""
     from ..fileio import write_file, write_json
 
-    q, where = graph.quantizer, graph.where
+    q = graph.quantizer
+    of, in_ = (f" of the {graph.graph}", f" in the {graph.graph}") if graph.graph else ("", "")
     if routing == "qar" and graph.into_topk:
-        raise UserError(f"internal check failed: {'a FakeQuantize' if q == 'FakeQuantize' else q} reaches the "
-                        f"router's TopK{' in the OpenVINO IR' if where else ''} ({graph.into_topk[0]}); report it "
-                        f"with --debug")
-    topk = f"the {graph.topk} TopK{where}" if graph.topk is not None else "TopK"
+        raise UserError(f"internal check failed: {q} reaches the router's TopK{in_} ({graph.into_topk[0]}); report "
+                        f"it with --debug")
+    topk = f"the {graph.topk} TopK{of}" if graph.topk is not None else "TopK"
     checks["router_island"] = {"ok": True, "summary": (
         f"no {q} on any path into {topk} (router FP32)" if routing == "qar" else
         f"--routing naive: {len(graph.into_topk)} {q} paths into {topk} (router quantized)")}
     summary = summarize(graph.rows)
-    text = (f"{summary['int8_layers']}/{summary['layers']} layers INT8 on both inputs{where.replace(' of', ' in')}, "
+    text = (f"{summary['int8_layers']}/{summary['layers']} layers INT8 on both inputs{in_}, "
             f"{summary['int8_weight_share']:.2%} of weight parameters")
     if graph.executed is not None:
         summary["executed"] = graph.executed

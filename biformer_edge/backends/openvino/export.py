@@ -245,7 +245,7 @@ def int8_graph(workdir: Path, precision_hint: str | None = None) -> Int8Graph:
             + ", ".join(f"{p} {n}" for p, n in ex["by_precision"].items())
             + f". i8/u8 are INT8 kernels; {fq} FakeQuantize in the IR.\n")
     return Int8Graph(rows=rows, into_topk=fake_quantize_into_topk(ov_model), quantizer="FakeQuantize",
-                     where=" of the IR", topk=sum(op.get_type_name() == "TopK" for op in ov_model.get_ordered_ops()),
+                     graph="IR", topk=sum(op.get_type_name() == "TopK" for op in ov_model.get_ordered_ops()),
                      executed=ex, notes=[note])
 
 
