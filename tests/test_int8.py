@@ -62,8 +62,8 @@ def test_qdq_graph_and_layer_report(jetson_int8):
     layers = json.loads((jetson_int8 / "layer_precision.json").read_text())
     rows = {r["layer"]: r for r in layers["layers"]}
     conv_seg = [r for name, r in rows.items() if "conv_seg" in name]
-    assert conv_seg and conv_seg[0]["input"] == "float" and conv_seg[0]["weight"] == "float"
-    assert all(not r["router"] or r["input"] == "float" for r in rows.values())   # the affinity MatMul stays float
+    assert conv_seg and conv_seg[0]["input"] == "fp16" and conv_seg[0]["weight"] == "fp16"   # float layers FP16
+    assert all(not r["router"] or r["input"] == "fp32" for r in rows.values())   # the affinity MatMul stays FP32
     assert layers["summary"]["int8_weight_share"] >= 0.9
 
 
@@ -81,7 +81,7 @@ def test_reference_stays_fp32(jetson_int8):
 def test_qar_keeps_layernorm_inputs_and_the_searched_layers_float(jetson_int8):
     rows = json.loads((jetson_int8 / "layer_precision.json").read_text())["layers"]
     floats = set(manifest(jetson_int8)["quantization"]["routing_search"]["float_layers"])
-    onnx_float = {r["module"] for r in rows if r["input"] == "float" and r["weight"] == "float"}
+    onnx_float = {r["module"] for r in rows if r["input"] in ("fp16", "fp32") and r["weight"] == r["input"]}
     assert floats <= onnx_float, floats - onnx_float
     proto = onnx.load(str(jetson_int8 / "model.onnx"))
     producers = {o: n for n in proto.graph.node for o in n.output}

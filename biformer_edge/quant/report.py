@@ -22,14 +22,17 @@ def summarize(rows: list[dict]) -> dict:
     return {"layers": len(rows), "int8_layers": sum(r["input"] == "int8" and r["weight"] == "int8" for r in rows),
             "weight_params": total, "int8_weight_params": both,
             "int8_weight_share": round(both / total, 6) if total else 0.0,
+            "layers_by_input": {p: sum(r["input"] == p for r in rows) for p in sorted({r["input"] for r in rows})},
             "float_layers_with_weights": [r["layer"] for r in weights if not (r["input"] == r["weight"] == "int8")]}
 
 
 def render_markdown(rows: list[dict], summary: dict) -> str:
     executed = any("executed" in r for r in rows)
     head = "| layer | op | input | weight | weight params | router |" + (" executed |" if executed else "")
+    by_input = ", ".join(f"{p.upper()} {n}" for p, n in summary["layers_by_input"].items())
     lines = [f"# Layer precision ({summary['int8_layers']}/{summary['layers']} layers INT8 on both inputs, "
-             f"{summary['int8_weight_share']:.2%} of weight parameters)", "", head,
+             f"{summary['int8_weight_share']:.2%} of weight parameters)", "", f"Layers by input precision: {by_input}.",
+             "", head,
              "|---" * (7 if executed else 6) + "|"]
     for r in rows:
         lines.append(f"| {r['layer']} | {r['op']} | {r['input']} | {r['weight']} | {r['weight_params']} | "

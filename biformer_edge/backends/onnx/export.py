@@ -148,12 +148,32 @@ def module_path(node_name: str) -> str:
     return path
 
 
+def tensor_types(proto) -> dict[str, int]:
+    """Element type of every tensor of ``proto`` (inputs, outputs, initializers, inferred intermediates)."""
+    import onnx
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    graph = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)}
+    types.update({init.name: init.data_type for init in graph.initializer})
+    for node in graph.node:   # Constant nodes' outputs are not in value_info after inference in every onnx version
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = attr.t.data_type
+    return types
+
+
 def layer_precision(proto) -> list[dict]:
-    """One row per Conv/MatMul/Gemm of ``proto``: name, op, input and weight precision, weight params, router."""
+    """One row per Conv/MatMul/Gemm of ``proto``: name, op, input and weight precision ("int8" behind a Q/DQ pair,
+    else the tensor's own type: "fp16" or "fp32"), weight params, router."""
+    import onnx
     from onnx import numpy_helper
     graph = proto.graph
     producers = _producers(graph)
     sizes = {init.name: int(numpy_helper.to_array(init).size) for init in graph.initializer}
+    types = tensor_types(proto)
+    float_names = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.FLOAT: "fp32",
+                   onnx.TensorProto.BFLOAT16: "bf16"}
 
     def precision(tensor: str) -> tuple[str, int]:
         node = _source(tensor, producers)
@@ -161,7 +181,7 @@ def layer_precision(proto) -> list[dict]:
             q = _source(node.input[0], producers)
             weight = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else node.input[0]
             return "int8", sizes.get(weight, 0)
-        return "float", sizes.get(tensor, 0) if node is None else 0
+        return float_names.get(types.get(tensor), "?"), sizes.get(tensor, 0) if node is None else 0
 
     rows = []
     for node in graph.node:
