@@ -12,7 +12,8 @@
 #
 # Settings (environment): CSI_WIDTH x CSI_HEIGHT at CSI_FPS from sensor CSI_SENSOR (flip CSI_FLIP), recorded for
 # DURATION seconds (the run stops by itself: Ctrl-C discards the recording). PYTHON: an interpreter whose OpenCV has
-# GStreamer -- JetPack's python3 with python3-opencv; pip's opencv-python wheels do not.
+# GStreamer -- JetPack's python3 with its libopencv-python (or a venv made with --system-site-packages, as the
+# README's "On the Jetson" sets up); pip's opencv-python wheels have no GStreamer.
 # For steady numbers: sudo nvpmodel -m 0 && sudo jetson_clocks. Camera will not open: sudo systemctl restart
 # nvargus-daemon.
 set -euo pipefail

@@ -27,13 +27,23 @@ it, so the demo runs from a checkout or wherever biformer-edge is installed.
 import sys
 from pathlib import Path
 
-try:
-    from biformer_edge.video import main
-except ModuleNotFoundError as exc:  # run from a checkout without `pip install -e .`: use the checkout's package
-    if exc.name != "biformer_edge":
-        raise
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from biformer_edge.video import main
+
+def load_main():
+    try:
+        from biformer_edge.video import main
+    except ModuleNotFoundError as exc:  # run from a checkout without `pip install -e .`: use the checkout's package
+        if exc.name != "biformer_edge":
+            raise
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from biformer_edge.video import main
+    return main
+
 
 if __name__ == "__main__":
+    try:
+        main = load_main()
+    except ModuleNotFoundError as exc:  # e.g. no OpenCV here: the one line saying what to install, before any work
+        from biformer_edge.console import missing_library_line
+        print(missing_library_line(exc), file=sys.stderr)
+        sys.exit(2)
     main()

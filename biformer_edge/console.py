@@ -27,9 +27,20 @@ DEBUG_ENV = "BIFORMER_EDGE_DEBUG"
 # What to install for a missing library: the backends' table, plus what the tools themselves use.
 INSTALL_HINTS = {
     **install_hints(),
-    "torch": "pip install torch (exporting and --data re-references need PyTorch; re-checking an artifact does not)",
+    "torch": "pip install 'biformer-edge[export]' (exporting and --data re-references need PyTorch; re-checking an "
+             "artifact does not)",
+    # Not pip's OpenCV on a Jetson: it would shadow JetPack's, whose GStreamer the CSI camera needs.
+    "cv2": "on a Jetson JetPack's OpenCV (sudo apt install libopencv-python, in a venv made with "
+           "--system-site-packages); elsewhere pip install 'biformer-edge[device]'",
     "matplotlib": "pip install 'biformer-edge[apps]'",
 }
+
+
+def missing_library_line(exc: ModuleNotFoundError) -> str:
+    """The one line for a library a command needs and this machine lacks: its name and how to install it."""
+    missing = (exc.name or str(exc)).split(".")[0]
+    hint = INSTALL_HINTS.get(missing, f"pip install {missing}")
+    return f"error: {missing} is not installed, and this command needs it: {hint}"
 
 
 class Terminated(KeyboardInterrupt):
@@ -128,9 +139,7 @@ def error_boundary(main):
         except ModuleNotFoundError as exc:  # a library this command needs is not installed here
             if debug:
                 traceback.print_exc()
-            missing = (exc.name or str(exc)).split(".")[0]
-            hint = INSTALL_HINTS.get(missing, f"pip install {missing}")
-            print(f"error: {missing} is not installed, and this command needs it: {hint}", file=sys.stderr)
+            print(missing_library_line(exc), file=sys.stderr)
             code = 2
         except OSError as exc:
             if debug:
