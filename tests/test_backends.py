@@ -38,7 +38,7 @@ def test_sessions_and_export_modules_load_by_name():
 
 def test_options_an_export_records():
     assert targets.check_options("jetson", "fp16", {"dla_core": None, "build": None}) == {"workspace_mib": 2048}
-    assert targets.check_options("jetson", "int8", {"dla_core": 1}) == {"workspace_mib": 2048, "dla_core": 1}
+    assert targets.check_options("jetson", "int8", {"workspace_mib": 512}) == {"workspace_mib": 512}
     assert targets.check_options("openvino", "fp32", {}) == {}                  # --cpu changes INT8 only
     assert targets.check_options("onnx", "int8", {}) == {"cpu": "portable"}
     assert targets.check_options("coreml", "int8", {"weights_8bit": True}) == {"ios": 16, "weights_8bit": True}
@@ -48,8 +48,8 @@ def test_options_an_export_records():
 
 @pytest.mark.parametrize("target, precision, given, message", [
     ("jetson", "fp16", {"workspace_mib": 10, "dla_core": 5}, "--workspace-mib must be a whole number of MiB >= 64"),
-    ("jetson", "fp32", {"dla_core": 5}, "--dla-core must be 0 or 1"),
-    ("jetson", "fp32", {"dla_core": 0}, "DLA runs only FP16/INT8"),
+    ("jetson", "fp16", {"dla_core": 0}, "--dla-core: DLA is not offered for BiFormer"),   # docs/tensorrt.md#dla
+    ("jetson", "int8", {"dla_core": 1}, "16 per core"),
     ("tensorrt", "fp16", {"dla_core": 0}, r"--dla-core does not apply to --target tensorrt \(its options: "
                                           r"--workspace-mib, --build\)"),
     ("onnx", "fp32", {"cpu": "vnni"}, "--cpu only changes INT8 exports"),

@@ -123,7 +123,7 @@ def test_tampered_artifact_is_rejected(onnx_artifact, tmp_path):
     (["--target", "onnx", "--checkpoint", "/nonexistent.pth"], "does not exist"),
     (["--target", "onnx", "--input-size", "16", "16"], "below the minimum"),
     (["--target", "onnx", "--dla-core", "0"], "--dla-core does not apply to --target onnx"),
-    (["--target", "jetson", "--dla-core", "3"], "--dla-core must be 0 or 1"),
+    (["--target", "jetson", "--dla-core", "0"], "DLA is not offered for BiFormer"),
     (["--target", "onnx", "--calib", "x"], "only apply to --int8"),
     (["--target", "onnx", "--batch", "0"], "--batch: must be >= 1"),
     (["--target", "jetson", "--workspace-mib", "-5"], "--workspace-mib: must be >= 1"),
@@ -192,11 +192,11 @@ def test_console_script_runs_as_a_process(tmp_path):
 
 def test_jetson_fp16_artifact(checkpoint, tmp_path):
     out = tmp_path / "jetson"
-    assert run_cli(export_main, export_args(checkpoint, out, "jetson", "--dla-core", "0")) == 0
+    assert run_cli(export_main, export_args(checkpoint, out, "jetson")) == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["precision"] == "fp16" and m["checks"]["tensorrt_onnx"]["ok"]
     assert {"model.onnx", "build_engine.sh", "build_engine.py"} <= set(m["files"])
-    assert "--useDLACore" in (out / "build_engine.sh").read_text()
+    assert "--stronglyTyped" in (out / "build_engine.sh").read_text()
     report = json.loads((out / "parity.json").read_text())
     assert report["backends"]["onnxruntime"]["verdict"] == "pass"
     assert report["backends"]["tensorrt"]["verdict"] == "skipped"

@@ -186,7 +186,7 @@ def export_int8(model, workdir, target="jetson", options=None, **kw):
 @pytest.fixture(scope="module", params=["fp32", "fp16", "int8"])
 def artifact(request, model, tmp_path_factory):
     workdir = tmp_path_factory.mktemp(f"trt-{request.param}")
-    options = {"dla_core": 0, "workspace_mib": 1024}
+    options = {"workspace_mib": 1024}
     if request.param == "int8":
         return "int8", workdir, export_int8(model, workdir, options=options)[1]
     ctx = ExportContext(workdir=workdir, target="jetson", precision=request.param, input_shape=INPUT_SHAPE,
@@ -211,7 +211,9 @@ def test_export_writes_checked_onnx_and_scripts(artifact):
         assert "images' 1x3x128x128" in text
 
 
-def test_fp16_export_keeps_the_router_fp32(artifact):
+def test_export_keeps_the_router_and_layernorm_fp32(artifact):
+    """FP32 input and outputs for every precision; in the mixed precision FP16/INT8 graphs the router island (each
+    TopK and what feeds it) starts at Casts to FLOAT and every LayerNormalization computes in FP32."""
     precision, workdir, _ = artifact
     model = shape_inference.infer_shapes(onnx.load(str(workdir / "model.onnx")))
     g = model.graph
@@ -219,10 +221,12 @@ def test_fp16_export_keeps_the_router_fp32(artifact):
     producer = {o: n for n in g.node for o in n.output}
     topks = [n for n in g.node if n.op_type == "TopK"]
     assert len(topks) == 4                                             # one per BRA block
-    assert types["images"] == (TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT)
+    assert types["images"] == TensorProto.FLOAT and types[g.output[0].name] == TensorProto.FLOAT
+    for norm in (n for n in g.node if n.op_type == "LayerNormalization"):
+        assert types[norm.input[0]] == TensorProto.FLOAT, norm.name
     for topk in topks:
         assert types[topk.input[0]] == TensorProto.FLOAT, topk.name
-        if precision == "fp16":                                        # the island starts at a Cast to FLOAT
+        if precision != "fp32":                                        # the island starts at a Cast to FLOAT
             seen, stack, casts = set(), [topk.input[0]], []
             while stack:
                 node = producer.get(stack.pop())
@@ -260,46 +264,127 @@ LAYER_INFO = {"Layers": [
                  {"Name": "i", "Format/Datatype": "Row major linear Int32 format (kLINEAR)"}]}],
     "Bindings": ["images", "logits"]}
 
-FAKE_TRTEXEC = """#!/usr/bin/env bash
-echo "&&&& RUNNING TensorRT.trtexec [TensorRT v{banner}] [b1] # trtexec $*"
-[ "$1" = --version ] && exit 0
-printf '%s\\n' "$@" > "{log}"
-for a in "$@"; do case "$a" in
-    --saveEngine=*) echo plan > "${{a#--saveEngine=}}";;
-    --exportLayerInfo=*) cat > "${{a#--exportLayerInfo=}}" <<'JSON'
-{layers}
-JSON
-;;
-esac; done
-"""
+# trtexec stand-ins, one per TensorRT release a Jetson carries, each holding that release's own rules:
+# - the banner '&&&& RUNNING TensorRT.trtexec [TensorRT vN]' comes first, before any option is parsed
+#   (samples/common/logging.h defineTest, samples/trtexec/trtexec.cpp main; ' [bBUILD]' appended from v10.4.0 on);
+#   N = NV_TENSORRT_VERSION: MAJOR*1000+MINOR*100+PATCH on 8.x (include/NvInferRuntimeBase.h v8.6.1,
+#   NvInferRuntimeCommon.h 8.5.3), MAJOR*10000+MINOR*100+PATCH from 10.0 (NV_TENSORRT_VERSION_INT, v10.3.0, v11.1);
+# - an option it does not parse fails the run ('Unknown option: ...', trtexec.cpp v8.6.1): the options parsed are
+#   those of samples/common/sampleOptions.cpp at the tag (8.5.3/8.6.1: no --stronglyTyped; 10.x adds it; 11.1 has no
+#   --fp16, --best, --precisionConstraints, --layerPrecisions);
+# - the ONNX parser reads opsets up to 17 on 8.5/8.6 (onnx-tensorrt release/8.5-GA, 8.6-GA docs/operators.md) and to
+#   at least 20 from 10.0 (release/10.0-GA); LayerNormalization is 'N' in the 8.5 matrix, 'Y' from 8.6;
+# - --useDLACore on 10.0-10.7 sets kFP16 and kPREFER_PRECISION_CONSTRAINTS (sampleEngines.cpp v10.3.0, DLA block), and
+#   a strongly typed network refuses kFP16 at build (NVIDIA/TensorRT#4253); 10.8-11.3 have no DLA, so
+#   getNbDLACores() is 0 ('Cannot create DLA engine, 0 not available').
+FAKE_TRTEXEC = r'''#!{python}
+import json, sys
+import onnx
+VERSION, BUILD, LOG, LAYERS = {version!r}, {build!r}, {log!r}, {layers!r}
+major, minor, patch = VERSION
+number = major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
+print(f"&&&& RUNNING TensorRT.trtexec [TensorRT v{{number}}]" + (f" [b{{BUILD}}]" if VERSION >= (10, 4, 0) else "")
+      + " # trtexec " + " ".join(sys.argv[1:]))
+with open(LOG + ".calls", "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\n")
+known = {{"--onnx", "--saveEngine", "--timingCacheFile", "--memPoolSize", "--skipInference", "--profilingVerbosity",
+         "--exportLayerInfo", "--noTF32", "--fp16", "--int8", "--best", "--useDLACore", "--allowGPUFallback",
+         "--precisionConstraints", "--layerPrecisions"}}
+if major >= 10:
+    known |= {{"--stronglyTyped"}}
+if major >= 11:
+    known -= {{"--fp16", "--best", "--precisionConstraints", "--layerPrecisions"}}
+args = dict(a.split("=", 1) if "=" in a else (a, "") for a in sys.argv[1:])
+unknown = [a for a in args if a not in known]
+if unknown:
+    print(f"[E] Unknown option: {{unknown[0]}}")
+    sys.exit(1)
+with open(LOG, "w") as f:
+    f.write("\n".join(sys.argv[1:]) + "\n")
+model = onnx.load(args["--onnx"])
+opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+if opset > (17 if major < 10 else 20):
+    print(f"[E] [TRT] ModelImporter: unsupported opset {{opset}}")
+    sys.exit(1)
+if VERSION < (8, 6, 0) and any(n.op_type == "LayerNormalization" for n in model.graph.node):
+    print("[E] [TRT] No importer registered for op: LayerNormalization")
+    sys.exit(1)
+if "--useDLACore" in args:
+    if (10, 8, 0) <= VERSION < (11, 4, 1):
+        print(f"[E] Cannot create DLA engine, {{args['--useDLACore']}} not available")
+        sys.exit(1)
+    if major == 10 and "--stronglyTyped" in args:
+        print("[E] Error Code 3: API Usage Error (Parameter check failed, condition: "
+              "!config.getFlag(BuilderFlag::kFP16). )")
+        sys.exit(1)
+with open(args["--saveEngine"], "w") as f:
+    f.write("plan")
+if "--exportLayerInfo" in args:
+    with open(args["--exportLayerInfo"], "w") as f:
+        f.write(LAYERS)
+'''
+
+# (version, build, JetPack it ships with)
+TRT_RELEASES = {"8.5.2": ((8, 5, 2), 2, "JetPack 5.1"), "8.6.2": ((8, 6, 2), 3, "JetPack 6.0"),
+                "10.3.0": ((10, 3, 0), 26, "JetPack 6.1/6.2"), "10.16.0": ((10, 16, 0), 72, "JetPack 7"),
+                "11.1.0": ((11, 1, 0), 106, "JetPack 7")}
 
 
-@pytest.mark.parametrize("banner, strongly, dla", [("100300", True, True), ("101300", True, False),
-                                                   ("110300", False, False), ("110401", False, True)])
-def test_build_sh_flags_per_tensorrt_version(artifact, tmp_path, banner, strongly, dla):
-    """FP16 and INT8 (explicit Q/DQ) build --stronglyTyped on TensorRT 10 and with no precision flag at all on 11
-    (strongly typed only); never --fp16/--int8/--best/--calib; DLA where the version has it; the per-layer precision
-    report next to the engine."""
-    precision, workdir, _ = artifact
+def fake_trtexec(tmp_path, release: str):
+    """A trtexec stand-in of ``release`` (TRT_RELEASES) and the file it logs its build arguments to."""
+    version, build, _ = TRT_RELEASES[release]
     log = tmp_path / "args"
     fake = tmp_path / "trtexec"
-    fake.write_text(FAKE_TRTEXEC.format(banner=banner, log=log, layers=json.dumps(LAYER_INFO)))
+    fake.write_text(FAKE_TRTEXEC.format(python=sys.executable, version=version, build=build, log=str(log),
+                                        layers=json.dumps(LAYER_INFO)))
     fake.chmod(0o755)
+    return fake, log
+
+
+def copied_artifact(workdir, tmp_path):
     import shutil
     art = tmp_path / "art"
     shutil.copytree(workdir, art)
+    return art
+
+
+# What build_engine.sh must do with each artifact on each release: the flags of a strongly typed or weakly typed
+# build, or a one-line refusal naming the JetPack. FP32 builds weakly typed (no precision flag: all FP32).
+EXPECTED_SH = {("8.5.2", p): ("refused", "JetPack 5") for p in ("fp32", "fp16", "int8")}
+EXPECTED_SH.update({("8.6.2", "fp32"): ("weakly typed", None), ("8.6.2", "fp16"): ("refused", "JetPack 6.0"),
+                    ("8.6.2", "int8"): ("refused", "opset 17")})
+EXPECTED_SH.update({(r, p): ("weakly typed" if p == "fp32" else "strongly typed", None)
+                    for r in ("10.3.0", "10.16.0") for p in ("fp32", "fp16", "int8")})
+EXPECTED_SH.update({("11.1.0", p): ("strongly typed", None) for p in ("fp32", "fp16", "int8")})
+
+
+@pytest.mark.parametrize("release", list(TRT_RELEASES))
+def test_build_sh_per_tensorrt_release(artifact, tmp_path, release):
+    """build_engine.sh reads the release from trtexec's banner and passes only what that trtexec parses and builds:
+    --stronglyTyped for FP16/INT8 on 10.x, no precision flag on 11.x (strongly typed only) or for FP32, --skipInference,
+    --noTF32; never --fp16/--int8/--best/--calib or precision constraints. Where the release cannot build the artifact
+    as exported it refuses in one line (exit 2) without running a build."""
+    precision, workdir, _ = artifact
+    art = copied_artifact(workdir, tmp_path)
+    fake, log = fake_trtexec(tmp_path, release)
     run = subprocess.run([str(art / "build_engine.sh"), "--trtexec", str(fake), "--workspace", "512"],
                          capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    mode, words = EXPECTED_SH[(release, precision)]
+    if mode == "refused":
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+        assert words in run.stderr and "JetPack" in run.stderr, run.stderr
+        assert not log.exists() and not (art / "model.engine").exists()
+        return
+    assert run.returncode == 0, run.stdout + run.stderr      # the stand-in accepted every option and built
+    assert f"TensorRT {release} " in run.stdout and f"{mode} build" in run.stdout
     args = log.read_text().split()
     assert f"--onnx={art}/model.onnx" in args and f"--saveEngine={art}/model.engine" in args
     assert "--memPoolSize=workspace:512" in args and f"--timingCacheFile={art}/timing.cache" in args
-    assert not any(a.startswith(("--calib", "--fp16", "--int8", "--best", "--precisionConstraints")) for a in args)
-    assert ("--stronglyTyped" in args) == (strongly and precision != "fp32")
-    assert ("--useDLACore=0" in args) == ("--allowGPUFallback" in args) == (dla and precision != "fp32")
+    assert "--skipInference" in args and "--noTF32" in args
+    assert not any(a.startswith(("--calib", "--fp16", "--int8", "--best", "--precisionConstraints", "--layerPrecisions",
+                                 "--useDLACore", "--allowGPUFallback")) for a in args)
+    assert ("--stronglyTyped" in args) == (mode == "strongly typed" and not release.startswith("11."))
     assert "--profilingVerbosity=detailed" in args and f"--exportLayerInfo={art}/engine_layers.json" in args
-    if not dla:
-        assert "no DLA support" in run.stderr
     assert "biformer-parity" in run.stdout and (art / "model.engine").is_file()
     assert json.loads((art / "engine_layers.json").read_text()) == LAYER_INFO
     report = (art / "engine_layers.txt").read_text()
@@ -307,15 +392,66 @@ def test_build_sh_flags_per_tensorrt_version(artifact, tmp_path, banner, strongl
     assert "engine_layers.txt (per-layer precision)" in run.stdout
 
 
-def test_build_logic_helpers():
+@pytest.mark.parametrize("release", ["10.3.0", "11.1.0"])
+def test_build_sh_refuses_dla_in_one_line_before_running_trtexec(artifact, tmp_path, release):
+    """On 10.3 trtexec --useDLACore with the --stronglyTyped build these graphs need fails (the stand-in holds that
+    rule); 11.1 has no DLA. The script says why in one line and runs nothing."""
+    precision, workdir, _ = artifact
+    if precision != "fp16":
+        pytest.skip("one artifact is enough")
+    art = copied_artifact(workdir, tmp_path)
+    fake, log = fake_trtexec(tmp_path, release)
+    run = subprocess.run([str(art / "build_engine.sh"), "--trtexec", str(fake), "--dla-core", "0"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "DLA is not offered" in run.stderr
+    assert "16 per core" in run.stderr and not (tmp_path / "args.calls").exists()
+    direct = subprocess.run([str(fake), f"--onnx={art}/model.onnx", f"--saveEngine={tmp_path}/e", "--stronglyTyped",
+                             "--useDLACore=0", "--allowGPUFallback"], capture_output=True, text=True)
+    assert direct.returncode == 1 and ("kFP16" in direct.stdout or "not available" in direct.stdout)
+
+
+def test_build_sh_caps_the_workspace_to_the_machine_memory(artifact, tmp_path):
+    precision, workdir, _ = artifact
+    if precision != "fp32":
+        pytest.skip("one artifact is enough")
     mod = load_build_module()
-    assert mod.parse_version("10.3.0.26") == (10, 3, 0)
-    assert mod.parse_version("100300") == (10, 3, 0) and mod.parse_version("8601") == (8, 6, 0)
-    assert mod.dla_supported((10, 3, 0)) and not mod.dla_supported((10, 8, 0))
-    assert not mod.dla_supported((11, 3, 0)) and mod.dla_supported((11, 4, 1))
-    assert mod.strongly_typed((11, 0, 0), "fp32") and mod.strongly_typed((10, 3, 0), "fp16")
-    assert mod.strongly_typed((10, 3, 0), "int8") and mod.strongly_typed((11, 4, 1), "int8")
-    assert not mod.strongly_typed((10, 3, 0), "fp32")
+    total = mod.memory_total_mib()
+    if total is None:
+        pytest.skip("no /proc/meminfo here")
+    art = copied_artifact(workdir, tmp_path)
+    fake, log = fake_trtexec(tmp_path, "10.3.0")
+    huge = total * 10
+    run = subprocess.run([str(art / "build_engine.sh"), "--trtexec", str(fake), "--workspace", str(huge)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert f"--memPoolSize=workspace:{total // 4}" in log.read_text().split()
+    assert f"workspace {huge} MiB capped to {total // 4} MiB" in run.stdout
+    bad = subprocess.run([str(art / "build_engine.sh"), "--trtexec", str(fake), "--workspace", "lots"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "whole number of MiB" in bad.stderr
+
+
+def test_build_logic_helpers(tmp_path):
+    mod = load_build_module()
+    assert mod.parse_version("10.3.0.26") == (10, 3, 0) and mod.parse_version("8.6.2.3") == (8, 6, 2)
+    assert mod.parse_version("8602") == (8, 6, 2) and mod.parse_version("8503") == (8, 5, 3)   # 8: M*1000+m*100+p
+    assert mod.parse_version("100300") == (10, 3, 0) and mod.parse_version("101600") == (10, 16, 0)
+    assert mod.parse_version("110100") == (11, 1, 0)
+    with pytest.raises(ValueError):
+        mod.parse_version("86")
+    for release, precision in EXPECTED_SH:
+        mode, words = EXPECTED_SH[(release, precision)]
+        if mode == "refused":
+            with pytest.raises(mod.BuildRefused, match=words) as info:
+                mod.build_mode(TRT_RELEASES[release][0], precision)
+            assert "\n" not in str(info.value)
+        else:
+            assert mod.build_mode(TRT_RELEASES[release][0], precision) == mode, (release, precision)
+    assert mod.fit_workspace(2048, 3600, log=lambda m: None) == 900       # Orin Nano 4GB: a quarter of MemTotal
+    assert mod.fit_workspace(2048, 62000, log=lambda m: None) == 2048
+    assert mod.fit_workspace(2048, None, log=lambda m: None) == 2048
+    (tmp_path / "meminfo").write_text("MemTotal:        7964584 kB\nMemFree:          123 kB\n")
+    assert mod.memory_total_mib(tmp_path / "meminfo") == 7777 and mod.memory_total_mib(tmp_path / "none") is None
 
 
 def test_int8_artifact_carries_the_quantized_program(artifact, tmp_path):
@@ -350,29 +486,51 @@ def test_quantized_program_counts_router_quantizers(model, tmp_path, routing, in
     qmodel, _ = quantized(model, shape=shape, routing=routing)
     found = btrt_export.export_quantized_program(qmodel, shape, tmp_path / "model.pt2")
     assert found["router_quantize_ops"] == in_router and found["quantize_ops"] > 80   # QAR keeps LN inputs float
+    import torch
+    from torch._export.serde.schema import SCHEMA_VERSION  # what the device's torch is compared with
+    assert found["schema_version"] == "{}.{}".format(*SCHEMA_VERSION) and found["torch_version"] == torch.__version__
     assert (tmp_path / "model.pt2").stat().st_size > 0
 
 
 def fake_builder_tensorrt(version: str, seen: dict):
-    """A stand-in 'tensorrt' with what build_engine() calls: builder, network flags, config, parser, runtime and the
-    engine inspector (whose JSON is LAYER_INFO when the config asked for DETAILED verbosity). TensorRT 11 has no
-    precision builder flags at all."""
+    """A stand-in 'tensorrt' of ``version`` with what build_engine() calls, holding that release's rules:
+    - NetworkDefinitionCreationFlag (include/NvInfer.h): 8.6 {EXPLICIT_BATCH: 0, EXPLICIT_PRECISION: 1}; 10.x
+      {EXPLICIT_BATCH: 0 (ignored), STRONGLY_TYPED: 1}; 11.1 {STRONGLY_TYPED: 0 (deprecated, ignored)}, no
+      EXPLICIT_BATCH; 8.6's ONNX parser refuses a network without EXPLICIT_BATCH (onnx-tensorrt release/8.6-GA
+      ModelImporter.cpp) and opsets above 17 (docs/operators.md);
+    - BuilderFlag: 11.x has no FP16, INT8, PREFER/OBEY_PRECISION_CONSTRAINTS; a strongly typed 10.x network fails
+      the build with FP16/INT8 set ('condition: !config.getFlag(BuilderFlag::kFP16)', NVIDIA/TensorRT#4253);
+    - IBuilderConfig::setTimingCache returns false for a cache of another device (include/NvInfer.h), here a blob
+      that does not start with this device's tag;
+    - the inspector's JSON is LAYER_INFO when the config asked for DETAILED verbosity."""
+    release = tuple(int(p) for p in version.split(".")[:3])
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 5})
+    creation = ({"EXPLICIT_BATCH": 0, "EXPLICIT_PRECISION": 1} if release < (10,) else
+                {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if release < (11,) else {"STRONGLY_TYPED": 0})
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", creation)
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
-    trt.BuilderFlag = enum.Enum("BuilderFlag", "TF32 GPU_FALLBACK" + (" FP16 INT8" if version < "11" else ""))
+    precision_flags = " FP16 INT8 PREFER_PRECISION_CONSTRAINTS OBEY_PRECISION_CONSTRAINTS" if release < (11,) else ""
+    trt.BuilderFlag = enum.Enum("BuilderFlag", "TF32 GPU_FALLBACK" + precision_flags)
     trt.ProfilingVerbosity = enum.Enum("ProfilingVerbosity", "LAYER_NAMES_ONLY DETAILED NONE")
     trt.LayerInformationFormat = enum.Enum("LayerInformationFormat", "ONELINE JSON")
     trt.DeviceType = enum.Enum("DeviceType", "GPU DLA")
+    device_tag = b"this-device:"
+
+    class TimingCache:
+        def __init__(self, data):
+            self.data = data
+
+        def serialize(self):
+            return device_tag + b"tactics"
 
     class Config:
         profiling_verbosity = trt.ProfilingVerbosity.LAYER_NAMES_ONLY
         default_device_type = trt.DeviceType.GPU
 
         def __init__(self):
-            self.flags, self.cleared = set(), set()
+            self.flags, self.cleared, self.cache = set(), set(), None
             seen["config"] = self
 
         def set_memory_pool_limit(self, pool, size):
@@ -385,13 +543,20 @@ def fake_builder_tensorrt(version: str, seen: dict):
             self.cleared.add(flag)
 
         def create_timing_cache(self, data):
-            return data
+            return TimingCache(data)
 
         def set_timing_cache(self, cache, ignore_mismatch):
-            pass
+            if cache.data and not cache.data.startswith(device_tag) and not ignore_mismatch:
+                return False
+            self.cache = cache
+            return True
 
         def get_timing_cache(self):
-            return types.SimpleNamespace(serialize=lambda: b"cache")
+            return self.cache
+
+    class Network:
+        def __init__(self, flags):
+            self.flags = flags
 
     class Builder:
         def __init__(self, logger):
@@ -399,13 +564,37 @@ def fake_builder_tensorrt(version: str, seen: dict):
 
         def create_network(self, flags):
             seen["network_flags"] = flags
-            return object()
+            return Network(flags)
 
         def create_builder_config(self):
             return Config()
 
         def build_serialized_network(self, network, config):
+            strongly = "STRONGLY_TYPED" in creation and network.flags & (1 << creation["STRONGLY_TYPED"])
+            if strongly and release < (11,) and {f.name for f in config.flags} & {"FP16", "INT8"}:
+                seen["error"] = "API Usage Error (Parameter check failed, condition: !config.getFlag(kFP16))"
+                return None
             return b"plan"
+
+    class Parser:
+        def __init__(self, network, logger):
+            self.network, self.errors = network, []
+
+        def parse_from_file(self, path):
+            if release < (10,) and not self.network.flags & (1 << creation["EXPLICIT_BATCH"]):
+                self.errors.append("This version of the ONNX parser only supports TensorRT INetworkDefinitions with "
+                                   "an explicit batch dimension")
+            opset = max(o.version for o in onnx.load(path).opset_import if o.domain in ("", "ai.onnx"))
+            if opset > (17 if release < (10,) else 20):
+                self.errors.append(f"unsupported opset {opset}")
+            return not self.errors
+
+        @property
+        def num_errors(self):
+            return len(self.errors)
+
+        def get_error(self, i):
+            return self.errors[i]
 
     class Inspector:
         def get_engine_information(self, fmt):
@@ -420,39 +609,184 @@ def fake_builder_tensorrt(version: str, seen: dict):
         def deserialize_cuda_engine(self, data):
             return types.SimpleNamespace(create_engine_inspector=Inspector) if data == b"plan" else None
 
-    trt.Builder, trt.Runtime = Builder, Runtime
-    trt.OnnxParser = type("OnnxParser", (), {"__init__": lambda self, network, logger: None,
-                                             "parse_from_file": lambda self, path: True})
+    trt.Builder, trt.Runtime, trt.OnnxParser = Builder, Runtime, Parser
     return trt
 
 
-@pytest.mark.parametrize("version, precision, dla_core", [("10.3.0", "int8", 0), ("10.3.0", "fp32", None),
-                                                          ("11.4.1", "int8", 0), ("11.0.0", "int8", None),
-                                                          ("10.13.0", "int8", 0)])
-def test_python_build_is_strongly_typed_and_writes_layer_precisions(tmp_path, monkeypatch, version, precision,
-                                                                    dla_core):
+@pytest.mark.parametrize("release, precision", list(EXPECTED_SH))
+def test_python_build_per_tensorrt_release(tmp_path, monkeypatch, release, precision):
+    """build_engine() creates the network each release needs (EXPLICIT_BATCH on 8.6, STRONGLY_TYPED for FP16/INT8 on
+    10.x, nothing on 11.x), sets no precision flag, and refuses in one line what build_engine.sh refuses."""
     seen = {}
-    fake_tensorrt = fake_builder_tensorrt(version, seen)
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)
+    fake = fake_builder_tensorrt(release, seen)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
     mod = load_build_module()
-    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    onnx.save(topk_model(opset=19 if precision == "int8" else 17), str(tmp_path / "model.onnx"))
     (tmp_path / "engine_layers.txt").write_text("an earlier engine\n")
     messages = []
-    engine = mod.build_engine(tmp_path / "model.onnx", tmp_path / "model.engine", precision, dla_core,
+    mode, words = EXPECTED_SH[(release, precision)]
+    if mode == "refused":
+        with pytest.raises(mod.BuildRefused, match=words):
+            mod.build_engine(tmp_path / "model.onnx", tmp_path / "model.engine", precision, log=messages.append)
+        assert "network_flags" not in seen and not (tmp_path / "model.engine").exists()
+        return
+    engine = mod.build_engine(tmp_path / "model.onnx", tmp_path / "model.engine", precision,
                               timing_cache=tmp_path / "timing.cache", log=messages.append)
-    assert engine.read_bytes() == b"plan"
+    assert engine.read_bytes() == b"plan" and "error" not in seen      # the stand-in parsed and built it
+    flags = seen["network_flags"]
+    names = {f.name for f in fake.NetworkDefinitionCreationFlag if flags & (1 << f.value)}
+    expected = {"EXPLICIT_BATCH"} if release.startswith("8.") else set()
+    if mode == "strongly typed" and release.startswith("10."):
+        expected.add("STRONGLY_TYPED")
+    assert names == expected, names
     config = seen["config"]
-    strongly = bool(seen["network_flags"] & (1 << 5))
-    assert strongly == (precision != "fp32" or version >= "11")
-    assert not {f.name for f in config.flags} & {"FP16", "INT8"}          # never implicit precision / calibration
-    assert config.profiling_verbosity == fake_tensorrt.ProfilingVerbosity.DETAILED
-    on_dla = config.default_device_type == fake_tensorrt.DeviceType.DLA
-    assert on_dla == (dla_core is not None and mod.dla_supported(mod.parse_version(version)))
-    assert on_dla == (fake_tensorrt.BuilderFlag.GPU_FALLBACK in config.flags)
+    assert not {f.name for f in config.flags} & {"FP16", "INT8", "PREFER_PRECISION_CONSTRAINTS"}
+    assert config.default_device_type == fake.DeviceType.GPU and "TF32" in {f.name for f in config.cleared}
+    assert config.profiling_verbosity == fake.ProfilingVerbosity.DETAILED
+    assert any(f"{mode} build" in m for m in messages)
     assert json.loads((tmp_path / "engine_layers.json").read_text()) == LAYER_INFO
     report = (tmp_path / "engine_layers.txt").read_text()
     assert "an earlier engine" not in report and "[router]" in report
     assert any("router layers with INT8 inputs: 0 of 1" in m for m in messages)
+
+
+def test_python_build_refuses_dla_and_old_releases_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_builder_tensorrt("10.3.0", {}))
+    mod = load_build_module()
+    onnx.save(topk_model(), str(tmp_path / "model.onnx"))
+    common = ["--onnx", str(tmp_path / "model.onnx"), "--engine", str(tmp_path / "model.engine"),
+              "--timing-cache", str(tmp_path / "timing.cache")]
+    assert mod.main([*common, "--precision", "fp16", "--dla-core", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "DLA is not offered" in err and not (tmp_path / "model.engine").exists()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_builder_tensorrt("8.6.2", {}))
+    assert mod.main([*common, "--precision", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "JetPack 6.0" in err and "--fp32" in err
+    assert mod.main([*common, "--precision", "fp32"]) == 0 and (tmp_path / "model.engine").is_file()
+
+
+def test_python_build_replaces_a_timing_cache_of_another_device(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_builder_tensorrt("10.3.0", seen))
+    mod = load_build_module()
+    onnx.save(topk_model(), str(tmp_path / "model.onnx"))
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"orin-agx:tactics")          # another board's cache: setTimingCache returns false
+    messages = []
+    mod.build_engine(tmp_path / "model.onnx", tmp_path / "model.engine", "fp16", timing_cache=cache,
+                     log=messages.append)
+    assert any("another device or TensorRT version" in m for m in messages)
+    assert seen["config"].cache.data == b"" and cache.read_bytes() == b"this-device:tactics"
+    messages.clear()
+    mod.build_engine(tmp_path / "model.onnx", tmp_path / "model.engine", "fp16", timing_cache=cache,
+                     log=messages.append)                     # this device's cache is used as it is
+    assert seen["config"].cache.data == b"this-device:tactics" and not any("another" in m for m in messages)
+
+
+def fake_torch_tensorrt_compile(version: str, seen: dict):
+    """torch_tensorrt.dynamo.compile of ``version`` as far as typing goes (pytorch/TensorRT
+    py/torch_tensorrt/dynamo/_compiler.py at the tags): 2.5 takes enabled_precisions and has no use_explicit_typing;
+    2.6-2.12 take both and raise AssertionError when use_explicit_typing is set with enabled_precisions other than
+    {float32}; 2.13 takes neither and swallows unknown keywords in **kwargs."""
+    import torch
+    release = tuple(int(p) for p in version.split(".")[:2])
+    f32 = {torch.float32}
+
+    def compile_25(program, inputs=None, *, enabled_precisions=f32, workspace_size=0, min_block_size=5, **kwargs):
+        seen.update(kwargs, enabled_precisions=enabled_precisions)
+        return program
+
+    def compile_26(program, inputs=None, *, enabled_precisions=f32, workspace_size=0, min_block_size=5,
+                   use_explicit_typing=release >= (2, 10), **kwargs):
+        if use_explicit_typing and set(enabled_precisions) != f32:
+            raise AssertionError("use_explicit_typing was set to True, however found that enabled_precisions was "
+                                 "also specified")
+        seen.update(kwargs, enabled_precisions=enabled_precisions, use_explicit_typing=use_explicit_typing)
+        return program
+
+    def compile_213(program, inputs=None, *, workspace_size=0, min_block_size=5, **kwargs):
+        seen.update(kwargs, strongly_typed=True)      # _TRTInterpreter v2.13.0: STRONGLY_TYPED always
+        return program
+
+    return compile_25 if release < (2, 6) else compile_26 if release < (2, 13) else compile_213
+
+
+@pytest.mark.parametrize("version", ["2.4.1", "2.5.0", "2.6.0", "2.9.0", "2.12.1", "2.13.0"])
+def test_torch_tensorrt_typing_per_release(version):
+    """The typing arguments build_engine.py passes keep every float layer FP32 and the Q/DQ as the program states:
+    no FP16 in enabled_precisions on 2.5, explicit typing on 2.6-2.12, nothing on 2.13 (where a stale argument would
+    be swallowed silently); before 2.5 there is no quantize_op converter: refused in one line."""
+    import torch
+    mod = load_build_module()
+    if version == "2.4.1":
+        with pytest.raises(mod.BuildRefused, match="quantize_op.*2.5"):
+            mod.torch_tensorrt_typing(version)
+        return
+    typing = mod.torch_tensorrt_typing(version)
+    if "enabled_precisions" in typing:
+        typing["enabled_precisions"] = {getattr(torch, n) for n in typing["enabled_precisions"]}
+    seen = {}
+    fake_torch_tensorrt_compile(version, seen)("program", inputs=[], min_block_size=1, workspace_size=1, **typing)
+    expected = {"2.5.0": {"enabled_precisions": {torch.float32, torch.int8}},
+                "2.13.0": {"strongly_typed": True}}.get(version, {"enabled_precisions": {torch.float32},
+                                                                   "use_explicit_typing": True})
+    assert seen == expected
+
+
+def saved_program(path, schema=None):
+    """A small real model.pt2 (torch.export.save); ``schema`` (major, minor) rewrites what it states."""
+    import zipfile
+
+    import torch
+
+    class AddOne(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    torch.export.save(torch.export.export(AddOne(), (torch.zeros(2),)), str(path))
+    if schema is not None:
+        with zipfile.ZipFile(path) as src:
+            entries = {n: src.read(n) for n in src.namelist()}
+        for name in entries:
+            if name.endswith("models/model.json"):
+                program = json.loads(entries[name])
+                program["schema_version"] = {"major": schema[0], "minor": schema[1]}
+                entries[name] = json.dumps(program).encode()
+        with zipfile.ZipFile(path, "w") as dst:
+            for name, data in entries.items():
+                dst.writestr(name, data)
+    return path
+
+
+def test_pt2_schema_is_read_from_the_file_and_compared_before_loading(tmp_path):
+    """model.pt2 states the ExportedProgram schema torch.export.save wrote; build_engine.py --torch-tensorrt refuses
+    in one line a program this torch's deserializer would refuse (another schema major) or may misread (a newer
+    minor), before importing Torch-TensorRT or touching the GPU."""
+    import torch
+    from torch._export.serde.schema import SCHEMA_VERSION
+    mod = load_build_module()
+    facts = mod.pt2_facts(saved_program(tmp_path / "model.pt2"))
+    assert facts == {"schema_version": f"{SCHEMA_VERSION[0]}.{SCHEMA_VERSION[1]}", "torch_version": torch.__version__}
+    assert mod.pt2_schema_problem(facts, tuple(SCHEMA_VERSION), torch.__version__) is None
+    assert mod.pt2_schema_problem(facts, (SCHEMA_VERSION[0], SCHEMA_VERSION[1] + 1), "2.14") is None
+    assert "install torch" in mod.pt2_schema_problem(facts, (SCHEMA_VERSION[0] - 1, 99), "2.5.0")
+    assert "install torch" in mod.pt2_schema_problem(facts, (SCHEMA_VERSION[0], SCHEMA_VERSION[1] - 1), "2.12.0")
+    (tmp_path / "not.pt2").write_bytes(b"PK garbage")
+    with pytest.raises(ValueError, match="cannot read"):
+        mod.pt2_facts(tmp_path / "not.pt2")
+
+    art = tmp_path / "art"
+    art.mkdir()
+    script = art / "build_engine.py"
+    script.write_text(btrt_export.render_template("build_engine.py", model_name="m", precision="int8",
+                                                  input_name="images", input_shape="1x3x8x8", workspace_mib=256))
+    saved_program(art / "model.pt2", schema=(SCHEMA_VERSION[0] + 1, 0))
+    probe = ("import runpy, sys; sys.modules['torch_tensorrt'] = None; sys.argv = [sys.argv[1], '--torch-tensorrt'];"
+             " runpy.run_path(sys.argv[0], run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", probe, str(script)], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert f"schema {SCHEMA_VERSION[0] + 1}.0" in run.stderr and "./build_engine.sh" in run.stderr
 
 
 def test_layer_report_reads_both_inspector_schemas():
@@ -868,3 +1202,28 @@ def test_torch_tensorrt_compiles_the_quantized_program(model, tmp_path):
     compiled = torch.export.load(str(tmp_path / "model_trt.ep")).module()
     out = compiled(torch.zeros(INPUT_SHAPE, device="cuda"))
     assert out[0].shape[0] == 1 and len(out) == 5
+
+
+# --- the Jetson's power mode in benchmark reports ---------------------------------------------------------------------
+
+def test_bench_records_the_jetson_power_mode_and_gpu_clock(tmp_path, monkeypatch):
+    """biformer-bench states the power mode by the name `nvpmodel -q` prints (its numbers differ by board: mode 0 is
+    MAXN on an AGX Orin, 15W on an Orin Nano) and whether jetson_clocks pinned the GPU clock; nothing off a Jetson."""
+    from biformer_edge.bench import report
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert report.jetson_power(tmp_path / "devfreq") is None
+    (tmp_path / "bin").mkdir()
+    tool = tmp_path / "bin" / "nvpmodel"
+    tool.write_text("#!/bin/sh\n[ \"$1\" = -q ] && printf 'NV Power Mode: 15W\\n0\\n'\n")
+    tool.chmod(0o755)
+    gpu = tmp_path / "devfreq" / "17000000.gpu"
+    gpu.mkdir(parents=True)
+    for name, hz in (("cur", 624750000), ("min", 306000000), ("max", 624750000)):
+        (gpu / f"{name}_freq").write_text(f"{hz}\n")
+    (tmp_path / "devfreq" / "17000000.nvdla0").mkdir()   # not the GPU
+    assert report.jetson_power(tmp_path / "devfreq") == "power mode NV Power Mode: 15W 0; GPU 624 MHz, DVFS 306-624 MHz"
+    (gpu / "min_freq").write_text("624750000\n")
+    assert report.jetson_power(tmp_path / "devfreq").endswith("GPU 624 MHz, pinned (jetson_clocks)")
+    meta = {"threads": 1, "runs": 1, "warmup": 0, "cpu": "ARMv8", "cores": 6, "load_start": "0", "load_end": "0",
+            "versions": "", "weights": "", "jetson_power": "power mode NV Power Mode: MAXN 0; GPU clock unknown"}
+    assert "Jetson: power mode NV Power Mode: MAXN 0; GPU clock unknown" in report.header_lines(meta)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import os
 import platform
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +90,7 @@ def header_lines(meta: dict) -> list[str]:
             f"average at start {meta['load_start']}, "
             f"at end {meta['load_end']}",
             f"versions: {meta['versions']}; weights: {meta['weights']}",
+            *([f"Jetson: {meta['jetson_power']}"] if meta.get("jetson_power") else []),
             "each configuration runs in a fresh process: peak = its RSS high-water mark, VmHWM (interpreter + "
             "imports + session + runs; only the torch row's worker imports torch: see "
             "baseline_rss_mib in bench.csv); "
@@ -206,7 +209,32 @@ def machine_meta(threads: int, runs: int, warmup: int, weights: str) -> dict:
     from ..cpu import class_phrase, detect
     return {"threads": threads, "runs": runs, "warmup": warmup, "cpu": cpu, "cores": os.cpu_count(),
             "cpu_class": class_phrase(detect()),
-            "versions": ", ".join(versions), "weights": weights, "load_start": load_average(), "load_end": "?"}
+            "versions": ", ".join(versions), "weights": weights, "load_start": load_average(), "load_end": "?",
+            "jetson_power": jetson_power()}
+
+
+def jetson_power(devfreq: str | Path = "/sys/class/devfreq") -> str | None:
+    """On a Jetson (``nvpmodel`` on the PATH): the power mode as ``nvpmodel -q`` states it (mode numbers differ by
+    board, so its name is what a reader compares) and the GPU clock, pinned when its devfreq minimum equals its maximum
+    (what ``sudo jetson_clocks`` sets); None elsewhere."""
+    nvpmodel = shutil.which("nvpmodel")
+    if nvpmodel is None:
+        return None
+    try:
+        out = subprocess.run([nvpmodel, "-q"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    mode = " ".join(line.strip() for line in out.splitlines() if line.strip()) or "unknown (nvpmodel -q said nothing)"
+    clocks = []
+    for gpu in sorted(Path(devfreq).glob("*")):
+        if not any(key in gpu.name for key in ("gpu", "ga10b", "gv11b", "gb10b")):
+            continue
+        try:
+            cur, low, high = (int((gpu / f"{k}_freq").read_text()) // 1_000_000 for k in ("cur", "min", "max"))
+        except (OSError, ValueError):
+            continue
+        clocks.append(f"GPU {cur} MHz, " + ("pinned (jetson_clocks)" if low == high else f"DVFS {low}-{high} MHz"))
+    return f"power mode {mode}; " + ("; ".join(clocks) or "GPU clock unknown")
 
 
 def load_average() -> str:

@@ -1,5 +1,6 @@
-"""TensorRT (10.x and 11.x): an ONNX that TensorRT's parser accepts, the scripts that build the engine on the device,
-an in-process build where TensorRT and a GPU are present, and a Session that runs ``model.engine``.
+"""TensorRT (10.x and 11.x; 8.6 for FP32 artifacts): an ONNX that TensorRT's parser accepts, the scripts that build
+the engine on the device (docs/tensorrt.md: what builds on which JetPack), an in-process build where TensorRT and a
+GPU are present, and a Session that runs ``model.engine``.
 
 TensorRT cannot be installed on CPU machines (its libraries are not on PyPI's CPU wheels), so everything except the
 build and the Session works with onnx alone. By side:
@@ -24,10 +25,12 @@ MIN_WORKSPACE_MIB = 64
 
 
 def _dla_core(value, precision: str) -> None:
-    if value not in (0, 1):
-        raise UserError(f"--dla-core must be 0 or 1 (Orin has two DLA cores), not {value}")
-    if precision == "fp32":
-        raise UserError("DLA runs only FP16/INT8: use --fp16 with --dla-core")
+    """Refuses DLA for every value: docs/tensorrt.md#dla has the sources; build_engine.sh/.py refuse it the same way."""
+    raise UserError("--dla-core: DLA is not offered for BiFormer: only its convolutions could run there, each between "
+                    "GPU-only layers (LayerNorm, MatMul, Softmax, TopK, Gather), so each becomes its own DLA loadable "
+                    "(16 per core at most) with a GPU round trip; TensorRT 10's trtexec cannot combine --useDLACore "
+                    "with the strongly typed build these graphs need, and TensorRT 10.8-11.3 and the Orin Nano have "
+                    "no DLA: drop --dla-core (the engine runs on the GPU)")
 
 
 def _workspace(value, precision: str) -> None:
@@ -40,9 +43,13 @@ class TensorRTOptions:
     """What a TensorRT export takes (``targets.TARGETS`` says which of these the jetson and tensorrt targets take;
     timing_cache and tf32 no target takes: build_engine.py's --timing-cache and --tf32 set them on the device)."""
 
-    dla_core: int | None = option(None, "build for DLA core N (Orin) with GPU fallback", type=int, check=_dla_core)
+    dla_core: int | None = option(None, "not offered: refused with the reason (docs/tensorrt.md#dla)", type=int,
+                                  check=_dla_core)
     workspace_mib: int = option(2048, "builder workspace", type=positive_int, check=_workspace)
     build: bool | None = option(None, "build model.engine here (needs TensorRT)")
+    deepstream: bool | None = option(None, "the graph DeepStream's nvinfer runs (RGB 0-255 in, softmax at the input "
+                                     "size out, INT32 routing) and deepstream/ (nvinfer config, labels, pipelines): "
+                                     "docs/deepstream.md")
     timing_cache: str | None = option(None, "the engine build's timing cache (in-process builds)")
     tf32: bool | None = option(None, "allow TF32 for FP32 layers (in-process builds)")
 
