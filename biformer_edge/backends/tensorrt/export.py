@@ -72,7 +72,9 @@ def _quantize_op(inputs, quantizer):
 
 def export_quantized_program(qmodel, input_shape, path) -> dict:
     """torch.export the fake-quantized model (plus its routing outputs) to ``path`` (model.pt2) for Torch-TensorRT.
-    Returns {"quantize_ops", "router_quantize_ops"}: the Q/DQ ops in the graph, and those inside a BRA router."""
+    Returns {"quantize_ops", "router_quantize_ops"}: the Q/DQ ops in the graph, and those inside a BRA router, and
+    {"schema_version", "torch_version"}: what the saved file states (build_engine.py --torch-tensorrt compares the
+    schema version with the device's torch before loading it)."""
     import torch
     from modelopt.torch.quantization.nn.modules import tensor_quantizer as tq
     from modelopt.torch.quantization.utils import export_torch_mode
@@ -93,7 +95,7 @@ def export_quantized_program(qmodel, input_shape, path) -> dict:
     ops = [n for n in program.graph.nodes if n.op == "call_function" and "quantize_op" in str(n.target)]
     in_router = [n for n in ops if any("RegionRouter" in str(kind)
                                        for _, kind in (n.meta.get("nn_module_stack") or {}).values())]
-    return {"quantize_ops": len(ops), "router_quantize_ops": len(in_router)}
+    return {"quantize_ops": len(ops), "router_quantize_ops": len(in_router), **load_build_module().pt2_facts(path)}
 
 
 def export(model, ctx: ExportContext) -> list[str]:
