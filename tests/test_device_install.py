@@ -274,7 +274,8 @@ def jetson_artifact(tmp_path_factory) -> Path:
 
 
 def imported_modules(importtime_stderr: str) -> set[str]:
-    """Top-level module names from ``python -X importtime`` ('import time: self | cumulative | name' lines)."""
+    """Top-level module names from ``python -X importtime`` ('import time: self | cumulative | name' lines). CPython
+    logs every import it attempts, failed ones too, so a name missing here was never even tried."""
     names = set()
     for line in importtime_stderr.splitlines():
         if line.startswith("import time:") and line.count("|") == 2:
@@ -282,26 +283,47 @@ def imported_modules(importtime_stderr: str) -> set[str]:
     return names
 
 
-def test_fresh_venv_runs_parity_without_torch(index, wheel, jetson_artifact, tmp_path):
+def run_in(venv: Path, *argv, cwd: Path) -> subprocess.CompletedProcess:
+    """A device-side command in ``venv`` (a console script or a script path), under ``python -X importtime``."""
+    script = argv[0] if "/" in str(argv[0]) else venv / "bin" / argv[0]
+    return subprocess.run([str(venv / "bin" / "python"), "-X", "importtime", str(script), *map(str, argv[1:])],
+                          capture_output=True, text=True, timeout=180, cwd=cwd)
+
+
+def stderr_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+
+
+def test_fresh_venv_runs_the_device_side_without_torch(index, wheel, jetson_artifact, tmp_path):
+    """pip install of this checkout's wheel in an empty venv: the base install says what to install for OpenCV, then
+    with the device extra biformer-parity, biformer-bench and the video demo run the Jetson artifact on onnxruntime,
+    with torch absent and never imported."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    python, parity = str(venv / "bin" / "python"), str(venv / "bin" / "biformer-parity")
+    python = str(venv / "bin" / "python")
     constraints = ["-c", str(ROOT / "constraints.txt")]
+    demo = ROOT / "apps" / "video_segmentation.py"
+    video = ["--artifact", jetson_artifact, "--input", "synthetic", "--seconds", "0.5", "--output", tmp_path / "v.mp4"]
 
     proc = pip("install", "-q", *constraints, str(wheel), python=python)   # the base install
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
     assert proc.returncode != 0 and "No module named 'torch'" in proc.stderr
-    proc = subprocess.run([parity, str(jetson_artifact)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr   # no OpenCV yet: one line, what to do
-    assert proc.stderr.startswith("error: cv2 is not installed") and "biformer-edge[device]" in proc.stderr
+    for argv in (["biformer-parity", jetson_artifact], [demo, *video]):   # no OpenCV yet: one line, what to do
+        proc = run_in(venv, *argv, cwd=tmp_path)
+        assert proc.returncode == 2 and len(stderr_lines(proc)) == 1, proc.stderr[-2000:]
+        assert stderr_lines(proc)[0].startswith("error: cv2 is not installed") and "[device]" in proc.stderr
+    assert not (tmp_path / "v.mp4").exists()
 
     proc = pip("install", "-q", *constraints, f"{wheel}[device]", python=python)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = subprocess.run([python, "-X", "importtime", parity, str(jetson_artifact)], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "Verdict: **pass**" in proc.stdout and "| onnxruntime |" in proc.stdout
-    modules = imported_modules(proc.stderr)
-    assert {"biformer_edge", "onnxruntime", "cv2", "numpy"} <= modules    # the check really read the imports
-    assert "torch" not in modules, sorted(modules)
+    runs = {"parity": run_in(venv, "biformer-parity", jetson_artifact, cwd=tmp_path),
+            "bench": run_in(venv, "biformer-bench", "--artifact", jetson_artifact, "--runs", "2", cwd=tmp_path),
+            "video": run_in(venv, demo, *video, cwd=tmp_path)}
+    for name, proc in runs.items():
+        assert proc.returncode == 0, (name, proc.stdout[-2000:], stderr_lines(proc)[-20:])
+        modules = imported_modules(proc.stderr)
+        assert {"biformer_edge", "onnxruntime", "numpy"} <= modules, (name, sorted(modules))  # importtime was read
+        assert "torch" not in modules, (name, sorted(modules))
+    assert "Verdict: **pass**" in runs["parity"].stdout and "| onnxruntime |" in runs["parity"].stdout
+    assert (tmp_path / "bench_results" / "bench.csv").is_file() and (tmp_path / "v.mp4").stat().st_size > 0
