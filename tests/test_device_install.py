@@ -172,6 +172,16 @@ def test_dockerfile_is_jetpack6_l4t_with_jetpacks_own_tensorrt_and_opencv(instru
     assert not re.search(r"\b(torch|opencv|tensorrt)", pip_words), pip_words
 
 
+def test_readme_jetson_steps_match_the_image(instructions):
+    """The README's "On the Jetson" installs what the image installs, with constraints files that exist."""
+    section = (ROOT / "README.md").read_text().split("\n## On the Jetson\n", 1)[1].split("\n## ", 1)[0]
+    args = [a for a in pip_install_args(instructions) if a != "--no-cache-dir"]
+    assert f"pip install {shlex.join(args)}\n" in section, shlex.join(args)
+    named = set(re.findall(r"constraints-jetpack\d+\.txt", section))
+    assert named == set(JETPACKS) and all((ROOT / name).is_file() for name in named)
+    assert "python3 -m venv --system-site-packages" in section and "docker build -f docker/jetson/Dockerfile" in section
+
+
 def dockerignore_patterns() -> list[str]:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
