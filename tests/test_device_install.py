@@ -337,3 +337,14 @@ def test_fresh_venv_runs_the_device_side_without_torch(index, wheel, jetson_arti
         assert "torch" not in modules, (name, sorted(modules))
     assert "Verdict: **pass**" in runs["parity"].stdout and "| onnxruntime |" in runs["parity"].stdout
     assert (tmp_path / "bench_results" / "bench.csv").is_file() and (tmp_path / "v.mp4").stat().st_size > 0
+
+    # The cuda-python that constraints-jetpack6.txt pins (this machine's wheel of it) has the runtime bindings the
+    # TensorRT Session loads first, and without a CUDA driver the Session says so instead of failing.
+    proc = pip("install", "-q", "-c", str(ROOT / "constraints-jetpack6.txt"), "cuda-python", python=python)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.run([python, "-c", "from biformer_edge.backends.tensorrt import session as s; "
+                           "print(s.load_cudart().__name__); print(s.cuda_unavailable())"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    module, reason = proc.stdout.splitlines()
+    assert module == "cuda.bindings.runtime" and (reason == "None" or reason.startswith("no CUDA GPU")), proc.stdout
