@@ -13,7 +13,9 @@ import numpy as np
 # ------------------------------------------------------------------------------------------------ graph interface
 INPUT_NAME = "images"        # float32 NCHW, normalised as the model's preprocessing does
 OUTPUT_NAME = "logits"       # (N, classes) or (N, classes, H/4, W/4)
+PROBABILITIES_NAME = "probabilities"   # instead of logits in a graph whose graph_io output is PROBABILITIES (below)
 ROUTING_PREFIX = "routing_"  # routing_0 .. routing_{B-1}: top-k region indices (N, R, k) of each BRA block, int64
+#                              (int32 in DeepStream graphs: DeepStream's NvDsInferDataType has no INT64)
 ROUTER_MODULE = "router"     # every BRA block's router is the submodule named this: graphs name its ops after it
 ROUTER_PRECISION = {"qar": "fp32", "naive": "int8 inputs"}   # what each --routing leaves the router computing in
 
@@ -43,7 +45,8 @@ class RunResult:
     @classmethod
     def from_outputs(cls, names: list[str], values: list[np.ndarray]) -> RunResult:
         by_name = dict(zip(names, values))
-        return cls(np.asarray(by_name[OUTPUT_NAME]).astype(np.float32),
+        main = OUTPUT_NAME if OUTPUT_NAME in by_name else PROBABILITIES_NAME
+        return cls(np.asarray(by_name[main]).astype(np.float32),
                    [np.asarray(by_name[n]).astype(np.int64) for n in routing_names(names)])
 
 
@@ -59,6 +62,82 @@ class Int8Graph:
     topk: int | None = None           # TopK ops in the graph, where the summary names them
     executed: dict | None = None      # what a runtime executed (OpenVINO: cpu, hint, layers by precision)
     notes: list[str] = field(default_factory=list)   # appended to the markdown report
+
+
+# ------------------------------------------------------------------------------------------- graph I/O conventions
+# An exported graph takes INPUT_NAME normalised and returns OUTPUT_NAME logits at the model's own resolution, unless
+# its manifest's "graph_io" says otherwise: a DeepStream graph (--deepstream) takes RGB pixels and returns
+# PROBABILITIES_NAME at the input size. Sessions keep taking the normalised input (:func:`graph_input` converts it),
+# and parity compares the FP32 reference converted as the graph converts (:func:`reference_output`), both in numpy so
+# that the device side needs no torch.
+PIXELS = "rgb_0_255"          # input: float32 RGB NCHW pixel values 0..255, (x - mean) / std computed in the graph
+PROBABILITIES = "softmax"     # output: the logits resized bilinearly to output_size, then softmax over the classes
+
+
+def graph_io_problem(io) -> str | None:
+    """What is wrong with a manifest's ``graph_io`` record, or None."""
+    if not isinstance(io, dict) or io.get("input") != PIXELS or io.get("output") != PROBABILITIES:
+        return f"graph_io must say input {PIXELS!r} and output {PROBABILITIES!r}"
+    for key in ("mean", "std"):
+        v = io.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(type(c) in (int, float) and c == c for c in v)):
+            return f"graph_io {key} must be 3 numbers"
+    if not all(c > 0 for c in io["std"]):
+        return "graph_io std must be positive"
+    size = io.get("output_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(type(d) is int and d > 0 for d in size)):
+        return "graph_io output_size must be [H, W]"
+    return None
+
+
+def graph_input(x: np.ndarray, io: dict | None) -> np.ndarray:
+    """The model's normalised input ``x`` (N, 3, H, W) as the graph takes it: unchanged, or for a PIXELS graph the RGB
+    pixel values ``x * std + mean`` (0..255 for inputs made from 8-bit images, as DeepStream feeds them)."""
+    if not io:
+        return x
+    mean = np.asarray(io["mean"], np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(io["std"], np.float32).reshape(1, 3, 1, 1)
+    return (np.asarray(x, np.float32) * std + mean).astype(np.float32)
+
+
+def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of the last two axes to ``size`` with half-pixel centres, source coordinates clamped at the
+    border: torch's ``interpolate(mode='bilinear', align_corners=False)`` and ONNX Resize linear 'half_pixel'. float64.
+    """
+    out = np.asarray(x, np.float64)
+    for axis, length in ((-2, int(size[0])), (-1, int(size[1]))):
+        n = out.shape[axis]
+        src = np.maximum((np.arange(length) + 0.5) * (n / length) - 0.5, 0.0)
+        lo = np.minimum(np.floor(src).astype(np.intp), n - 1)
+        hi = np.minimum(lo + 1, n - 1)
+        w = (src - lo).reshape((-1, 1) if axis == -2 else (-1,))
+        out = np.take(out, lo, axis=axis) * (1 - w) + np.take(out, hi, axis=axis) * w
+    return out
+
+
+# FP16's smallest normal number: an FP16 softmax (TensorRT FP16/INT8 engines) keeps no relative precision below it
+PROBABILITY_FLOOR = 2.0 ** -14
+
+
+def compared(output: np.ndarray, io: dict | None) -> np.ndarray:
+    """A graph's output as parity compares it: logits unchanged; a PROBABILITIES graph's probabilities (..., C, H, W)
+    as the logits they imply up to the per-pixel constant softmax discards (log of the probabilities floored at
+    PROBABILITY_FLOOR, minus their mean over C). So cosine and SQNR are measured in logit space, where the thresholds
+    were set (cosine of probabilities reads 3-5x closer to 1 for the same drift), and argmax is unchanged."""
+    if not io:
+        return output
+    z = np.log(np.maximum(np.asarray(output, np.float64), PROBABILITY_FLOOR))
+    return (z - z.mean(axis=-3, keepdims=True)).astype(np.float32)
+
+
+def reference_output(logits: np.ndarray, io: dict | None) -> np.ndarray:
+    """FP32 reference logits (..., C, h, w) as the graph outputs them: unchanged, or for a PROBABILITIES graph resized
+    bilinearly to ``output_size`` and turned into probabilities (softmax over C), computed in float64."""
+    if not io:
+        return logits
+    z = resize_bilinear(logits, tuple(io["output_size"]))
+    z = np.exp(z - z.max(axis=-3, keepdims=True))
+    return (z / z.sum(axis=-3, keepdims=True)).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------- artifact files
@@ -81,6 +160,14 @@ ORT_TRT_CACHE = "model_trt.ep"            # onnxruntime's TensorRT execution-pro
 IR_XML = "model.xml"
 IR_BIN = "model.bin"
 MLPACKAGE = "model.mlpackage"
+# jetson --deepstream: what DeepStream runs the graph with (docs/deepstream.md); paths relative to the artifact
+DEEPSTREAM_DIR = "deepstream"
+DS_INFER_CONFIG = f"{DEEPSTREAM_DIR}/config_infer_primary.txt"   # Gst-nvinfer's config (GLib key file)
+DS_LABELS = f"{DEEPSTREAM_DIR}/labels.txt"                       # one class name per line
+DS_APP_CONFIG = f"{DEEPSTREAM_DIR}/deepstream_app_config.txt"   # deepstream-app -c
+DS_PIPELINE = f"{DEEPSTREAM_DIR}/run_pipeline.sh"               # the gst-launch-1.0 pipeline with nvsegvisual
+DS_README = f"{DEEPSTREAM_DIR}/README.md"
+DEEPSTREAM_FILES = (DS_INFER_CONFIG, DS_LABELS, DS_APP_CONFIG, DS_PIPELINE, DS_README)
 
 LAYER_REPORTS = (LAYER_REPORT, LAYER_REPORT_MD)
 IN_PROGRESS = ".biformer-export-in-progress"   # marks a temporary artifact directory as ours (never hashed)

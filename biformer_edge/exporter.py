@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__, cpu
 from .artifact import atomic_directory, check_output_dir
 from .backends.base import ExportContext
-from .contract import INPUT_NAME, MARGIN_PLOT, ONNX_FILE, REFERENCE, ROUTER_PRECISION
+from .contract import DS_APP_CONFIG, DS_PIPELINE, INPUT_NAME, MARGIN_PLOT, ONNX_FILE, REFERENCE, ROUTER_PRECISION
 from .errors import UserError
 from .fileio import check_not_input, save_npz, sha256_file
 from .manifest import GENERATOR, SCHEMA_VERSION, Manifest, file_table, write_manifest
@@ -171,8 +171,12 @@ def default_output(req: ExportRequest) -> Path:
 def next_steps(req: ExportRequest, out: Path, manifest: dict) -> list[str]:
     name = out.name
     if req.target == "jetson":
-        return [f"scp -r {out} jetson:~/ && ssh jetson 'cd ~/{name} && ./build_engine.sh && biformer-parity .'",
-                f"on the Jetson (with this repo's apps/): apps/jetson_camera.sh ~/{name} camera.mp4"]
+        steps = [f"scp -r {out} jetson:~/ && ssh jetson 'cd ~/{name} && ./build_engine.sh && biformer-parity .'",
+                 f"on the Jetson (with this repo's apps/): apps/jetson_camera.sh ~/{name} camera.mp4"]
+        if (manifest.get("options") or {}).get("deepstream"):
+            steps.append(f"DeepStream on the Jetson: ~/{name}/{DS_PIPELINE} video.mp4 out.mp4 (or deepstream-app -c "
+                         f"~/{name}/{DS_APP_CONFIG}; docs/deepstream.md)")
+        return steps
     if req.target == "tensorrt":
         return [f"cd {out} && ./build_engine.sh && biformer-parity .   (on the GPU host)"]
     if req.target == "coreml":
@@ -238,7 +242,8 @@ def export(req: ExportRequest, log=print) -> tuple[Path, dict]:
             routing=req.routing, router_precision=ROUTER_PRECISION[req.routing],
             quantization=int8.record if int8 else None, input_name=INPUT_NAME,
             input_shape=list(input_shape), opset=ctx.opset if ONNX_FILE in files else None,
-            routing_blocks=len(bra_blocks(model)), options=options, versions=library_versions(),
+            routing_blocks=len(bra_blocks(model)), graph_io=ctx.graph_io, options=options,
+            versions=library_versions(),
             checks=ctx.checks, artifacts=files, parity={"verdict": "not-run"})
         if req.parity:
             samples = profile.get("parity", {}).get("samples", 4)

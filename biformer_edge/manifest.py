@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .contract import IN_PROGRESS, MANIFEST, REPORT_FILES, ROUTER_PRECISION
+from .contract import IN_PROGRESS, MANIFEST, REPORT_FILES, ROUTER_PRECISION, graph_io_problem
 from .errors import UserError
 from .fileio import sha256_file, write_json
 
@@ -74,6 +74,9 @@ class Manifest:
     input_shape: list[int] = _entry(_shape, required=True)              # (N, 3, H, W), static
     opset: int | None = _entry()
     routing_blocks: int = _entry(lambda v: type(v) is int and v >= 0)   # BRA blocks: routing_0 .. outputs
+    # The graph's own input/output convention where it is not normalised input -> logits (a DeepStream graph):
+    # contract.graph_io_problem says what it holds; sessions and parity convert by it.
+    graph_io: dict | None = _entry(lambda v: graph_io_problem(v) is None, omit_none=True)
     options: dict = _entry()                                            # the target's options, defaults merged
     versions: dict = _entry()                                           # every library the export used
     reference_device: str | None = _entry(_text)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import tomllib
 
-from .backends import BACKENDS, Backend, Option
+from .backends import BACKENDS, Backend, Option, Session
+from .contract import PIXELS, graph_input
 from .errors import UserError, short_reason
 from .profiles import profile_file
 
@@ -45,7 +46,7 @@ RUNTIMES: dict[str, Backend] = {b.name: b for b in BACKENDS}
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("jetson", "tensorrt", "tensorrt", (), "Jetson / TensorRT 10-11 (engine built on the device)",
-           options=("dla_core", "workspace_mib", "build")),
+           options=("dla_core", "workspace_mib", "build", "deepstream")),
     Target("tensorrt", "tensorrt", "tensorrt", ("trt", "engine"), "TensorRT 10-11 on an NVIDIA GPU",
            options=("workspace_mib", "build")),
     Target("openvino", "openvino", "openvino", ("ov",), "OpenVINO IR for Intel", options=("cpu",)),
@@ -226,10 +227,35 @@ def open_session(name: str, artifact_dir: str | Path, manifest: dict | None = No
         raise UserError(f"cannot run {rt.name} on {artifact_dir}: {reason}")
     cls = session_class(rt.name)
     try:
-        return cls(artifact_dir, manifest, **options)
+        session = cls(artifact_dir, manifest, **options)
     except (UserError, TypeError):
         raise
     except Exception as exc:  # the runtime's own loader refused the file (corrupt, truncated, other version)
         detail = short_reason(exc, 160)
         raise UserError(f"{rt.name} cannot load {artifact_dir / rt.file} ({detail}): re-export the artifact, or "
                         f"check that this {rt.package} is the version it was exported for") from None
+    graph_io = (manifest or {}).get("graph_io")
+    return PixelInputSession(session, graph_io) if graph_io and graph_io.get("input") == PIXELS else session
+
+
+class PixelInputSession(Session):
+    """The Session of a graph that takes RGB pixels 0..255 (its manifest's graph_io; a DeepStream graph): it takes the
+    model's normalised input like every Session, so parity, the benchmark and the video demo feed every artifact
+    alike, and hands the graph ``x * std + mean``. Everything else is the wrapped Session's."""
+
+    def __init__(self, session: Session, graph_io: dict):
+        self.session, self.graph_io = session, graph_io
+
+    @property
+    def backend(self) -> str:   # Session's class attributes would shadow __getattr__
+        return self.session.backend
+
+    @property
+    def device(self) -> str:
+        return self.session.device
+
+    def run(self, x):
+        return self.session.run(graph_input(x, self.graph_io))
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)

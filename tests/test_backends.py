@@ -64,8 +64,10 @@ def test_option_checks(target, precision, given, message):
 def test_target_flags_come_from_the_options_dataclasses():
     from biformer_edge.cli import export_parser
     flags = {spec.flag: (takers, spec) for spec, takers in targets.option_flags()}
-    assert list(flags) == ["--dla-core", "--workspace-mib", "--build", "--ios", "--weights-8bit", "--cpu"]
+    assert list(flags) == ["--dla-core", "--workspace-mib", "--build", "--deepstream", "--ios", "--weights-8bit",
+                           "--cpu"]
     assert flags["--cpu"][0] == ("openvino", "onnx") and flags["--workspace-mib"][0] == ("jetson", "tensorrt")
+    assert flags["--deepstream"][0] == ("jetson",)
     group = next(g for g in export_parser()._action_groups if g.title == "target options")
     helps = {a.option_strings[0]: a.help for a in group._group_actions}
     assert helps["--workspace-mib"] == "jetson/tensorrt: builder workspace"

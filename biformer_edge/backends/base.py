@@ -50,6 +50,8 @@ class ExportContext:
     log: Callable = print                        # progress messages: log("...")
     checks: dict = field(default_factory=dict)   # structural checks: name -> {"ok": bool, "summary": str}
     routing: str = "qar"                         # INT8: qar keeps the router island FP32, naive quantizes into it
+    graph_io: dict | None = None                 # set by an export whose graph is not normalised input -> logits
+    #                                              (the manifest's graph_io: contract.graph_io_problem)
     # INT8 exports whose runtime calibrates activations itself (Core ML W8A8 on a Mac): the calibration batches
     # (B, N, 3, H, W), rendered or read on first call. None: the export has no calibration data.
     calibration: Callable[[], np.ndarray] | None = None

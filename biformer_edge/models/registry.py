@@ -27,6 +27,7 @@ class ModelSpec:
     quant_group: Callable[[str], tuple[str, int] | None]
     shipped_weights: str | None = None   # file name under biformer_edge/weights/, loaded by default
     shipped_qat: str | None = None       # a biformer-qat checkpoint of those weights: what --int8 exports by default
+    class_names: tuple[str, ...] = ()    # what each output class is, where the registry knows (labels files)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -35,10 +36,10 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 def register_model(name: str, input_size: tuple[int, int], task: str, classifier: str, min_input_size: int,
                    quant_group: Callable[[str], tuple[str, int] | None], shipped_weights: str | None = None,
-                   shipped_qat: str | None = None):
+                   shipped_qat: str | None = None, class_names: tuple[str, ...] = ()):
     def wrap(factory):
         _REGISTRY[name] = ModelSpec(name, factory, tuple(input_size), task, classifier, min_input_size, quant_group,
-                                    shipped_weights, shipped_qat)
+                                    shipped_weights, shipped_qat, tuple(class_names))
         return factory
     return wrap
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.synthetic import CLASSES
 from .biformer import BASE, MIN_INPUT_SIZE, SMALL, TINY, BiFormerBackbone, BiFormerConfig, quant_group
 from .registry import register_model
 
@@ -139,7 +140,7 @@ DEMO = BiFormerConfig(depth=(1, 1, 2, 1), embed_dim=(32, 64, 128, 256), n_win=8,
 
 
 @register_model("biformer_seg_demo", input_size=(128, 128), **SEGMENTOR,
-                shipped_weights="biformer_seg_demo.pt", shipped_qat="biformer_seg_demo_qat.pt")
+                shipped_weights="biformer_seg_demo.pt", shipped_qat="biformer_seg_demo_qat.pt", class_names=CLASSES)
 def biformer_seg_demo(**overrides) -> BiFormerSegmentor:
     """Small BiFormer-SFPN trained on biformer_edge.data's synthetic scenes (``python -m biformer_edge.train_demo``)."""
     return BiFormerSegmentor(DEMO.with_overrides(**overrides), neck_channels=64, head_channels=64)

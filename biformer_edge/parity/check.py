@@ -7,7 +7,16 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from .. import cpu, metrics
-from ..contract import MARGIN_PLOT, PARITY_JSON, PARITY_MD, REFERENCE, REPORT_FILES, ROUTING_PREFIX
+from ..contract import (
+    MARGIN_PLOT,
+    PARITY_JSON,
+    PARITY_MD,
+    REFERENCE,
+    REPORT_FILES,
+    ROUTING_PREFIX,
+    compared,
+    reference_output,
+)
 from ..errors import UserError
 from ..fileio import sha256_file, write_file, write_json
 from ..manifest import read_verified
@@ -56,13 +65,15 @@ def numbered(arrays: dict, prefix: str) -> list[np.ndarray]:
     return [np.asarray(arrays[k]) for k in keys]
 
 
-def measure_backend(session, ref: dict, task: str, num_classes: int | None, routing_out: list | None = None) -> dict:
+def measure_backend(session, ref: dict, task: str, num_classes: int | None, routing_out: list | None = None,
+                    graph_io: dict | None = None) -> dict:
     """Run every reference batch through ``session`` and compare logits, labels and routing (the deployed routing,
-    flattened per block, is appended to ``routing_out`` when given)."""
+    flattened per block, is appended to ``routing_out`` when given). ``graph_io``: the artifact's (its manifest's),
+    whose outputs are compared as ``contract.compared`` says, against a ``ref`` whose logits were converted alike."""
     logits, routing = [], []
     for batch in ref["inputs"]:
         out = session.run(batch)
-        logits.append(out.logits)
+        logits.append(compared(out.logits, graph_io))
         routing.append(out.routing)
     test_routing = [np.stack([r[i] for r in routing]) for i in range(len(routing[0]))] if routing[0] else []
 
@@ -83,6 +94,9 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
     ``[parity] hint``. ``plot``: where to write the routing-margin plot of the first backend measured (a report,
     not hashed)."""
     precision = manifest["precision"]
+    graph_io = manifest.get("graph_io")
+    if graph_io:   # a graph with probabilities at its input size (DeepStream): the reference converted as the graph
+        ref = {**ref, "logits": compared(reference_output(ref["logits"], graph_io), graph_io)}
     user_thresholds = thresholds or {}
     thresholds = {**profile_thresholds(profile, manifest), **user_thresholds}
     names = backends or profile.get("parity", {}).get("backends", [])
@@ -90,6 +104,10 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
     report = {"reference": {"device": str(ref["device"]), "samples": int(np.prod(ref["inputs"].shape[:2])),
                             "data": manifest.get("parity_data", "synthetic")},
               "thresholds": thresholds, "backends": {}}
+    if graph_io:
+        report["compared_as"] = (f"probabilities at {graph_io['output_size'][0]}x{graph_io['output_size'][1]} (the "
+                                 f"graph's output) against the FP32 logits resized and softmaxed alike; cosine, SQNR "
+                                 f"and max_abs on the logits they imply (log, floored at 2^-14, centred per pixel)")
     for name in names:
         reason = unavailable_reason(name, artifact_dir) if name in RUNTIMES else f"unknown backend '{name}'"
         if reason:
@@ -112,7 +130,7 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
             if computes == "bf16" and precision != "int8":  # asked for: [thresholds.bf16] (FP16/FP32 IRs in bf16)
                 limits = {**profile.get("thresholds", {}).get("bf16", thresholds), **user_thresholds}
         deployed: list = []
-        result = measure_backend(session, ref, manifest["task"], manifest.get("num_classes"), deployed)
+        result = measure_backend(session, ref, manifest["task"], manifest.get("num_classes"), deployed, graph_io)
         affinity = [a.reshape(-1, *a.shape[2:]) for a in numbered(ref, "affinity_")]
         if plot is not None and deployed and affinity:
             skipped = write_margin_plot(plot, [r.reshape(-1, *r.shape[2:]) for r in numbered(ref, ROUTING_PREFIX)],
@@ -168,6 +186,8 @@ def render_markdown(manifest: dict, report: dict) -> str:
     lines = [f"# Parity: {manifest['model']} -> {manifest['target']} ({manifest['precision']})", "",
              f"Reference: FP32 PyTorch on {report['reference']['device']}, {report['reference']['samples']} "
              f"samples ({report['reference']['data']}). Verdict: **{report['verdict']}**.", ""]
+    if report.get("compared_as"):
+        lines[-1:-1] = [f"Compared as: {report['compared_as']}."]
     names = sorted({k for b in report["backends"].values() for k in b.get("metrics", {})})
     lines += ["| backend | " + " | ".join(names) + " | verdict |", "|---" * (len(names) + 2) + "|"]
     for backend, entry in report["backends"].items():

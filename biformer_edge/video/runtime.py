@@ -4,10 +4,10 @@ reference column). Only the FP32 model imports torch, and only when asked for.""
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..contract import MANIFEST
+from ..contract import MANIFEST, reference_output
 from ..errors import UserError
 from ..manifest import read_manifest, require_unchanged
 from ..targets import first_runnable, load_profile, open_session
@@ -61,11 +61,27 @@ def fp32_model(manifest: dict, checkpoint: str | None, why: str):
 
 
 def torch_session(manifest: dict, checkpoint: str | None, why: str):
-    """A Session running the FP32 model (imports torch)."""
+    """A Session running the FP32 model (imports torch), its outputs as the artifact's graph gives them (a DeepStream
+    graph's probabilities at the input size: the deployed label maps it is compared with have that size)."""
     model = fp32_model(manifest, checkpoint, why)
     from ..backends.pytorch.session import TorchSession
 
-    return TorchSession(model)
+    session = TorchSession(model)
+    return GraphOutputs(session, manifest["graph_io"]) if manifest.get("graph_io") else session
+
+
+class GraphOutputs:
+    """A Session whose logits are converted as the artifact's graph converts them (``contract.reference_output``)."""
+
+    def __init__(self, session, graph_io: dict):
+        self.session, self.graph_io = session, graph_io
+
+    def run(self, x):
+        out = self.session.run(x)
+        return replace(out, logits=reference_output(out.logits, self.graph_io))
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
 
 
 def default_precision_hint(manifest: dict) -> str | None:
