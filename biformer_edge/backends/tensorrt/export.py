@@ -11,7 +11,7 @@ import string
 import warnings
 from pathlib import Path
 
-from ...contract import BUILD_PY, BUILD_SCRIPT, ENGINE_FILE, INPUT_NAME, ONNX_FILE, PROGRAM_FILE
+from ...contract import BUILD_PY, BUILD_SCRIPT, DEEPSTREAM_FILES, ENGINE_FILE, INPUT_NAME, ONNX_FILE, PROGRAM_FILE
 from ...errors import UserError, first_line
 from ...profiles import template_path
 from ..base import ExportContext
@@ -105,6 +105,13 @@ def export(model, ctx: ExportContext) -> list[str]:
     from ..onnx.export import export_onnx
 
     options = TENSORRT.read_options(ctx.options)
+    # -- DeepStream flavour (deepstream.py): the model inside the graph nvinfer runs (pixels in, softmax out) --
+    deepstream = None
+    if options.deepstream:
+        from .deepstream import DeepStreamFlavour
+        deepstream = DeepStreamFlavour(model, ctx)
+        model = deepstream.graph
+    # --
     dla_core = None if options.dla_core in (None, "") else int(options.dla_core)
     workspace_mib = int(options.workspace_mib)
     if options.build:
@@ -117,6 +124,8 @@ def export(model, ctx: ExportContext) -> list[str]:
     onnx_path = workdir / ONNX_FILE
     ctx.log(f"exporting {ONNX_FILE} ({ctx.precision}, opset {ctx.opset}, input {tuple(ctx.input_shape)})")
     proto = export_onnx(model, onnx_path, tuple(ctx.input_shape), ctx.opset, fp16=ctx.precision == "fp16")
+    if deepstream is not None:   # -- DeepStream flavour: I/O named and checked as nvinfer binds it, deepstream/ --
+        proto = deepstream.finish(onnx_path)
     assert_tensorrt_ready(proto, dla=dla_core is not None, what="the exported graph")
     ctx.checks["tensorrt_onnx"] = {"ok": True, "summary": (
         f"TensorRT 10/11 parser limits (opset {MIN_OPSET}-{MAX_OPSET}, TopK constant K < {TOPK_MAX_K} sorted, no INT8 "
@@ -142,7 +151,7 @@ def export(model, ctx: ExportContext) -> list[str]:
     values = dict(model_name=getattr(model, "name", type(model).__name__), precision=ctx.precision,
                   input_name=INPUT_NAME, input_shape="x".join(str(int(d)) for d in ctx.input_shape),
                   dla_core="" if dla_core is None else dla_core, workspace_mib=workspace_mib)
-    written = [ONNX_FILE, *extra]
+    written = [ONNX_FILE, *extra, *(DEEPSTREAM_FILES if deepstream is not None else ())]
     for name in (BUILD_SCRIPT, BUILD_PY):
         path = workdir / name
         path.write_text(render_template(name, **values))
