@@ -2,6 +2,7 @@
 
     python benchmarks/int8_routing.py [--scenes 64] [--photos DIR] [--tiny] [--qat PATH] [--runtime openvino]
                                       [--checkpoint FP32.pt] [--time-rounds 60] [--cpu portable vnni]
+                                      [--graph onnx jetson]
 
 For biformer_seg_demo (shipped weights) at 128x128: FP16, INT8 PTQ-QAR (router island + routing-aware keep-float
 search), INT8 QAT-QAR (the shipped biformer-qat state, or --qat PATH) and INT8 naive, each exported
@@ -9,7 +10,9 @@ with biformer-export's own code and run by onnxruntime, against the FP32 PyTorch
 scenes (the "held_out" scene set of biformer_edge/data/seeds.py; mIoU against their ground truth too) and, with
 --photos, on a folder of photographs. ``--cpu`` exports the INT8 variants for each CPU class named (the weight range of
 ``biformer-export --cpu``; default portable) and names the machine's class in the table. --tiny adds the
-cosine of biformer_tiny @ 224 (random weights) INT8 against FP32. Prints a Markdown table and writes
+cosine of biformer_tiny @ 224 (random weights) INT8 against FP32. ``--graph jetson`` measures the jetson target's graph
+instead of the onnx target's (onnxruntime only): the same Q/DQ with its float layers in FP16 and the router and
+LayerNorm FP32, as TensorRT runs it; ``--graph onnx jetson`` puts both in one table. Prints a Markdown table and writes
 bench_results/int8_routing.md.
 """
 from __future__ import annotations
@@ -54,12 +57,12 @@ def gt_miou(logits: np.ndarray, gt: np.ndarray | None, num_classes: int) -> str:
 
 def measure(model_name: str, size: tuple[int, int], variants: list[tuple[str, str, str, dict]],
             data: dict[str, np.ndarray], tmp: Path, truth: dict | None = None, runtime: str = "onnxruntime",
-            checkpoint: str | None = None, time_rounds: int = 0) -> list[list[str]]:
+            checkpoint: str | None = None, time_rounds: int = 0, graph: str | None = None) -> list[list[str]]:
     """One row per variant and data set against the FP32 model (``checkpoint``, else the shipped weights, else
     seeded random ones), each variant exported by biformer-export's own code for ``runtime``. With ``time_rounds``,
     the p10 latency of each variant (batch 1, timed interleaved, round by round) is the last column."""
     model = create_model(model_name, checkpoint=checkpoint, pretrained=model_name == "biformer_seg_demo")
-    target = "openvino" if runtime == "openvino" else "onnx"
+    target = graph or ("openvino" if runtime == "openvino" else "onnx")
     rows = []
     refs = {name: run_reference(model, x, "cpu") for name, x in data.items()}
     truth = truth if model.task == "segmentation" else {}
@@ -70,7 +73,7 @@ def measure(model_name: str, size: tuple[int, int], variants: list[tuple[str, st
                          "1.0000", "-", "-", gt_miou(ref["logits"], truth[data_name], classes), "-", "-"])
     sessions = {}
     for label, precision, routing, extra in variants:
-        out = tmp / f"{model_name}-{runtime}-{label}"
+        out = tmp / f"{model_name}-{runtime}-{target}-{label}"
         started = time.perf_counter()
         export(ExportRequest(target=target, precision=precision, model=model_name if model_name ==
                              "biformer_seg_demo" and not checkpoint else model, input_size=size, routing=routing,
@@ -81,7 +84,8 @@ def measure(model_name: str, size: tuple[int, int], variants: list[tuple[str, st
             m = measure_backend(session, ref, model.task, classes)
             logits = np.stack([session.run(b).logits for b in ref["inputs"]])
             label_metric = m.get("pixel", m.get("top1"))
-            rows.append([model_name, runtime, label, data_name, f"{m['cosine']:.5f}", f"{label_metric:.4f}",
+            rows.append([model_name, f"{runtime} ({target} graph)", label, data_name, f"{m['cosine']:.5f}",
+                         f"{label_metric:.4f}",
                          f"{m['routing_decisive']:.4f}", f"{m['routing_regret']:.4f}", f"{m['routing_strict']:.4f}",
                          " / ".join(f"{v:.3f}" for v in m["routing_per_block"]),
                          f"{100 * m['routing_decisive_share']:.1f} %",
@@ -123,7 +127,12 @@ def main(argv=None) -> int:
                    help="INT8 variants for each of these --cpu classes (default %(default)s)")
     p.add_argument("--time-rounds", type=int, default=0, metavar="N",
                    help="also time each variant: p10 of N interleaved rounds, batch 1")
+    p.add_argument("--graph", nargs="+", choices=("onnx", "jetson"), default=None,
+                   help="onnxruntime: which target's Q/DQ graph to run: onnx (FP32 float layers, the default) or "
+                        "jetson (FP16 float layers, router and LayerNorm FP32)")
     a = p.parse_args(argv)
+    if a.graph and a.runtime != "onnxruntime":
+        p.error("--graph needs --runtime onnxruntime")
     size = (128, 128)
     scenes = [render_scene(seed, size) for seed in scene_set("held_out", a.scenes)]
     data = {"synthetic": batches([image for image, _ in scenes], size)}
@@ -144,8 +153,14 @@ def main(argv=None) -> int:
     print(f"CPU: {describe(detect())}; INT8 weights for --cpu {', '.join(a.cpu)}")
     print(" | ".join(header))
     with tempfile.TemporaryDirectory(prefix="int8-routing-") as tmp:
-        rows = measure("biformer_seg_demo", size, variants, data, Path(tmp), truth, a.runtime, a.checkpoint,
-                       a.time_rounds)
+        rows = []
+        for graph in a.graph or [None]:
+            # the jetson target takes no --cpu: its INT8 weights are TensorRT's full 8 bits
+            graph_variants = variants if graph != "jetson" else [
+                (label, precision, routing, {k: v for k, v in extra.items() if k != "options"})
+                for label, precision, routing, extra in variants if label.count("--cpu") == 0]
+            rows += measure("biformer_seg_demo", size, graph_variants, data, Path(tmp), truth, a.runtime,
+                            a.checkpoint, a.time_rounds, graph)
         if a.tiny:
             tiny = {"synthetic": batches([render_scene(seed, (224, 224))[0] for seed in scene_set("held_out", 8)],
                                          (224, 224))}
