@@ -14,7 +14,9 @@
 # DURATION seconds (the run stops by itself: Ctrl-C discards the recording). PYTHON: an interpreter whose OpenCV has
 # GStreamer -- JetPack's python3 with its libopencv-python (or a venv made with --system-site-packages, as the
 # README's "On the Jetson" sets up); pip's opencv-python wheels have no GStreamer.
-# For steady numbers: sudo nvpmodel -m 0 && sudo jetson_clocks. Camera will not open: sudo systemctl restart
+# For steady numbers: the board's fastest power mode, then sudo jetson_clocks. Mode numbers differ by board (0 is
+# MAXN on an AGX Orin, 15 W on an Orin Nano): nvpmodel -q shows the current one, grep 'POWER_MODEL ID'
+# /etc/nvpmodel.conf lists them, sudo nvpmodel -m <id> sets one. Camera will not open: sudo systemctl restart
 # nvargus-daemon.
 set -euo pipefail
 

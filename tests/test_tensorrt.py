@@ -1002,9 +1002,13 @@ def fake_runtime(tmp_path, monkeypatch):
     return tmp_path, cudart
 
 
+CUDA_MISSING = ("cuda-python is not installed (pip install cuda-python; on a Jetson: pip install "
+                "'biformer-edge[jetson]' -c constraints-jetpack6.txt)")
+
+
 def test_cuda_unavailable_reasons(monkeypatch):
     monkeypatch.setattr(btrt, "load_cudart", lambda: None)
-    assert btrt.cuda_unavailable() == "cuda-python is not installed (pip install cuda-python)"
+    assert btrt.cuda_unavailable() == CUDA_MISSING
     monkeypatch.setattr(btrt, "load_cudart", lambda: FakeCudart(devices=0))
     assert btrt.cuda_unavailable() == "no CUDA GPU (cudaErrorNoDevice)"
     monkeypatch.setattr(btrt, "load_cudart", lambda: FakeCudart(fail={"cudaGetDeviceCount"}))
@@ -1017,7 +1021,7 @@ def test_runtime_unavailable_asks_cuda_python(monkeypatch):
     from biformer_edge import targets
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())   # 'tensorrt is installed'
     monkeypatch.setattr(btrt, "load_cudart", lambda: None)
-    assert targets.runtime_unavailable("tensorrt") == "cuda-python is not installed (pip install cuda-python)"
+    assert targets.runtime_unavailable("tensorrt") == CUDA_MISSING
 
 
 def test_session_runs_on_stand_ins(fake_runtime):
