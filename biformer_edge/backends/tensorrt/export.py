@@ -59,6 +59,7 @@ def _tensorrt_gpu_missing() -> str | None:
 
 
 _EXPORT_BACKEND = "biformer_edge_trt_export"
+MIXED_PRECISION_BATCHES = 8   # enough calibration batches for AutoCast's range measurement
 
 
 def _quantize_op(inputs, quantizer):
@@ -98,6 +99,33 @@ def export_quantized_program(qmodel, input_shape, path) -> dict:
     return {"quantize_ops": len(ops), "router_quantize_ops": len(in_router), **load_build_module().pt2_facts(path)}
 
 
+def write_mixed_precision(onnx_path: Path, ctx: ExportContext):
+    """Rewrite the FP32 (or Q/DQ) ``onnx_path`` as the mixed precision graph of :mod:`.precision`, check that it keeps
+    the router island and LayerNorm FP32, and record what it states. Returns the new ModelProto."""
+    import onnx
+
+    from .precision import DATA_MAX, float_precision, synthetic_calibration, to_mixed_precision
+
+    calibration = ctx.calibration() if ctx.calibration is not None else synthetic_calibration(ctx.input_shape)
+    calibration = calibration[:MIXED_PRECISION_BATCHES]
+    ctx.log(f"mixed precision (ModelOpt AutoCast): FP16 float layers, router and LayerNorm FP32, ranges measured on "
+            f"{calibration.shape[0] * calibration.shape[1]} inputs")
+    proto = to_mixed_precision(onnx_path, calibration)
+    onnx.checker.check_model(proto, full_check=True)
+    stated = float_precision(proto)
+    if stated["problems"]:
+        raise UserError(f"internal check failed: the mixed precision graph computes the router or LayerNorm in FP16 "
+                        f"({stated['problems'][0]}); report it with --debug")
+    onnx.save(proto, str(onnx_path))
+    ctx.opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    by_range = len(stated["kept_fp32"])
+    ctx.checks["mixed_precision"] = {"ok": True, "summary": (
+        f"{stated['nodes']['fp16']} nodes compute in FP16, {stated['nodes']['fp32']} in FP32 (router island, "
+        f"LayerNorm{f', {by_range} kept FP32 for values beyond {DATA_MAX:g}' if by_range else ''}); "
+        f"input and outputs FP32; opset {ctx.opset}")}
+    return proto
+
+
 def export(model, ctx: ExportContext) -> list[str]:
     """Write model.onnx (checked for TensorRT), build_engine.sh and build_engine.py into ``ctx.workdir``, plus
     model.engine when ``ctx.options['build']`` is set, and for INT8 the quantized ExportedProgram model.pt2 (for
@@ -123,7 +151,9 @@ def export(model, ctx: ExportContext) -> list[str]:
     workdir = Path(ctx.workdir)
     onnx_path = workdir / ONNX_FILE
     ctx.log(f"exporting {ONNX_FILE} ({ctx.precision}, opset {ctx.opset}, input {tuple(ctx.input_shape)})")
-    proto = export_onnx(model, onnx_path, tuple(ctx.input_shape), ctx.opset, fp16=ctx.precision == "fp16")
+    proto = export_onnx(model, onnx_path, tuple(ctx.input_shape), ctx.opset)
+    if ctx.precision in ("fp16", "int8"):
+        proto = write_mixed_precision(onnx_path, ctx)
     if deepstream is not None:   # -- DeepStream flavour: I/O named and checked as nvinfer binds it, deepstream/ --
         proto = deepstream.finish(onnx_path)
     assert_tensorrt_ready(proto, dla=dla_core is not None, what="the exported graph")
@@ -143,9 +173,12 @@ def export(model, ctx: ExportContext) -> list[str]:
             if ctx.routing == "qar" and found["router_quantize_ops"]:
                 raise UserError(f"internal check failed: {found['router_quantize_ops']} quantize ops inside a router "
                                 f"in {PROGRAM_FILE}; report it with --debug")
+            # schema_version: build_engine.py --torch-tensorrt refuses a device torch that cannot read it
             ctx.checks["torch_export"] = {"ok": True, "summary": (
                 f"{PROGRAM_FILE}: torch.export with {found['quantize_ops']} tensorrt::quantize_op Q/DQ ops, "
-                f"{found['router_quantize_ops']} inside routers")}
+                f"{found['router_quantize_ops']} inside routers; ExportedProgram schema {found['schema_version']} "
+                f"(torch {found['torch_version']})"), "schema_version": found["schema_version"],
+                "torch_version": found["torch_version"]}
             extra.append(PROGRAM_FILE)
 
     values = dict(model_name=getattr(model, "name", type(model).__name__), precision=ctx.precision,
