@@ -107,7 +107,7 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
     if graph_io:
         report["compared_as"] = (f"probabilities at {graph_io['output_size'][0]}x{graph_io['output_size'][1]} (the "
                                  f"graph's output) against the FP32 logits resized and softmaxed alike; cosine, SQNR "
-                                 f"and max_abs on the logits they imply (log, floored at 2^-14, centred per pixel)")
+                                 f"and max_abs on the logits they imply (log, floored at 2^-24, centred per pixel)")
     for name in names:
         reason = unavailable_reason(name, artifact_dir) if name in RUNTIMES else f"unknown backend '{name}'"
         if reason:
