@@ -216,6 +216,18 @@ def test_deepstream_app_config_uses_known_keys_and_the_artifact(fp16):
     assert app["streammux"]["batch-size"] == app["primary-gie"]["batch-size"] == batch
 
 
+def test_labels_fall_back_to_class_numbers_and_refuse_separators():
+    from biformer_edge.backends.tensorrt.deepstream import class_names
+    from biformer_edge.errors import UserError
+
+    class Model:
+        num_classes, spec = 3, None
+    assert class_names(Model()) == ["class_0", "class_1", "class_2"]
+    Model.spec = type("Spec", (), {"class_names": ("road", "side;walk", "sky")})()
+    with pytest.raises(UserError, match="cannot be a DeepStream label"):
+        class_names(Model())
+
+
 # ------------------------------------------------------------------------------------------------------- the graph
 def test_resize_matches_torch_bilinear():
     import torch
