@@ -51,7 +51,7 @@ def test_jetson_int8_artifact(jetson_int8):
     assert {"model.onnx", "layer_precision.json", "layer_precision.md", "build_engine.sh"} <= set(m["files"])
     assert m["checks"]["router_island"]["ok"] and m["checks"]["tensorrt_onnx"]["ok"]
     import torch
-    from torch._export.serde.schema import SCHEMA_VERSION   # what the device's torch must read (build_engine.py)
+    from torch._export.serde.schema import SCHEMA_VERSION  # what the device's torch must read (build_engine.py)
     assert m["checks"]["torch_export"]["schema_version"] == "{}.{}".format(*SCHEMA_VERSION)
     assert m["checks"]["torch_export"]["torch_version"] == torch.__version__
     report = json.loads((jetson_int8 / "parity.json").read_text())["backends"]["onnxruntime"]

@@ -1002,8 +1002,8 @@ def fake_runtime(tmp_path, monkeypatch):
     return tmp_path, cudart
 
 
-CUDA_MISSING = ("cuda-python is not installed (pip install cuda-python; on a Jetson: pip install "
-                "'biformer-edge[jetson]' -c constraints-jetpack6.txt)")
+CUDA_MISSING = ("cuda-python is not installed (pip install cuda-python; on a Jetson the jetson extra with its "
+                "JetPack's constraints file)")
 
 
 def test_cuda_unavailable_reasons(monkeypatch):

@@ -22,6 +22,7 @@ from ...errors import UserError
 from ..base import Backend, option
 
 MIN_WORKSPACE_MIB = 64
+CUDA_HINT = "pip install cuda-python; on a Jetson the jetson extra with its JetPack's constraints file"
 
 
 def _dla_core(value, precision: str) -> None:
@@ -59,6 +60,5 @@ TENSORRT = Backend(
     install_hint="on a Jetson 'sudo apt install python3-libnvinfer', on a GPU host NVIDIA's tensorrt wheel",
     file=ENGINE_FILE, session="session.TensorRTSession", aliases=("trt", "engine"),
     files=(ONNX_FILE, BUILD_SCRIPT, BUILD_PY), options=TensorRTOptions,
-    requires=(("cuda", "pip install cuda-python; on a Jetson: pip install 'biformer-edge[jetson]' -c "
-                         "constraints-jetpack6.txt"),), device_check="session.cuda_unavailable",
+    requires=(("cuda", CUDA_HINT),), device_check="session.cuda_unavailable",
     no_file=f"no {ENGINE_FILE}: build it on the device with ./{BUILD_SCRIPT}")
