@@ -53,7 +53,8 @@ class ExportContext:
     graph_io: dict | None = None                 # set by an export whose graph is not normalised input -> logits
     #                                              (the manifest's graph_io: contract.graph_io_problem)
     # INT8 exports whose runtime calibrates activations itself (Core ML W8A8 on a Mac): the calibration batches
-    # (B, N, 3, H, W), rendered or read on first call. None: the export has no calibration data.
+    # (B, N, 3, H, W), rendered or read on first call, as the graph takes its input (a DeepStream graph's hook
+    # converts them to pixels). None: the export has no calibration data.
     calibration: Callable[[], np.ndarray] | None = None
 
 

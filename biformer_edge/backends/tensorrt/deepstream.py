@@ -320,14 +320,14 @@ file-loop=0
 # nvinfer ({DS_INFER_CONFIG.rsplit("/", 1)[1]}) -> nvsegvisual (the class map blended over the frame) -> an MP4 file, or
 # a window when no OUTPUT is given.
 #   ./{DS_PIPELINE.rsplit("/", 1)[1]} INPUT [OUTPUT.mp4]   (INPUT: a video file, or a file://, rtsp:// or http:// URI)
-# Needs DeepStream 7.1 or later (original-background: DeepStream 6.4+) and ../{ENGINE_FILE} (../build_engine.sh).
+# Needs DeepStream 7.0 or later (nvsegvisual's original-background: 6.4+) and ../{ENGINE_FILE} (../build_engine.sh).
 set -euo pipefail
 here="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
 die() {{ echo "{DS_PIPELINE.rsplit("/", 1)[1]}: $*" >&2; exit 2; }}
 [ $# -ge 1 ] && [ $# -le 2 ] || die "usage: $0 INPUT [OUTPUT.mp4] (INPUT: a video file or a URI)"
-command -v gst-launch-1.0 >/dev/null 2>&1 || die "gst-launch-1.0 not found: install DeepStream 7.1 or later"
+command -v gst-launch-1.0 >/dev/null 2>&1 || die "gst-launch-1.0 not found: install DeepStream (7.1 on JetPack 6.1)"
 for element in nvstreammux nvinfer nvsegvisual nvvideoconvert; do
-  gst-inspect-1.0 "$element" >/dev/null 2>&1 || die "GStreamer has no $element: install DeepStream 7.1 or later"
+  gst-inspect-1.0 "$element" >/dev/null 2>&1 || die "GStreamer has no $element: install DeepStream (7.1 on JetPack 6.1)"
 done
 [ -f "$here/../{ENGINE_FILE}" ] || die "no ../{ENGINE_FILE}: build it first with 'cd $here/.. && ./build_engine.sh'"
 case "$1" in
@@ -363,7 +363,7 @@ exec gst-launch-1.0 -e \\
 {self.model_name}, {self.ctx.precision}, input {self.batch}x3x{self.height}x{self.width}. The graph ({ONNX_FILE})
 takes RGB pixels 0..255 (normalisation inside), outputs `{PROBABILITIES_NAME}` (softmax over
 {len(self.classes)} classes at {self.height}x{self.width}, FP32, CHW) first, then INT32 routing outputs. On the
-Jetson (DeepStream 7.1 or later):
+Jetson (DeepStream 7.0 or later; FP16 and INT8 engines need JetPack 6.1 or later, i.e. DeepStream 7.1):
 
 ```bash
 cd .. && ./build_engine.sh && biformer-parity . && cd {DS_INFER_CONFIG.rsplit("/", 1)[0]}   # the engine, checked
