@@ -10,11 +10,16 @@
 #   TensorRT 8.6 (JetPack 6.0): FP32 artifacts only (no strong typing); FP16/INT8 are refused.
 #   TensorRT 8.5 and older (JetPack 5, Xavier): refused, no LayerNormalization in the ONNX parser.
 #   DLA (--dla-core): refused, with the reason.
-# engine_layers.json/.txt next to the engine say what precision each engine layer runs in. INT8 artifacts also hold
-# model.pt2: python3 build_engine.py --torch-tensorrt compiles it.
+# engine_layers.json/.txt next to the engine say what precision each engine layer runs in. timing.cache (with
+# timing.cache.stamp: the board and TensorRT that wrote it) speeds up rebuilds on the same board. INT8 artifacts also
+# hold model.pt2: python3 build_engine.py --torch-tensorrt compiles it.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ENGINE="$HERE/model.engine"
+PARTIAL="$HERE/model.engine.partial"   # trtexec writes here; renamed to model.engine only after a successful build
+CACHE="$HERE/timing.cache"
+CACHE_STAMP="$HERE/timing.cache.stamp"
 PRECISION="@@precision"
 WORKSPACE_MIB="@@workspace_mib"
 WORKSPACE_SHARE=4   # the workspace is at most this share of the machine's memory (the Jetson GPU shares it)
@@ -29,9 +34,10 @@ DLA_REFUSAL="DLA is not offered for BiFormer: only its convolutions could run th
  TensorRT 10.8-11.3 and the Orin Nano have no DLA: build for the GPU (drop --dla-core)"
 
 usage() {
-    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
-die() { echo "error: $*" >&2; exit 2; }
+die() { echo "error: $*" >&2; exit 2; }     # bad input or a TensorRT that cannot build this artifact
+fail() { echo "error: $*" >&2; exit 1; }    # the build itself failed
 need_value() { [ "$#" -ge 2 ] || die "$1 needs a value"; }
 
 while [ "$#" -gt 0 ]; do
@@ -83,10 +89,8 @@ if [ "$MAJOR" -lt 8 ] || { [ "$MAJOR" -eq 8 ] && [ "$MINOR" -lt 6 ]; }; then
     die "TensorRT $VERSION (JetPack 5 or older) cannot build this model: its ONNX parser has no LayerNormalization;" \
         "flash an Orin with JetPack 6.1+ (TensorRT 10.3); a Xavier cannot go past JetPack 5"
 elif [ "$MAJOR" -eq 8 ] && [ "$PRECISION" != fp32 ]; then
-    OPSET=""
-    [ "$PRECISION" = int8 ] && OPSET=" and parses ONNX up to opset 17, the INT8 graph is opset 19"
     die "TensorRT $VERSION (JetPack 6.0) cannot build this ${PRECISION^^} artifact: it has no strongly typed builds" \
-        "to keep the router and LayerNorm FP32$OPSET; upgrade the Orin to JetPack 6.1+ (TensorRT 10.3) or export" \
+        "to keep the router and LayerNorm FP32; upgrade the Orin to JetPack 6.1+ (TensorRT 10.3) or export" \
         "with --fp32 for JetPack 6.0"
 fi
 MODE="weakly typed"
@@ -100,9 +104,28 @@ if [ -n "$MEM_TOTAL_MIB" ] && [ "$WORKSPACE_MIB" -gt $((MEM_TOTAL_MIB / WORKSPAC
     WORKSPACE_MIB=$((MEM_TOTAL_MIB / WORKSPACE_SHARE))
 fi
 
+# trtexec loads --timingCacheFile with mismatches ignored (setTimingCache(*cache, true): samples/utils/timingCache.cpp
+# v10.3.0, shared/utils/cacheUtils.cpp v10.16 and v11.1), so a cache copied from another board or written by another
+# TensorRT would be used as it is. timing.cache.stamp names the board and TensorRT that wrote the cache; a cache
+# without it, or with another one, is replaced by a fresh cache.
+device_name() {
+    local name=""
+    if [ -r /proc/device-tree/model ]; then name="$(tr -d '\0' < /proc/device-tree/model 2> /dev/null || true)"; fi
+    if [ -z "$name" ] && command -v nvidia-smi > /dev/null; then
+        name="$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -n 1 || true)"
+    fi
+    echo "${name:-unknown device}"
+}
+STAMP="$(device_name), TensorRT $VERSION"
+if [ -e "$CACHE" ] && [ "$(head -n 1 "$CACHE_STAMP" 2> /dev/null || true)" != "$STAMP" ]; then
+    echo "note: $CACHE was written by $(head -n 1 "$CACHE_STAMP" 2> /dev/null || echo 'an unknown board'); starting" \
+         "a new timing cache for $STAMP"
+    rm -f "$CACHE" "$CACHE_STAMP"
+fi
+
 # Options every trtexec from 8.6 to 11.x parses (samples/common/sampleOptions.cpp, v8.6.1, v10.3.0, v10.16, v11.1);
 # --skipInference: build only, no timing run (the parity check runs the engine).
-ARGS=(--onnx="$HERE/model.onnx" --saveEngine="$HERE/model.engine" --timingCacheFile="$HERE/timing.cache"
+ARGS=(--onnx="$HERE/model.onnx" --saveEngine="$PARTIAL" --timingCacheFile="$CACHE"
       --memPoolSize=workspace:"$WORKSPACE_MIB" --skipInference
       --profilingVerbosity=detailed --exportLayerInfo="$HERE/engine_layers.json")  # per-layer precisions
 if [ "$MODE" = "strongly typed" ] && [ "$MAJOR" -lt 11 ]; then
@@ -111,12 +134,19 @@ fi
 # TF32 rounds FP32 matmul inputs to 10 mantissa bits: enough to flip near-tied top-k routing choices.
 [ "$TF32" = 1 ] || ARGS+=(--noTF32)
 
-rm -f "$HERE/engine_layers.json" "$HERE/engine_layers.txt"   # never leave a report of an earlier engine
+# A failed build leaves no engine: never an earlier one (or its layer report) beside a model.onnx it was not built from.
+rm -f "$ENGINE" "$PARTIAL" "$HERE/engine_layers.json" "$HERE/engine_layers.txt"
+trap 'rm -f "$PARTIAL"' EXIT
 echo "+ $TRTEXEC ${ARGS[*]}"
-"$TRTEXEC" "${ARGS[@]}"
-[ -s "$HERE/model.engine" ] || die "trtexec did not write $HERE/model.engine"
+if ! "$TRTEXEC" "${ARGS[@]}"; then
+    rm -f "$HERE/engine_layers.json"
+    fail "trtexec failed (its messages above say why): no model.engine written"
+fi
+[ -s "$PARTIAL" ] || fail "trtexec reported success but wrote no engine: no model.engine written"
+mv -f "$PARTIAL" "$ENGINE"
+if [ -e "$CACHE" ]; then echo "$STAMP" > "$CACHE_STAMP"; fi
 echo
-echo "wrote $HERE/model.engine"
+echo "wrote $ENGINE"
 if [ -s "$HERE/engine_layers.json" ]; then
     # engine_layers.txt (one line per layer, router layers flagged) where python3 is here; the JSON is enough alone
     if command -v python3 > /dev/null && python3 "$HERE/build_engine.py" --layer-report "$HERE/engine_layers.json"; then
