@@ -12,7 +12,7 @@ What builds where (docs/tensorrt.md has the table and the sources):
   mode). INT8 runs exactly where the Q/DQ pairs sit; implicit calibration (BuilderFlag.INT8 + a calibrator) is never
   used.
 - TensorRT 8.6 (JetPack 6.0): FP32 artifacts only, weakly typed with no FP16 flag, so every layer stays FP32. FP16 and
-  INT8 artifacts are refused: 8.6 has no strong typing (and parses ONNX up to opset 17; INT8 graphs are opset 19).
+  INT8 artifacts are refused: 8.6 has no strong typing.
 - TensorRT 8.5 and older (JetPack 5, Xavier): refused, the ONNX parser has no LayerNormalization.
 - DLA: refused (see DLA_REFUSAL).
 The engine is a plain plan file, nothing prepended.
@@ -41,8 +41,16 @@ PRECISION = "@@precision"
 INPUT_SHAPE = "@@input_shape"      # NxCxHxW, static
 WORKSPACE_MIB = "@@workspace_mib"  # rendered from biformer-edge's --workspace-mib (default there)
 LAYERS_JSON, LAYERS_TXT = "engine_layers.json", "engine_layers.txt"
+PARTIAL_SUFFIX = ".partial"        # model.engine.partial: the plan being written, renamed to model.engine when whole
+STAMP_SUFFIX = ".stamp"            # timing.cache.stamp: the board and TensorRT build_engine.sh wrote the cache with
 PROGRAM_FILE, TORCH_TRT_FILE = "model.pt2", "model_trt.ep"
 ROUTER_SCOPE = "/router/"          # every op of a BRA router is named .../router/... in the ONNX
+# A layer TensorRT fused from several ONNX ops (Myelin) is named '{ForeignNode[<first op>...<last op>]}', e.g.
+# '{ForeignNode[/model.10/m/m.0/attn/Split_16.../model.10/m/m.0/attn/Add]}' in a public TensorRT 10.3 build log on
+# an Orin NX (the '{ForeignNode[' form also in samples/sampleCudla/README.md, v10.16). One whose name shows a router
+# op also holds non-router ops, so its INT8 inputs need not be the router's; and one may contain router ops its name
+# does not show.
+FUSED_PREFIX = "{ForeignNode["
 # The builder workspace is at most this share of the machine's memory: a Jetson's GPU shares it with the CPU, and
 # the builder, the weights, the OS and the desktop need the rest.
 WORKSPACE_SHARE = 4
@@ -93,10 +101,9 @@ def build_mode(version: tuple[int, int, int], precision: str) -> str:
                            f"go past JetPack 5")
     if version[0] == 8:
         if precision != "fp32":
-            opset = " and parses ONNX up to opset 17, the INT8 graph is opset 19" if precision == "int8" else ""
             raise BuildRefused(f"TensorRT {name} (JetPack 6.0) cannot build this {precision.upper()} artifact: it has "
-                               f"no strongly typed builds to keep the router and LayerNorm FP32{opset}; upgrade the "
-                               f"Orin to JetPack 6.1+ (TensorRT 10.3) or export with --fp32 for JetPack 6.0")
+                               f"no strongly typed builds to keep the router and LayerNorm FP32; upgrade the Orin to "
+                               f"JetPack 6.1+ (TensorRT 10.3) or export with --fp32 for JetPack 6.0")
         return "weakly typed"       # no FP16 flag: every layer runs in FP32
     if version[0] >= 11:
         return "strongly typed"     # the only mode TensorRT 11 has
@@ -126,12 +133,18 @@ def fit_workspace(requested_mib: int, total_mib: int | None, log=print) -> int:
 def tensor_precision(tensor) -> str:
     """'int8', 'fp16', 'fp32', ... of one tensor entry of the inspector's JSON ('?' when it does not say). The key
     is read whatever its spelling: IEngineInspector writes 'Format/Datatype' (values 'Int8', 'Half' or a full format
-    text), other tools 'DataType' or 'Datatype' beside 'Format'."""
+    text), other tools 'DataType' or 'Datatype' beside 'Format'. A key naming the datatype decides; a separate
+    'Format' is read only where no such key states one (a format text such as 'Row major linear FP32 format' may
+    describe the layout of a tensor whose datatype is 'Half')."""
     if not isinstance(tensor, dict):
         return "?"
-    text = " ".join(str(v) for k, v in tensor.items() if "datatype" in str(k).lower() or str(k).lower() == "format")
-    match = _PRECISION_TOKEN.search(text)
-    return _PRECISIONS[match.group(1).lower()] if match else "?"
+    for keys in (lambda k: "datatype" in k, lambda k: k == "format"):
+        for key, value in tensor.items():
+            if keys(str(key).lower()):
+                match = _PRECISION_TOKEN.search(str(value))
+                if match:
+                    return _PRECISIONS[match.group(1).lower()]
+    return "?"
 
 
 def layer_report(info: str | dict) -> tuple[list[dict], dict]:
@@ -144,10 +157,12 @@ def layer_report(info: str | dict) -> tuple[list[dict], dict]:
         if not isinstance(layer, dict):
             layer = {"Name": str(layer)}
         name = str(layer.get("Name", ""))
+        fused = name.startswith(FUSED_PREFIX)
         rows.append({"name": name, "type": str(layer.get("LayerType", "?")),
                      "inputs": [tensor_precision(t) for t in layer.get("Inputs", [])],
                      "outputs": [tensor_precision(t) for t in layer.get("Outputs", [])],
-                     "router": ROUTER_SCOPE in name})
+                     "router": ROUTER_SCOPE in name and not fused,
+                     "fused_router": ROUTER_SCOPE in name and fused})
     by_precision: dict[str, int] = {}
     for row in rows:
         for p in set(row["inputs"] + row["outputs"]):
@@ -155,10 +170,14 @@ def layer_report(info: str | dict) -> tuple[list[dict], dict]:
     router = [r for r in rows if r["router"]]
     read = [r for r in router if any(p != "?" for p in r["inputs"])]
     int8_router = sum("int8" in r["inputs"] for r in router)
+    fused_router = [r for r in rows if r["fused_router"]]
     summary = {"layers": len(rows), "layers_by_tensor_precision": dict(sorted(by_precision.items())),
                "int8_input_layers": sum("int8" in r["inputs"] for r in rows),
                "router_layers": len(router), "router_layers_read": len(read),
                "router_layers_with_int8_inputs": int8_router,
+               # fused layers spanning router ops: counted apart, their INT8 inputs may feed non-router ops
+               "fused_router_layers": len(fused_router),
+               "fused_router_layers_with_int8_inputs": sum("int8" in r["inputs"] for r in fused_router),
                # a 0 counts only where the precisions were read: no readable router layer is "unknown", not a pass
                "router_island": "int8 inputs" if int8_router else ("fp32" if read else "unknown")}
     return rows, summary
@@ -170,10 +189,17 @@ def render_layer_report(rows: list[dict], summary: dict) -> str:
              f"{summary['int8_input_layers']} layers take INT8 inputs; router layers with INT8 inputs: "
              + (f"{summary['router_layers_with_int8_inputs']} of {summary['router_layers']}"
                 if summary["router_island"] != "unknown" else
-                f"unknown (no precision readable for any of the {summary['router_layers']} router layers)"), ""]
+                (f"unknown (no precision readable for any of the {summary['router_layers']} router layers)"
+                 if summary["router_layers"] else "unknown (no router layer of its own in the engine)"))]
+    if summary.get("fused_router_layers"):
+        lines.append(f"{summary['fused_router_layers']} fused layers contain router ops beside others "
+                     f"({summary['fused_router_layers_with_int8_inputs']} take INT8 inputs, which may feed their "
+                     f"non-router ops); not counted as router layers")
+    lines.append("")
     for r in rows:
+        tag = "  [router]" if r["router"] else "  [fused, contains router ops]" if r.get("fused_router") else ""
         lines.append(f"{','.join(r['inputs']) or '-':>16} -> {','.join(r['outputs']) or '-':<12} {r['type']:<24} "
-                     f"{r['name']}{'  [router]' if r['router'] else ''}")
+                     f"{r['name']}{tag}")
     return "\n".join(lines) + "\n"
 
 
@@ -187,18 +213,42 @@ def write_layer_report(info: str, directory, log=print) -> dict:
     log(render_layer_report([], summary).strip())
     if summary["router_layers_with_int8_inputs"]:
         log("warning: router layers take INT8 inputs (expected only with --routing naive exports)")
+    if summary["fused_router_layers_with_int8_inputs"]:
+        log(f"note: {summary['fused_router_layers_with_int8_inputs']} fused layers that contain router ops take INT8 "
+            f"inputs, which may feed their non-router ops ({LAYERS_JSON} lists their tensors)")
     elif summary["router_island"] == "unknown":
         log("note: the engine's layer information states no tensor precisions, so the router island was not checked "
             "on the engine (build with detailed profiling verbosity to check it)")
     return summary
 
 
-def build_engine(onnx_path, engine_path, precision: str, dla_core: int | None = None, workspace_mib: int | None = None,
-                 timing_cache=None, tf32: bool = False, log=print) -> Path:
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path`` and rename it into place: ``path`` is whole or absent."""
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    try:
+        partial.write_bytes(data)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def check_timing_cache_path(timing_cache) -> None:
+    """BuildRefused for a timing cache path the build could not write afterwards (a directory, no such folder)."""
+    path = Path(timing_cache)
+    if path.is_dir():
+        raise BuildRefused(f"--timing-cache {path} is a directory: give a file path, e.g. {path / 'timing.cache'}")
+    if not path.parent.is_dir():
+        raise BuildRefused(f"--timing-cache {path}: the folder {path.parent} does not exist: create it or give "
+                           f"another file path")
+
+
+def build_engine(onnx_path, engine_path, precision: str, workspace_mib: int | None = None, timing_cache=None,
+                 tf32: bool = False, log=print) -> Path:
     """Parse ``onnx_path``, build, write the serialized plan to ``engine_path``. Raises BuildRefused where this
-    TensorRT cannot build the artifact as exported (or DLA is asked for), RuntimeError when the build fails."""
-    if dla_core is not None:
-        raise BuildRefused(DLA_REFUSAL)
+    TensorRT cannot build the artifact as exported (or the timing cache path is unusable), RuntimeError when the build
+    fails; then no engine is left at ``engine_path``, not even an earlier one."""
+    if timing_cache is not None:
+        check_timing_cache_path(timing_cache)
     import tensorrt as trt
 
     version = parse_version(trt.__version__)
@@ -220,6 +270,11 @@ def build_engine(onnx_path, engine_path, precision: str, dla_core: int | None = 
         flags |= 1 << int(creation.EXPLICIT_BATCH)
     if mode == "strongly typed" and version[0] < 11:
         flags |= 1 << int(creation.STRONGLY_TYPED)
+    engine_path = Path(engine_path)
+    # A failed build leaves no engine: never an earlier one (or its layer report) beside a model.onnx it was not
+    # built from.
+    for stale in (engine_path, engine_path.parent / LAYERS_JSON, engine_path.parent / LAYERS_TXT):
+        stale.unlink(missing_ok=True)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -239,15 +294,15 @@ def build_engine(onnx_path, engine_path, precision: str, dla_core: int | None = 
         timing_cache = Path(timing_cache)
         attach_timing_cache(config, timing_cache.read_bytes() if timing_cache.is_file() else b"", timing_cache, log)
 
-    for stale in (LAYERS_JSON, LAYERS_TXT):   # never leave the report of an earlier engine beside a new one
-        (Path(engine_path).parent / stale).unlink(missing_ok=True)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError("TensorRT engine build failed (see the TensorRT messages above)")
-    engine_path = Path(engine_path)
-    engine_path.write_bytes(bytes(plan))
+    write_atomically(engine_path, bytes(plan))
     if timing_cache is not None and config.get_timing_cache() is not None:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        write_atomically(timing_cache, bytes(config.get_timing_cache().serialize()))
+        # build_engine.sh's stamp names whoever wrote the cache before: it no longer does, so drop it (the shell
+        # script then starts a fresh cache rather than trusting one it cannot place)
+        timing_cache.with_name(timing_cache.name + STAMP_SUFFIX).unlink(missing_ok=True)
     engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(plan))
     if engine is None:
         log("warning: cannot load the engine just built to inspect its layers; engine_layers.json not written")
@@ -373,13 +428,30 @@ def default_workspace_mib() -> int:
     return int(_default(WORKSPACE_MIB, "2048"))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (exit status 2) that says what to do."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv=None) -> int:
     here = Path(__file__).resolve().parent
-    ap = argparse.ArgumentParser(description="Build model.engine from model.onnx with the TensorRT Python API "
-                                             "(TensorRT 8.6 for FP32 artifacts, 10 or 11 for all), then check it "
-                                             "with: biformer-parity .")
-    ap.add_argument("--dla-core", type=int, metavar="N", help="not offered: says why (docs/tensorrt.md#dla)")
-    ap.add_argument("--workspace", type=int, default=default_workspace_mib(), metavar="MiB",
+    ap = OneLineParser(description="Build model.engine from model.onnx with the TensorRT Python API (TensorRT 8.6 "
+                                   "for FP32 artifacts, 10 or 11 for all), then check it with: biformer-parity .")
+    ap.add_argument("--dla-core", metavar="N", help="not offered: says why (docs/tensorrt.md#dla)")
+    ap.add_argument("--workspace", type=positive_int, default=default_workspace_mib(), metavar="MiB",
                     help=f"builder workspace memory pool limit, at most 1/{WORKSPACE_SHARE} of the machine's memory "
                          f"(default: %(default)s)")
     ap.add_argument("--precision", default=_default(PRECISION, "fp32"), choices=["fp32", "fp16", "int8"],
@@ -397,6 +469,9 @@ def main(argv=None) -> int:
                          f"--exportLayerInfo)")
     args = ap.parse_args(argv)
 
+    if args.dla_core is not None:
+        print(f"error: {DLA_REFUSAL}", file=sys.stderr)
+        return 2
     if args.layer_report is not None:
         try:
             write_layer_report(args.layer_report.read_text(), args.layer_report.parent)
@@ -407,8 +482,7 @@ def main(argv=None) -> int:
     if args.torch_tensorrt:
         return _torch_tensorrt_main(here, args)
     try:
-        engine = build_engine(args.onnx, args.engine, args.precision, args.dla_core, args.workspace,
-                              args.timing_cache, args.tf32)
+        engine = build_engine(args.onnx, args.engine, args.precision, args.workspace, args.timing_cache, args.tf32)
     except ImportError:
         print("error: the TensorRT Python bindings are not installed (JetPack: sudo apt install python3-libnvinfer; "
               "GPU host: NVIDIA's TensorRT wheels); or use ./build_engine.sh (trtexec)", file=sys.stderr)
