@@ -26,12 +26,11 @@ CUDA_HINT = "pip install cuda-python; on a Jetson the jetson extra with its JetP
 
 
 def _dla_core(value, precision: str) -> None:
-    """Refuses DLA for every value: docs/tensorrt.md#dla has the sources; build_engine.sh/.py refuse it the same way."""
-    raise UserError("--dla-core: DLA is not offered for BiFormer: only its convolutions could run there, each between "
-                    "GPU-only layers (LayerNorm, MatMul, Softmax, TopK, Gather), so each becomes its own DLA loadable "
-                    "(16 per core at most) with a GPU round trip; TensorRT 10's trtexec cannot combine --useDLACore "
-                    "with the strongly typed build these graphs need, and TensorRT 10.8-11.3 and the Orin Nano have "
-                    "no DLA: drop --dla-core (the engine runs on the GPU)")
+    """Refuses DLA for every value, with the reason build_engine.py states (its DLA_REFUSAL; build_engine.sh holds the
+    same text): docs/tensorrt.md#dla has the sources. The template is loaded here, not at import, to keep this module
+    light."""
+    from .export import load_build_module
+    raise UserError(f"--dla-core: {load_build_module().DLA_REFUSAL}")
 
 
 def _workspace(value, precision: str) -> None:

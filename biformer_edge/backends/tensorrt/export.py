@@ -140,7 +140,6 @@ def export(model, ctx: ExportContext) -> list[str]:
         deepstream = DeepStreamFlavour(model, ctx)
         model = deepstream.graph
     # --
-    dla_core = None if options.dla_core in (None, "") else int(options.dla_core)
     workspace_mib = int(options.workspace_mib)
     if options.build:
         why = _tensorrt_gpu_missing()
@@ -156,10 +155,10 @@ def export(model, ctx: ExportContext) -> list[str]:
         proto = write_mixed_precision(onnx_path, ctx)
     if deepstream is not None:   # -- DeepStream flavour: I/O named and checked as nvinfer binds it, deepstream/ --
         proto = deepstream.finish(onnx_path)
-    assert_tensorrt_ready(proto, dla=dla_core is not None, what="the exported graph")
+    assert_tensorrt_ready(proto, what="the exported graph")
     ctx.checks["tensorrt_onnx"] = {"ok": True, "summary": (
         f"TensorRT 10/11 parser limits (opset {MIN_OPSET}-{MAX_OPSET}, TopK constant K < {TOPK_MAX_K} sorted, no INT8 "
-        f"on TopK/Gather, rank <= {MAX_RANK}{', static shapes for DLA' if dla_core is not None else ''}): no problems")}
+        f"on TopK/Gather, rank <= {MAX_RANK}): no problems")}
     extra = []
     if ctx.precision == "int8":  # explicit Q/DQ: TensorRT builds it strongly typed, INT8 exactly where Q/DQ sit
         try:
@@ -183,7 +182,7 @@ def export(model, ctx: ExportContext) -> list[str]:
 
     values = dict(model_name=getattr(model, "name", type(model).__name__), precision=ctx.precision,
                   input_name=INPUT_NAME, input_shape="x".join(str(int(d)) for d in ctx.input_shape),
-                  dla_core="" if dla_core is None else dla_core, workspace_mib=workspace_mib)
+                  workspace_mib=workspace_mib)
     written = [ONNX_FILE, *extra, *(DEEPSTREAM_FILES if deepstream is not None else ())]
     for name in (BUILD_SCRIPT, BUILD_PY):
         path = workdir / name
@@ -195,7 +194,7 @@ def export(model, ctx: ExportContext) -> list[str]:
     if options.build:
         ctx.log("building model.engine with TensorRT")
         try:
-            load_build_module().build_engine(onnx_path, workdir / ENGINE_FILE, ctx.precision, dla_core, workspace_mib,
+            load_build_module().build_engine(onnx_path, workdir / ENGINE_FILE, ctx.precision, workspace_mib,
                                              options.timing_cache, bool(options.tf32), log=ctx.log)
         except RuntimeError as exc:
             raise UserError(f"TensorRT engine build failed: {exc}") from None

@@ -63,13 +63,13 @@ def _nodes(graph):
                 yield from _nodes(sub)
 
 
-def check_onnx(proto_or_path, dla: bool = False, max_opset: int = MAX_OPSET) -> list[str]:
+def check_onnx(proto_or_path, max_opset: int = MAX_OPSET) -> list[str]:
     """What would make TensorRT 10/11's ONNX parser reject this graph, or run its routing differently from the
     reference. Returns one line per problem, naming the node; empty when the graph is fine.
 
     Sources: onnx-tensorrt docs/operators.md (opsets, supported operators, TopK limits, no INT8 on TopK/Gather*),
-    TensorRT ITopKLayer docs (axis in the last four dims), DLA docs (no dynamic dims), the router precision island of
-    QAR (no Q/DQ into the router's TopK).
+    TensorRT ITopKLayer docs (axis in the last four dims), the router precision island of QAR (no Q/DQ into the
+    router's TopK).
     """
     import onnx
     from onnx import numpy_helper, shape_inference
@@ -169,22 +169,12 @@ def check_onnx(proto_or_path, dla: bool = False, max_opset: int = MAX_OPSET) -> 
             source = producer.get(name)
             where = f" (output of {source.op_type} '{source.name}')" if source is not None else ""
             problems.append(f"tensor '{name}'{where} has rank {r}; TensorRT supports at most {MAX_RANK} dims")
-
-    if dla:
-        initializers = {i.name for i in graph.initializer}
-        for inp in graph.input:
-            if inp.name in initializers:
-                continue
-            dims = inp.type.tensor_type.shape.dim
-            if not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
-                shape = "x".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
-                problems.append(f"input '{inp.name}' has dynamic dims ({shape}); DLA needs static shapes")
     return problems
 
 
-def assert_tensorrt_ready(path, dla: bool = False, max_opset: int = MAX_OPSET, what: str | None = None) -> None:
+def assert_tensorrt_ready(path, max_opset: int = MAX_OPSET, what: str | None = None) -> None:
     """Raise UserError naming the first problems :func:`check_onnx` finds in ``path`` (a file or a ModelProto)."""
-    problems = check_onnx(path, dla=dla, max_opset=max_opset)
+    problems = check_onnx(path, max_opset=max_opset)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise UserError(f"{what or path} would not build with TensorRT: {'; '.join(problems[:3])}{more}")
