@@ -45,9 +45,9 @@ class Target:
 RUNTIMES: dict[str, Backend] = {b.name: b for b in BACKENDS}
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("jetson", "tensorrt", "tensorrt", (), "Jetson / TensorRT 10-11 (engine built on the device)",
+    Target("jetson", "tensorrt", "tensorrt", (), "Jetson / TensorRT 10-11, 8.6 FP32 only (engine built on the device)",
            options=("dla_core", "workspace_mib", "build", "deepstream")),
-    Target("tensorrt", "tensorrt", "tensorrt", ("trt", "engine"), "TensorRT 10-11 on an NVIDIA GPU",
+    Target("tensorrt", "tensorrt", "tensorrt", ("trt", "engine"), "TensorRT 10-11, 8.6 FP32 only, on an NVIDIA GPU",
            options=("workspace_mib", "build")),
     Target("openvino", "openvino", "openvino", ("ov",), "OpenVINO IR for Intel", options=("cpu",)),
     Target("coreml", "coreml", "coreml", ("mlpackage", "ios"), "Core ML mlprogram",
