@@ -11,7 +11,11 @@ from .cli import build_parser, main, parse_args
 from .draw import (
     SHEET_CELL,
     SHEET_ROWS,
+    UPSAMPLE_MODES,
+    DisplayLabels,
     Upsampler,
+    bilinear_labels,
+    candidate_classes,
     class_names_and_palette,
     colorize,
     contact_sheet,
@@ -26,4 +30,5 @@ from .sources import DEFAULT_FPS, CaptureSource, FrameSource, SyntheticSource, c
 __all__ = ["main", "build_parser", "parse_args", "run", "format_table", "STAGES",
            "FrameSource", "SyntheticSource", "CaptureSource", "csi_pipeline", "open_source", "frame_limit",
            "DEFAULT_FPS", "colorize", "overlay", "draw_legend", "legend", "hud", "Upsampler", "contact_sheet",
-           "class_names_and_palette", "SHEET_CELL", "SHEET_ROWS"]
+           "class_names_and_palette", "SHEET_CELL", "SHEET_ROWS", "UPSAMPLE_MODES", "DisplayLabels",
+           "bilinear_labels", "candidate_classes"]

@@ -8,6 +8,7 @@ import argparse
 from ..console import OneLineParser, error_boundary, utf8_path
 from ..errors import UserError
 from ..targets import AUTO_ORDER, RUNTIMES, resolve_runtime
+from .draw import UPSAMPLE_MODES
 from .sources import DEFAULT_FPS, LIVE_SECONDS, SYNTHETIC_SECONDS
 
 
@@ -39,6 +40,11 @@ def build_parser(prog: str = "video_segmentation.py") -> argparse.ArgumentParser
     p.add_argument("--precision-hint", choices=("f32", "f16", "bf16"),
                    help="openvino INFERENCE_PRECISION_HINT (default: the one its parity check used for this "
                         "artifact's precision)")
+    p.add_argument("--upsample", choices=UPSAMPLE_MODES, default=UPSAMPLE_MODES[0],
+                   help="how the model's output reaches the frame size for drawing: 'bilinear' resizes the class "
+                        "scores and takes the argmax there (smooth edges, the default), 'nearest' repeats each "
+                        "output pixel's label (blocks). Pixel agreement and flicker stay at the model's output "
+                        "resolution either way")
     p.add_argument("--no-display-legend", dest="legend", action="store_false", help="no class legend on the video")
     p.add_argument("--checkpoint", help="the checkpoint the artifact was exported from, if it has moved (for "
                                         "--compare, --backend torch and the sheet's reference column)")

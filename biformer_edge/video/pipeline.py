@@ -2,9 +2,14 @@
 optional FP32 comparison (``parity.video.Comparison``), a contact sheet and a JSON summary.
 
 Every runtime gets the same pre/post-processing: ``preprocess()`` to the artifact's input size, ``Session.run``,
-``to_labels`` (argmax at the model's output resolution), then a nearest-neighbour upsample of the label map to the
-frame size for display. Outputs are written through ``artifact.AtomicOutputs``: temporaries beside the final paths,
-renamed into place only when the whole run succeeded; an error, Ctrl-C or SIGTERM leaves nothing behind.
+``to_labels`` (argmax at the model's output resolution: what pixel agreement and flicker are measured on, parity's
+definition), and for display the label map at the frame size (``draw.DisplayLabels``, ``--upsample``): by default the
+class scores resized bilinearly to the frame, then argmax (smooth edges), or the label map upsampled
+nearest-neighbour (blocks of frame/output pixels); an output already at the frame size (a DeepStream graph's
+probabilities at the input size, on frames of that size) is drawn as it is.
+
+Outputs are written through ``artifact.AtomicOutputs``: temporaries beside the final paths, renamed into place only
+when the whole run succeeded; an error, Ctrl-C or SIGTERM leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -25,14 +30,15 @@ from ..parity.video import Comparison
 from ..preprocess import preprocess
 from .draw import (
     SHEET_ROWS,
+    DisplayLabels,
     SheetPicker,
-    Upsampler,
     class_names_and_palette,
     contact_sheet,
     hud,
     legend,
     overlay,
     thumb,
+    thumb_size,
 )
 from .runtime import Deployed, artifact_inputs, load_artifact, open_deployed, torch_session
 from .sources import FrameSource, frame_limit, input_file, open_source
@@ -77,8 +83,11 @@ def run(args, log=print) -> dict:
 
             picked = summary.pop("_sheet")
             names, palette = summary.pop("_classes")
-            ref_label = sheet_reference(picked, reference, deployed, manifest, args.checkpoint, summary["notes"], log)
-            rows = [{"index": i, **item} for i, item in picked]
+            ref_label = sheet_reference(picked, reference, deployed, manifest, args.checkpoint, summary["notes"], log,
+                                        args.upsample)
+            rows = [{"index": i, "thumb": item["thumb"], "deployed": item["deployed_view"],
+                     "reference": item.get("reference_view"), "agreement": item["agreement"],
+                     "agreement_at": summary["model_output"]} for i, item in picked]
             sheet = contact_sheet(rows, ["input", f"FP32 reference\n{ref_label}", f"deployed\n{deployed.label}"],
                                   names, palette)
             ok, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
@@ -120,8 +129,8 @@ def open_writer(path: Path, fps: float, size_hw: tuple[int, int], final: Path):
 
 def process(args, source: FrameSource, artifact: Path, manifest: dict, deployed: Deployed, reference, tmp_video: Path,
             out: Path, log, batch: int, input_hw: tuple[int, int]) -> dict:
-    """The frame loop: decode -> preprocess -> inference -> postprocess (labels, upsample, overlay) -> encode, with
-    per-stage timings; the FP32 reference (``--compare``) runs after each frame, timed apart."""
+    """The frame loop: decode -> preprocess -> inference -> postprocess (labels, labels at the frame size, overlay)
+    -> encode, with per-stage timings; the FP32 reference (``--compare``) runs after each frame, timed apart."""
     from tqdm import tqdm
 
     max_frames, max_seconds = frame_limit(args, source)
@@ -137,12 +146,14 @@ def process(args, source: FrameSource, artifact: Path, manifest: dict, deployed:
         reference.run(x0)
     names, palette = class_names_and_palette(num_classes)
     skip_bg = names[0] == "background"
-    upsample = Upsampler(out_hw, frame_hw)
     label_dtype = np.uint8 if num_classes <= 256 else np.int32
+    display = DisplayLabels(args.upsample, out_hw, frame_hw, label_dtype)              # the video's frames
+    sheet_view = DisplayLabels(args.upsample, out_hw, thumb_size(frame_hw), label_dtype)  # the contact sheet's
     # first use of OpenCV's drawing code (fonts, kernels) is slow: not part of the per-frame numbers either
-    warm = overlay(np.zeros((*frame_hw, 3), np.uint8), upsample(to_labels(probe)[0].astype(label_dtype)),
-                   palette=palette, skip_background=skip_bg)
-    hud(legend(warm, to_labels(probe)[0], names, palette), "warm-up")
+    probe_labels = to_labels(probe)[0].astype(label_dtype)
+    warm = overlay(np.zeros((*frame_hw, 3), np.uint8), display(probe[0], probe_labels), palette=palette,
+                   skip_background=skip_bg)
+    hud(legend(warm, probe_labels, names, palette), "warm-up")
 
     notes = list(deployed.notes)
     for note in notes:
@@ -155,10 +166,11 @@ def process(args, source: FrameSource, artifact: Path, manifest: dict, deployed:
     limit = (f"{max_frames} frames" if max_frames else "") + \
         (f"{' / ' if max_frames else ''}{max_seconds:g} s" if max_seconds else "")
     log(f"input {source.name}: {frame_hw[0]}x{frame_hw[1]} -> model {input_hw[0]}x{input_hw[1]} -> labels "
-        f"{out_hw[0]}x{out_hw[1]}{'; ' + limit if limit else ''}")
+        f"{out_hw[0]}x{out_hw[1]} -> display: {display.describe()}{'; ' + limit if limit else ''}")
 
     writer = open_writer(tmp_video, fps_out, frame_hw, out)
     times = {s: [] for s in STAGES}
+    upsample_times = []     # part of postprocess: the label map at the frame size
     dep_maps = []
     comparison = Comparison(reference, label_dtype) if reference is not None else None
     picker = SheetPicker()
@@ -192,7 +204,10 @@ def process(args, source: FrameSource, artifact: Path, manifest: dict, deployed:
 
                 t3 = time.perf_counter()
                 labels = to_labels(logits)[0].astype(label_dtype)   # argmax at the model's output resolution
-                shown = overlay(rgb, upsample(labels), palette=palette, skip_background=skip_bg)
+                t_up = time.perf_counter()
+                at_frame_size = display(logits[0], labels)
+                upsample_times.append(time.perf_counter() - t_up)
+                shown = overlay(rgb, at_frame_size, palette=palette, skip_background=skip_bg)
                 if args.legend:
                     shown = legend(shown, labels, names, palette)
                 fps_now = len(recent) / sum(recent) if recent and sum(recent) > 0 else 0.0
@@ -208,7 +223,8 @@ def process(args, source: FrameSource, artifact: Path, manifest: dict, deployed:
 
                 item = None
                 if picker.wants(index):
-                    item = {"thumb": thumb(rgb), "x": x, "deployed": labels, "reference": None, "agreement": None}
+                    item = {"thumb": thumb(rgb), "x": x, "deployed": labels, "reference": None, "agreement": None,
+                            "deployed_view": sheet_view(logits[0], labels).copy()}
                     picker.add(index, item)
                 if comparison is not None:
                     comparison.add(x, labels, item)
@@ -236,22 +252,28 @@ def process(args, source: FrameSource, artifact: Path, manifest: dict, deployed:
         "inference_precision": getattr(deployed.session, "inference_precision", None),
         "source": source.name, "frames": n, "frame_size": list(frame_hw), "model_input": list(input_hw),
         "model_output": list(out_hw), "output_fps": fps_out, "resized_frames": resized,
+        "upsample": args.upsample, "display_labels": display.describe(),
         "stage_ms": {s: round(v, 3) for s, v in stage_ms.items()},
+        "upsample_ms": round(1e3 * float(np.mean(upsample_times)), 3),   # included in stage_ms["postprocess"]
         "end_to_end_ms": round(e2e_ms, 3), "fps": round(1e3 / e2e_ms, 2) if e2e_ms > 0 else None,
         "wall_s": round(wall, 3), "flicker_rate": round(dep_flicker, 6),
         "compare": None, "notes": notes,
     }
     if comparison is not None:
         summary["compare"] = comparison.summary(dep_flicker)
+        # parity's definition: label maps at the artifact's output resolution, before any upsampling for display
+        summary["compare"]["compared_at"] = list(out_hw)
     summary["_sheet"] = picker.pick(SHEET_ROWS)
     summary["_classes"] = (names, palette)
     return summary
 
 
 def sheet_reference(picked: list, reference, deployed: Deployed, manifest: dict, checkpoint: str | None,
-                    notes: list[str], log) -> str:
-    """FP32 reference labels for the sheet's frames: from --compare, else computed now on their stored inputs. Without
-    an FP32 model (random-weight exports, missing checkpoint, no PyTorch) the column says so. Returns its label."""
+                    notes: list[str], log, upsample: str) -> str:
+    """FP32 reference for the sheet's frames, run now on their stored inputs (one batch): its label maps drawn as the
+    deployed ones are (``upsample``), and, without --compare, its pixel agreement at the output resolution (with
+    --compare the comparison measured it already). Without an FP32 model (random-weight exports, missing checkpoint,
+    no PyTorch) the column says so. Returns its label."""
     if not picked:
         return ""
     if reference is None:
@@ -262,8 +284,13 @@ def sheet_reference(picked: list, reference, deployed: Deployed, manifest: dict,
             notes.append(f"sheet: no FP32 reference column ({exc})")
             log(f"note: {notes[-1]}")
             return "unavailable"
-        refs = to_labels(reference.run(np.concatenate([item["x"] for _, item in picked])).logits)  # one batch
-        for (_, item), ref in zip(picked, refs):
+    scores = reference.run(np.concatenate([item["x"] for _, item in picked])).logits
+    refs = to_labels(scores)
+    for (_, item), ref_scores, ref in zip(picked, scores, refs):
+        ref = ref.astype(item["deployed"].dtype)
+        view = DisplayLabels(upsample, ref.shape, item["deployed_view"].shape, ref.dtype)
+        item["reference_view"] = view(ref_scores, ref).copy()
+        if item["reference"] is None:
             item["reference"] = ref
             item["agreement"] = agreement(ref, item["deployed"])
     return f"torch fp32 ({getattr(reference, 'device', 'cpu')})"
@@ -282,7 +309,9 @@ def format_table(summary: dict) -> str:
     lines.append(f"flicker rate {summary['flicker_rate']:.4f}")
     if cmp:
         rel = cmp["flicker_relative_diff"]
-        lines.append(f"pixel agreement vs FP32: mean {cmp['pixel_agreement_mean']:.5f}, min "
+        at = cmp.get("compared_at") or summary["model_output"]
+        lines.append(f"pixel agreement vs FP32 at the output resolution {at[0]}x{at[1]} (label maps before "
+                     f"upsampling): mean {cmp['pixel_agreement_mean']:.5f}, min "
                      f"{cmp['pixel_agreement_min']:.5f}; reference flicker {cmp['reference_flicker_rate']:.4f} "
                      f"(relative difference {'n/a' if rel is None else f'{rel:+.2%}'})")
     return "\n".join(lines)
