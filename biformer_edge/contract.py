@@ -157,6 +157,7 @@ BUILD_SCRIPT = "build_engine.sh"
 BUILD_PY = "build_engine.py"
 TIMING_CACHE = "timing.cache"
 TIMING_CACHE_STAMP = "timing.cache.stamp"   # build_engine.sh: the board and TensorRT that wrote timing.cache
+ENGINE_PARTIAL = "model.engine.partial"   # the build scripts' engine until the build succeeded (left by a SIGKILL)
 ENGINE_LAYERS_JSON = "engine_layers.json"
 ENGINE_LAYERS_TXT = "engine_layers.txt"
 ORT_TRT_CACHE = "model_trt.ep"            # onnxruntime's TensorRT execution-provider context model
@@ -176,4 +177,5 @@ LAYER_REPORTS = (LAYER_REPORT, LAYER_REPORT_MD)
 IN_PROGRESS = ".biformer-export-in-progress"   # marks a temporary artifact directory as ours (never hashed)
 REPORT_FILES = (PARITY_JSON, PARITY_MD, MARGIN_PLOT)   # rewritten by every check, not hashed
 # Written on the device after export (engine build, timing cache, the engine's layer dump): not hashed by the export.
-DEVICE_FILES = (ENGINE_FILE, TIMING_CACHE, TIMING_CACHE_STAMP, ENGINE_LAYERS_JSON, ENGINE_LAYERS_TXT, ORT_TRT_CACHE)
+DEVICE_FILES = (ENGINE_FILE, ENGINE_PARTIAL, TIMING_CACHE, TIMING_CACHE_STAMP, ENGINE_LAYERS_JSON, ENGINE_LAYERS_TXT,
+                ORT_TRT_CACHE)
