@@ -1,5 +1,6 @@
 """The video demo (biformer_edge.video, run by apps/video_segmentation.py) end to end on small exported artifacts:
-outputs, timings, parity, bad input, atomicity, refused outputs, SIGTERM, and running without torch."""
+outputs, timings, parity, bad input, atomicity, refused outputs, SIGTERM, running without torch, and the label maps
+it draws at the frame size (--upsample: bilinear scores then argmax, or nearest; DeepStream outputs at full size)."""
 import json
 import os
 import signal
@@ -17,8 +18,11 @@ pytest.importorskip("openvino")
 
 import biformer_edge as be  # noqa: E402
 from biformer_edge import video  # noqa: E402
+from biformer_edge.contract import resize_bilinear  # noqa: E402
 from biformer_edge.data import SceneClip  # noqa: E402
 from biformer_edge.exporter import ExportRequest, export  # noqa: E402
+from biformer_edge.metrics import to_labels  # noqa: E402
+from biformer_edge.preprocess import preprocess  # noqa: E402
 from biformer_edge.video import pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +122,9 @@ def test_synthetic_clip_writes_video_sheet_and_timings(ov_artifact, tmp_path, ca
     assert summary["end_to_end_ms"] == pytest.approx(sum(summary["stage_ms"].values()), abs=0.01)
     assert 0 <= summary["flicker_rate"] <= 1 and summary["compare"] is None
     assert summary["model_input"] == [128, 128] and summary["model_output"] == [32, 32]
+    assert summary["upsample"] == "bilinear"   # the default: scores resized to the frame, then argmax
+    assert summary["display_labels"] == "scores 32x32 resized bilinearly to 96x128, then argmax"
+    assert 0 <= summary["upsample_ms"] <= summary["stage_ms"]["postprocess"]
     printed = capsys.readouterr().out
     assert "end to end" in printed and "FPS" in printed and "inference" in printed
 
@@ -130,6 +137,7 @@ def test_compare_fp32_openvino_matches_reference(ov_artifact, tmp_path):
                    "--sheet", sheet, "--backend", "ov", "--no-display-legend") == 0
     assert sheet.is_file() and len(read_video(out)) == 3
     cmp = json.loads(out.with_suffix(".json").read_text())["compare"]
+    assert cmp["compared_at"] == [32, 32]   # parity's definition: the model's output, not the upsampled frame
     assert cmp["pixel_agreement_mean"] >= 0.999 and cmp["pixel_agreement_min"] >= 0.999
     assert len(cmp["pixel_agreement_per_frame"]) == 3 and cmp["reference_ms"] > 0
     dep, ref = cmp["deployed_flicker_rate"], cmp["reference_flicker_rate"]
@@ -373,3 +381,200 @@ def test_jetson_launcher_calls_the_demo(tmp_path):
                        env={**os.environ, "PYTHON": sys.executable}, timeout=120)
     assert r.returncode == 2 and "is not a biformer-edge artifact" in one_error_line(r.stderr)
     only_outputs(tmp_path, ["art"])
+
+
+# ------------------------------------------------------------------------------------ label maps at the frame size
+
+
+def ramp_logits(h=8, w=8, slope_y=0.5, offset=5.1):
+    """Two classes whose score difference is the linear ramp x + slope_y * y - offset over the (h, w) output cells:
+    a straight, slanted boundary between them, away from the left and right borders (where clamping bends it).
+    Bilinear interpolation of a linear function is that function at the (border-clamped) source coordinate, so the
+    labels a bilinear resize + argmax must give are known exactly."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.stack([np.zeros((h, w), np.float32), x + slope_y * y - offset])
+
+
+def source_coordinate(n_out, n_in):
+    """Half-pixel centres clamped at the border (torch interpolate bilinear, align_corners=False; cv2 INTER_LINEAR)."""
+    return np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+
+
+def boundary_columns(labels):
+    """Per row, the first column of class 1 (each row of a ramp map is 0...0 1...1)."""
+    assert (np.diff(labels.astype(int), axis=1) >= 0).all()
+    return (labels == 0).sum(axis=1)
+
+
+def test_bilinear_gives_the_smooth_boundary_of_a_ramp_and_nearest_gives_4_pixel_steps():
+    scores = ramp_logits()
+    labels = to_labels(scores[None])[0].astype(np.uint8)
+    size = (32, 32)                                    # 4x: the model's output is 1/4 of its input
+    uy, ux = source_coordinate(32, 8), source_coordinate(32, 8)
+    diff = ux[None, :] + 0.5 * uy[:, None] - 5.1
+    assert np.abs(diff).min() > 1e-3                    # no pixel near a tie: float rounding cannot flip one
+    bilinear = video.DisplayLabels("bilinear", (8, 8), size)(scores, labels)
+    np.testing.assert_array_equal(bilinear, (diff > 0).astype(np.uint8))
+    nearest = video.DisplayLabels("nearest", (8, 8), size)(scores, labels)
+    np.testing.assert_array_equal(nearest, np.kron(labels, np.ones((4, 4), np.uint8)))
+    smooth, steps = np.diff(boundary_columns(bilinear)), np.diff(boundary_columns(nearest))
+    assert set(np.abs(smooth).tolist()) <= {0, 1} and (smooth != 0).sum() >= 8   # moves a pixel at a time
+    assert set(np.abs(steps).tolist()) == {0, 4}                                 # a staircase of 4x4 blocks
+    assert (bilinear != nearest).any() and bilinear.shape == nearest.shape == size
+
+
+@pytest.mark.parametrize("shape,size", [((6, 32, 32), (256, 256)), ((6, 32, 32), (72, 100)), ((5, 1, 7), (9, 30)),
+                                        ((3, 16, 12), (8, 6)), ((300, 6, 5), (25, 17))])
+def test_bilinear_labels_are_the_argmax_of_torch_bilinear_resize(shape, size):
+    """What mmseg does (resize(..., mode='bilinear', align_corners=False) then argmax), computed by torch, equals the
+    demo's numpy/OpenCV labels wherever the top two classes are not within float rounding of each other; the class
+    pruning (candidate_classes) changes no label against resizing every class. Covers upsampling, downsampling, a
+    one-row map and more classes than a uint8 holds."""
+    rng = np.random.default_rng(sum(shape) + sum(size))
+    for smooth in (False, True):
+        scores = rng.standard_normal(shape).astype(np.float32)
+        if smooth:   # larger regions, and half the classes far below the rest: those never win (pruned)
+            scores = np.cumsum(np.cumsum(scores, axis=1), axis=2)
+            scores[shape[0] // 2:] -= 2 * np.abs(scores).max() + 1
+            scores = scores.astype(np.float32)
+        dtype = np.uint8 if shape[0] <= 256 else np.int32
+        ours = video.bilinear_labels(scores, size, dtype)
+        assert ours.shape == size and ours.dtype == dtype
+        resized = torch.nn.functional.interpolate(torch.from_numpy(scores)[None].double(), size=size,
+                                                  mode="bilinear", align_corners=False)[0].numpy()
+        np.testing.assert_allclose(resized, resize_bilinear(scores, size), atol=1e-9)  # the same convention
+        top2 = np.sort(resized, axis=0)[-2:]
+        clear = top2[1] - top2[0] > 1e-4
+        assert clear.mean() > 0.9
+        np.testing.assert_array_equal(ours[clear], resized.argmax(0)[clear])
+        every_class = np.stack([cv2.resize(c, size[::-1], interpolation=cv2.INTER_LINEAR) for c in scores]).argmax(0)
+        np.testing.assert_array_equal(ours, every_class)
+        if smooth:
+            assert video.candidate_classes(scores).max() < shape[0] // 2
+
+
+def test_a_class_that_wins_no_output_pixel_can_win_between_them():
+    """Two output pixels, one class 0 (1, 0, 0.9), the other class 1 (0, 1, 0.9): halfway, class 2 scores 0.9 against
+    0.5 and wins. Bilinear labels show it; the class pruning must keep it; nearest cannot show it."""
+    scores = np.array([[[1.0, 0.0]], [[0.0, 1.0]], [[0.9, 0.9]]], np.float32)     # (3 classes, 1, 2)
+    labels = to_labels(scores[None])[0].astype(np.uint8)
+    assert labels.tolist() == [[0, 1]] and list(video.candidate_classes(scores)) == [0, 1, 2]
+    bilinear = video.bilinear_labels(scores, (1, 8))
+    # columns 2-5 blend the two pixels (source x 0.25, 0.75 ... ): class 0 and 1 score 0.875 / 0.625 there, class 2 0.9
+    assert bilinear.tolist() == [[0, 0, 2, 2, 2, 2, 1, 1]]
+    assert 2 not in video.DisplayLabels("nearest", (1, 2), (1, 8))(scores, labels)
+
+
+def test_display_labels_on_the_demo_model_differ_from_nearest_only_along_edges():
+    """The shipped model's scores on a synthetic frame: bilinear labels have the frame size, differ from nearest's
+    blocks, and only within a block of an edge of the nearest map; a map already at the display size is kept."""
+    model = be.create_model("biformer_seg_demo")
+    image, _ = SceneClip(1, (256, 256), 8)[3]
+    with torch.no_grad():
+        scores = model(torch.from_numpy(preprocess(image, (128, 128))[None])).numpy()[0]
+    labels = to_labels(scores[None])[0].astype(np.uint8)
+    assert scores.shape[1:] == (32, 32) and len(np.unique(labels)) >= 2
+    bilinear = video.DisplayLabels("bilinear", (32, 32), (256, 256))(scores, labels)
+    nearest = video.DisplayLabels("nearest", (32, 32), (256, 256))(scores, labels)
+    assert bilinear.shape == nearest.shape == (256, 256)
+    np.testing.assert_array_equal(nearest, video.Upsampler((32, 32), (256, 256))(labels))  # the demo's old drawing
+    differ = bilinear != nearest
+    assert differ.sum() > 100
+    # a pixel whose 3x3 block neighbourhood of the nearest map is one class keeps it: differences lie on edges
+    k = np.ones((3 * 8, 3 * 8), np.uint8)
+    edge = cv2.dilate(nearest, k) != cv2.erode(nearest, k)
+    assert not (differ & ~edge).any()
+    same = video.DisplayLabels("bilinear", (32, 32), (32, 32))
+    assert same(scores, labels) is labels and "no resize" in same.describe()
+    with pytest.raises(ValueError, match="bilinear, nearest"):
+        video.DisplayLabels("bicubic", (32, 32), (64, 64))
+
+
+def test_bad_upsample_value_is_one_line_exit_2(capsys):
+    base = ["--artifact", "x", "--input", "synthetic", "--output", "o.mp4"]
+    assert video.parse_args(base).upsample == "bilinear"
+    assert video.parse_args([*base, "--upsample", "nearest"]).upsample == "nearest"
+    assert run_app(*base, "--upsample", "bicubic") == 2
+    err = one_error_line(capsys.readouterr().err)
+    assert "--upsample" in err and "bilinear" in err and "nearest" in err
+
+
+def drawn_labels(monkeypatch, frames=None):
+    """The label maps the demo hands to overlay() for its video frames, and (into ``frames``) the frames themselves
+    (a spy: the real overlay still draws)."""
+    seen, real = [], pipeline.overlay
+
+    def spy(image, label, **kw):
+        seen.append(np.array(label, copy=True))
+        if frames is not None:
+            frames.append(np.array(image, copy=True))
+        return real(image, label, **kw)
+
+    monkeypatch.setattr(pipeline, "overlay", spy)
+    return seen
+
+
+def test_nearest_draws_blocks_and_bilinear_does_not(ov_artifact, tmp_path, monkeypatch):
+    seen = drawn_labels(monkeypatch)
+    maps = {}
+    for mode in ("nearest", "bilinear"):
+        seen.clear()
+        out = tmp_path / f"{mode}.mp4"
+        assert run_app("--artifact", ov_artifact, "--input", "synthetic", "--output", out, "--frames", 2,
+                       "--size", 128, 128, "--upsample", mode) == 0
+        summary = json.loads(out.with_suffix(".json").read_text())
+        assert summary["upsample"] == mode and summary["model_output"] == [32, 32]
+        maps[mode] = np.stack(seen[1:])   # seen[0] is the warm-up
+        assert maps[mode].shape == (2, 128, 128)
+    blocks = maps["nearest"].reshape(2, 32, 4, 32, 4)
+    assert (blocks == blocks[:, :, :1, :, :1]).all()            # every 4x4 block is one class
+    # the same model output: equal far from edges, unequal on them (the random-weight model's map has edges)
+    assert len(np.unique(maps["nearest"])) >= 2 and (maps["bilinear"] != maps["nearest"]).any()
+    b = maps["bilinear"].reshape(2, 32, 4, 32, 4)
+    assert not (b == b[:, :, :1, :, :1]).all()
+
+
+@pytest.fixture(scope="module")
+def deepstream_artifact(tmp_path_factory):
+    """A DeepStream graph (shipped weights, FP32, 64x64): probabilities at the input size (manifest graph_io)."""
+    from biformer_edge.cli import export_main
+    from tests.helpers import run_cli
+
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("ds") / "demo-ds"
+    assert run_cli(export_main, ["--target", "jetson", "--deepstream", "--input-size", 64, 64, "--no-parity",
+                                 "--output", out]) == 0
+    return out
+
+
+def test_deepstream_output_at_the_frame_size_is_drawn_without_resizing(deepstream_artifact, tmp_path, monkeypatch,
+                                                                       capsys):
+    manifest = json.loads((deepstream_artifact / "manifest.json").read_text())
+    assert manifest["graph_io"]["output_size"] == [64, 64]
+    frames = []
+    seen = drawn_labels(monkeypatch, frames)
+    out = tmp_path / "same.mp4"
+    assert run_app("--artifact", deepstream_artifact, "--input", "synthetic", "--output", out, "--frames", 3,
+                   "--size", 64, 64, "--compare") == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["backend"] == "onnxruntime" and summary["model_output"] == [64, 64]
+    assert summary["display_labels"] == "labels 64x64, already the display size (no resize)"
+    assert summary["compare"]["compared_at"] == [64, 64] and summary["compare"]["pixel_agreement_min"] >= 0.99
+    printed = capsys.readouterr().out
+    assert "pixel agreement vs FP32 at the output resolution 64x64 (label maps before upsampling)" in printed
+    # what is drawn is the argmax of the graph's probabilities itself, at the frame size
+    session = pipeline.open_deployed(deepstream_artifact, manifest, "onnxruntime", None, None).session
+    assert len(seen) == len(frames) == 4   # the warm-up, then the three frames
+    for image, drawn in zip(frames[1:], seen[1:]):
+        probabilities = session.run(preprocess(image, (64, 64))[None]).logits
+        assert probabilities.shape == (1, 6, 64, 64)
+        np.testing.assert_array_equal(drawn, to_labels(probabilities)[0])
+
+    # frames of another size: the probabilities are resized bilinearly like logits
+    seen.clear()
+    out = tmp_path / "other.mp4"
+    assert run_app("--artifact", deepstream_artifact, "--input", "synthetic", "--output", out, "--frames", 2,
+                   "--size", 96, 128) == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["display_labels"] == "scores 64x64 resized bilinearly to 96x128, then argmax"
+    assert all(m.shape == (96, 128) for m in seen)
