@@ -10,8 +10,10 @@ Jetson CSI camera or a synthetic clip, and write an annotated MP4, a contact she
 
 Every runtime (TensorRT, Core ML, OpenVINO, onnxruntime, or the FP32 PyTorch model) gets the same pre- and
 post-processing: ``biformer_edge.preprocess.preprocess`` to the artifact's input size, ``Session.run``, argmax at the
-model's output resolution, then a nearest-neighbour upsample of the label map to the frame size for display. FP32
-and FP16 artifacts run alike. ``--compare`` also runs the FP32 PyTorch reference (pixel agreement, flicker); only
+model's output resolution (what pixel agreement and flicker are measured on), and for display the class scores
+resized bilinearly to the frame size, then argmax there (``--upsample nearest``: each output pixel's label repeated
+instead, in blocks of frame size / output size; an output already at the frame size is drawn as it is). FP32 and
+FP16 artifacts run alike. ``--compare`` also runs the FP32 PyTorch reference (pixel agreement, flicker); only
 it, ``--backend torch`` and the sheet's reference column need PyTorch: a device without torch runs the artifact.
 
 Outputs are written atomically: OUT (the video), the sheet PNG and OUT.json go to temporary files beside OUT and are
