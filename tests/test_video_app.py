@@ -463,6 +463,8 @@ def test_a_class_that_wins_no_output_pixel_can_win_between_them():
     # columns 2-5 blend the two pixels (source x 0.25, 0.75 ... ): class 0 and 1 score 0.875 / 0.625 there, class 2 0.9
     assert bilinear.tolist() == [[0, 0, 2, 2, 2, 2, 1, 1]]
     assert 2 not in video.DisplayLabels("nearest", (1, 2), (1, 8))(scores, labels)
+    nan = video.bilinear_labels(np.full((3, 2, 2), np.nan, np.float32), (4, 4))   # a broken engine's output
+    assert nan.shape == (4, 4) and (nan == 0).all()
 
 
 def test_display_labels_on_the_demo_model_differ_from_nearest_only_along_edges():

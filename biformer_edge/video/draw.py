@@ -112,7 +112,8 @@ def candidate_classes(scores: np.ndarray) -> np.ndarray:
     window_min = np.minimum(np.minimum(corners[0], corners[1]), np.minimum(corners[2], corners[3]))
     floor = window_min.max(axis=0)
     slack = 1e-5 * (1.0 + np.abs(floor))
-    return np.flatnonzero((window_max >= floor - slack).any(axis=(1, 2)))
+    classes = np.flatnonzero((window_max >= floor - slack).any(axis=(1, 2)))
+    return classes if len(classes) else np.arange(c)   # NaN scores (a broken engine) compare False everywhere
 
 
 def bilinear_labels(scores: np.ndarray, size_hw: tuple[int, int], dtype=np.uint8, buffers: dict | None = None
