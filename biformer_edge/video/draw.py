@@ -126,7 +126,7 @@ def bilinear_labels(scores: np.ndarray, size_hw: tuple[int, int], dtype=np.uint8
 
     Plane by plane with a running maximum: on the demo model's 6x32x32 -> 256x256 that took 0.7 ms against 1.2-1.3 ms
     for one cv2.resize of the HxWxC array followed by ``argmax(axis=2)`` (a reduction over a short, strided axis),
-    and 11 ms against 12-24 ms at 1280x720; OpenCV also refuses an HxWxC resize beyond 128 channels. Only
+    both over all 6 classes on a 2-core EPYC; OpenCV also refuses an HxWxC resize beyond 128 channels. Only
     :func:`candidate_classes` are resized. Ties go to the lower class, as with ``np.argmax``.
 
     ``buffers``: a dict kept between calls (:class:`DisplayLabels` keeps one) whose arrays are reused, the returned
