@@ -271,20 +271,21 @@ def test_mixed_precision_calibrates_on_pixels(tmp_path):
     """AutoCast measures ranges by running the graph on ctx.calibration: for a DeepStream graph those are pixels."""
     from biformer_edge.backends.base import ExportContext
     from biformer_edge.backends.tensorrt.deepstream import DeepStreamFlavour
+    from biformer_edge.backends.tensorrt.precision import synthetic_calibration
     from biformer_edge.models import create_model
     from biformer_edge.parity.inputs import parity_inputs
 
     model = create_model("biformer_seg_demo")
     normalised = parity_inputs((1, 3, H, W), None, 2)[0]
-    for given, want in ((None, None), (lambda: normalised, normalised)):
+    # without calibration data: the scenes the plain export calibrates on (precision.synthetic_calibration), as pixels
+    for given, want in ((None, synthetic_calibration((1, 3, H, W))), (lambda: normalised, normalised)):
         ctx = ExportContext(workdir=tmp_path, target="jetson", precision="fp16", input_shape=(1, 3, H, W),
                             calibration=given)
         DeepStreamFlavour(model, ctx)
         pixels = ctx.calibration()
         assert pixels.shape[1:] == (1, 3, H, W) and pixels.dtype == np.float32
         assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3 and pixels.max() > 100
-        if want is not None:
-            np.testing.assert_allclose(pixels, np.stack([graph_input(b, ctx.graph_io) for b in want]), atol=1e-4)
+        np.testing.assert_allclose(pixels, np.stack([graph_input(b, ctx.graph_io) for b in want]), atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------------------------- parity

@@ -58,7 +58,6 @@ NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}   # NvDsInferNetworkMode: FP32,
 NETWORK_TYPE_SEGMENTATION = 2                      # NvDsInferNetworkType_Segmentation
 SEGMENTATION_THRESHOLD = 0.0   # every pixel gets its most probable class: the label map parity measures
 MUXER_SIZE = (720, 1280)       # nvstreammux / output video (H, W): frames are scaled to the input size by nvinfer
-CALIBRATION_SCENES = 4         # AutoCast's range run without calibration data: the calibration scene set
 CONFIG_HEADER = "# {what} for {model} ({precision}, input {shape}), written by biformer-edge {version}.\n"
 
 
@@ -131,12 +130,8 @@ class DeepStreamFlavour:
         def calibration() -> np.ndarray:
             if normalised is not None:
                 return np.stack([graph_input(batch, io) for batch in normalised()])
-            from ...data.seeds import scene_set
-            from ...data.synthetic import render_scene
-            N, _, H, W = (int(d) for d in shape)
-            count = max(1, -(-CALIBRATION_SCENES // N)) * N
-            images = np.stack([render_scene(seed, (H, W))[0] for seed in scene_set("calibration", count)])
-            return images.transpose(0, 3, 1, 2).astype(np.float32).reshape(-1, N, 3, H, W)
+            from .precision import synthetic_calibration
+            return synthetic_calibration(shape, normalised=False)   # the scenes write_mixed_precision would render
         return calibration
 
     # ------------------------------------------------------------------------------------------ the exported graph

@@ -107,8 +107,10 @@ def float_precision(proto) -> dict:
     return {"nodes": counts, "kept_fp32": kept_fp32, "problems": problems}
 
 
-def synthetic_calibration(input_shape, scenes: int = 4) -> np.ndarray:
-    """(B, N, 3, H, W) inputs for exports without calibration data (FP16): the calibration scene set, rendered."""
+def synthetic_calibration(input_shape, scenes: int = 4, normalised: bool = True) -> np.ndarray:
+    """(B, N, 3, H, W) float32 inputs for exports without calibration data (FP16): the calibration scene set, rendered,
+    at least ``scenes`` images in whole batches. ``normalised``: as the model's preprocessing feeds them; else the RGB
+    pixel values 0..255 (a graph that normalises its input itself: the DeepStream graph)."""
     from ...data.seeds import scene_set
     from ...data.synthetic import render_scene
     from ...preprocess import preprocess_all
@@ -116,4 +118,6 @@ def synthetic_calibration(input_shape, scenes: int = 4) -> np.ndarray:
     N, _, H, W = (int(d) for d in input_shape)
     count = max(1, -(-scenes // N)) * N
     images = [render_scene(seed, (H, W))[0] for seed in scene_set("calibration", count)]
-    return preprocess_all(images, (H, W)).reshape(-1, N, 3, H, W)
+    if normalised:
+        return preprocess_all(images, (H, W)).reshape(-1, N, 3, H, W)
+    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32).reshape(-1, N, 3, H, W)
