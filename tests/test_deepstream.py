@@ -329,7 +329,7 @@ def test_pipeline_script_checks_before_it_launches(fp16, tmp_path):
     bash = shutil.which("bash")
     script = fp16 / DS_PIPELINE
     assert subprocess.run([bash, "-n", str(script)]).returncode == 0
-    video = tmp_path / "in put.mp4"
+    video = tmp_path / "in put %#?é.mp4"   # characters a file:// URI must percent-encode
     video.write_bytes(b"not decoded here")
     bin_dir, tools = tmp_path / "bin", tmp_path / "tools"   # a PATH with the script's tools and no GStreamer
     bin_dir.mkdir()
@@ -357,6 +357,22 @@ def test_pipeline_script_checks_before_it_launches(fp16, tmp_path):
     argv = ran.stdout.splitlines()
     order = [argv.index(e) for e in ("uridecodebin", "nvstreammux", "nvinfer", "nvsegvisual", "x264enc", "filesink")]
     assert order == sorted(order)
-    assert f"uri=file://{video.resolve()}" in argv and f"location={tmp_path / 'o u t.mp4'}" in argv
+    # the input as a percent-encoded file:// URI: the bash fallback (no python3 on this PATH) and python3's pathlib
+    # write the same one
+    uri = video.resolve().as_uri()
+    assert "%20" in uri and "%25" in uri and "%23" in uri and "%3F" in uri and "%C3%A9" in uri
+    assert f"uri={uri}" in argv and f"location={tmp_path / 'o u t.mp4'}" in argv
+    (tools / "python3").symlink_to(sys.executable)
+    with_python = subprocess.run([bash, str(copy / DS_PIPELINE), str(video)], capture_output=True, text=True, env=env)
+    assert with_python.returncode == 0, with_python.stderr
+    assert f"uri={uri}" in with_python.stdout.splitlines() and "nv3dsink" in with_python.stdout.splitlines()
+    # filesrc, behind uridecodebin, turns a file:// URI back into a path with GLib's g_filename_from_uri
+    # (gstreamer plugins/elements/gstfilesrc.c gst_file_src_uri_set_uri, 1.x): it must give the video's path back
+    python = glib_python()
+    if python is not None:
+        back = subprocess.run([python, "-c", "import sys, gi; gi.require_version('GLib', '2.0'); from gi.repository "
+                               "import GLib; print(GLib.filename_from_uri(sys.argv[1])[0])", uri],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+        assert back.returncode == 0 and back.stdout.rstrip("\n") == str(video.resolve()), back.stderr
     assert f"config-file-path={(copy / DS_INFER_CONFIG).resolve()}" in argv
     assert f"width={W}" in argv and f"height={H}" in argv and "original-background=true" in argv

@@ -314,7 +314,8 @@ file-loop=0
 # The DeepStream pipeline of this artifact ({self.model_name}, {self.ctx.precision}): decode -> nvstreammux ->
 # nvinfer ({DS_INFER_CONFIG.rsplit("/", 1)[1]}) -> nvsegvisual (the class map blended over the frame) -> an MP4 file, or
 # a window when no OUTPUT is given.
-#   ./{DS_PIPELINE.rsplit("/", 1)[1]} INPUT [OUTPUT.mp4]   (INPUT: a video file, or a file://, rtsp:// or http:// URI)
+#   ./{DS_PIPELINE.rsplit("/", 1)[1]} INPUT [OUTPUT.mp4]   (INPUT: a video file, or a file://, rtsp:// or http:// URI,
+#   passed on as given: percent-encode it yourself)
 # Needs DeepStream 7.0 or later (nvsegvisual's original-background: 6.4+) and ../{ENGINE_FILE} (../build_engine.sh).
 set -euo pipefail
 here="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
@@ -325,9 +326,28 @@ for element in nvstreammux nvinfer nvsegvisual nvvideoconvert; do
   gst-inspect-1.0 "$element" >/dev/null 2>&1 || die "GStreamer has no $element: install DeepStream (7.1 on JetPack 6.1)"
 done
 [ -f "$here/../{ENGINE_FILE}" ] || die "no ../{ENGINE_FILE}: build it first with 'cd $here/.. && ./build_engine.sh'"
+# The file:// URI of a path, percent-encoded (RFC 3986): uridecodebin decodes %XX escapes, and a space, '%', '#' or
+# '?' left as is breaks the URI. Python's pathlib where python3 is installed, else the same encoding byte by byte
+# (unreserved characters and '/' kept, as pathlib's as_uri keeps them).
+file_uri() {{
+  if command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import pathlib, sys; print(pathlib.Path(sys.argv[1]).resolve().as_uri())' "$1"
+    return
+  fi
+  local LC_ALL=C path encoded="" char i
+  path="$(realpath "$1")"
+  for ((i = 0; i < ${{#path}}; i++)); do
+    char="${{path:i:1}}"
+    case "$char" in
+      [A-Za-z0-9/._~-]) encoded+="$char" ;;
+      *) printf -v char '%%%02X' "'$char"; encoded+="$char" ;;
+    esac
+  done
+  echo "file://$encoded"
+}}
 case "$1" in
   *://*) uri="$1" ;;
-  *) [ -f "$1" ] || die "no such video: $1"; uri="file://$(realpath "$1")" ;;
+  *) [ -f "$1" ] || die "no such video: $1"; uri="$(file_uri "$1")" ;;
 esac
 if [ $# -eq 2 ]; then
   case "$2" in *.mp4) ;; *) die "OUTPUT must end in .mp4, not $2" ;; esac
