@@ -238,33 +238,55 @@ def test_resize_matches_torch_bilinear():
         np.testing.assert_allclose(resize_bilinear(x, size), want, atol=1e-6)
 
 
-def test_fp32_graph_folds_normalisation_and_softmax(tmp_path):
+@pytest.fixture(scope="module")
+def fp32_graph(tmp_path_factory):
+    """The FP32 DeepStream graph of the demo model (the wrapper exported and finished as the jetson export does,
+    without mixed precision): (model, flavour, ctx, path of model.onnx)."""
+    from biformer_edge.backends.base import ExportContext
+    from biformer_edge.backends.onnx.export import export_onnx
+    from biformer_edge.backends.tensorrt.deepstream import DeepStreamFlavour
+    from biformer_edge.models import create_model
+
+    workdir = tmp_path_factory.mktemp("ds32")
+    model = create_model("biformer_seg_demo")
+    ctx = ExportContext(workdir=workdir, target="jetson", precision="fp32", input_shape=(1, 3, H, W))
+    flavour = DeepStreamFlavour(model, ctx)
+    export_onnx(flavour.graph, workdir / ONNX_FILE, ctx.input_shape)
+    flavour.finish(workdir / ONNX_FILE)
+    return model, flavour, ctx, workdir / ONNX_FILE
+
+
+def test_fp32_graph_folds_normalisation_and_softmax(fp32_graph):
     """The FP32 DeepStream graph on pixels equals the FP32 model on normalised input, resized and softmaxed as
     contract.reference_output says (onnxruntime runs the graph; the reference is PyTorch)."""
     import onnxruntime as ort
     import torch
 
-    from biformer_edge.backends.base import ExportContext
-    from biformer_edge.backends.onnx.export import export_onnx
-    from biformer_edge.backends.tensorrt.deepstream import DeepStreamFlavour
-    from biformer_edge.models import create_model
     from biformer_edge.parity.inputs import parity_inputs
 
-    model = create_model("biformer_seg_demo")
-    ctx = ExportContext(workdir=tmp_path, target="jetson", precision="fp32", input_shape=(1, 3, H, W))
-    flavour = DeepStreamFlavour(model, ctx)
-    export_onnx(flavour.graph, tmp_path / ONNX_FILE, ctx.input_shape)
-    flavour.finish(tmp_path / ONNX_FILE)
+    model, _, ctx, path = fp32_graph
     x = parity_inputs(ctx.input_shape, None, 2)[0].reshape(-1, 3, H, W)
-    session = ort.InferenceSession(str(tmp_path / ONNX_FILE), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = np.concatenate([session.run([PROBABILITIES_NAME], {INPUT_NAME: graph_input(b[None], ctx.graph_io)})[0]
                           for b in x])
     with torch.no_grad():
         want = reference_output(model(torch.from_numpy(x)).numpy(), ctx.graph_io)
     np.testing.assert_allclose(got, want, atol=2e-5)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "deepstream").iterdir()) == \
+    assert sorted(p.relative_to(path.parent).as_posix() for p in (path.parent / "deepstream").iterdir()) == \
         sorted(DEEPSTREAM_FILES)
+
+
+def test_layer_report_counts_weights_onnxsim_folded(fp32_graph):
+    """onnxsim folds 1/std into the stem conv's weight and a BatchNorm into the next conv's, leaving each weight a
+    Constant node: the layer report counts them like initializers (every conv's weight has its module's size)."""
+    from biformer_edge.backends.onnx.export import layer_precision
+
+    _, flavour, _, path = fp32_graph
+    rows = [r for r in layer_precision(onnx.load(str(path))) if r["op"] == "Conv"]
+    assert rows and rows[0]["module"] == "model.backbone.downsample_layers.0.0"
+    for row in rows:
+        assert row["weight_params"] == flavour.graph.get_submodule(row["module"]).weight.numel(), row
 
 
 def test_mixed_precision_calibrates_on_pixels(tmp_path):

@@ -171,7 +171,25 @@ def layer_precision(proto) -> list[dict]:
     graph = proto.graph
     producers = _producers(graph)
     sizes = {init.name: int(numpy_helper.to_array(init).size) for init in graph.initializer}
+    # onnxsim leaves some folded weights as Constant nodes (a Conv+BatchNorm fold; the DeepStream graph's 1/std
+    # folded into the stem conv): their values are weights too
+    sizes.update({node.output[0]: int(numpy_helper.to_array(attr.t).size) for node in graph.node
+                  if node.op_type == "Constant" for attr in node.attribute if attr.name == "value"})
     types = tensor_types(proto)
+
+    def weight_size(tensor: str) -> int:
+        """The size of the constant weight behind ``tensor`` (through ops that only move data, and a Mul or Div of
+        constants, e.g. a weight scaled by a folded normalisation that was not folded into one constant), or 0 for
+        a computed tensor (an activation)."""
+        node = producers.get(tensor)
+        while node is not None and node.op_type in PASS_THROUGH and node.input:
+            tensor, node = node.input[0], producers.get(node.input[0])
+        if node is None or node.op_type == "Constant":
+            return sizes.get(tensor, 0)
+        if node.op_type in ("Mul", "Div"):
+            operands = [weight_size(name) for name in node.input]
+            return max(operands) if all(operands) else 0
+        return 0
     float_names = {onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.FLOAT: "fp32",
                    onnx.TensorProto.BFLOAT16: "bf16"}
 
@@ -180,8 +198,8 @@ def layer_precision(proto) -> list[dict]:
         if node is not None and node.op_type == "DequantizeLinear":
             q = _source(node.input[0], producers)
             weight = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else node.input[0]
-            return "int8", sizes.get(weight, 0)
-        return float_names.get(types.get(tensor), "?"), sizes.get(tensor, 0) if node is None else 0
+            return "int8", weight_size(weight)
+        return float_names.get(types.get(tensor), "?"), weight_size(tensor)
 
     rows = []
     for node in graph.node:
