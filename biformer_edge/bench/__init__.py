@@ -4,6 +4,9 @@
     artifacts.py  the models and the artifacts timed, written by the exporter (``biformer_edge.exporter.export``)
     worker.py     the measuring subprocess: one configuration per fresh interpreter, latencies and RSS
     report.py     the console table, bench.csv, bench.md, bench.png
+    profile.py    ``--profile``: time by op class and GFLOP/s per runtime, profile.md/png/json
+    profilers.py  ``--profile``'s measuring side: onnxruntime, OpenVINO and torch.profiler per-op times
+    opclasses.py  the one table of op type -> op class
 
 Artifacts come from the exporter (the code ``biformer-export`` runs, parity off), written into a temporary
 directory; ``--artifact DIR`` benches an existing export instead. INT8 rows time the exporter's INT8 artifacts (the
@@ -31,7 +34,7 @@ def main(argv=None) -> int:
 
     from . import report
     from .artifacts import Artifacts, artifact_bytes
-    from .plan import artifact_configs, default_runtimes, export_target, parse_args, plan
+    from .plan import artifact_configs, default_runtimes, parse_args, plan
     from .worker import measure
 
     a = parse_args(argv)
@@ -41,6 +44,9 @@ def main(argv=None) -> int:
     if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
         raise UserError(f"cannot write the results under {out} ({existing} is not a writable folder): choose "
                         f"another --output")
+    if a.profile:
+        from .profile import run_profile
+        return run_profile(a, out)
 
     if a.artifact:
         configs, manifest = artifact_configs(a)
@@ -71,12 +77,7 @@ def main(argv=None) -> int:
                     "hint": config.hint, "input_shape": list(config.input_shape), "runs": a.runs,
                     "warmup": a.warmup, "threads": threads}
             try:
-                if a.artifact:
-                    spec["artifact"] = str(a.artifact)
-                elif export_target(config.backend) is None:  # torch: runs the model, from saved weights
-                    spec["weights"] = str(arts.torch_weights(config.model))
-                else:
-                    spec["artifact"] = str(arts.export(config, log=lambda msg: None))
+                spec.update(arts.worker_inputs(config, a.artifact))
             except UserError as exc:
                 row.status, row.note = "skipped", f"export: {exc}"
                 continue

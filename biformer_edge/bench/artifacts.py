@@ -36,6 +36,15 @@ class Artifacts:
             torch.save(self.model(name).state_dict(), path)
         return path
 
+    def worker_inputs(self, config: Config, artifact: str | None = None) -> dict:
+        """What a worker loads for ``config``: the ``--artifact`` given, else the saved weights (torch runs the model)
+        or the artifact exported for it."""
+        if artifact:
+            return {"artifact": str(artifact)}
+        if export_target(config.backend) is None:
+            return {"weights": str(self.torch_weights(config.model))}
+        return {"artifact": str(self.export(config, log=lambda msg: None))}
+
     def export(self, config: Config, log) -> Path:
         """The artifact directory ``config.backend`` runs, exported once per model, target, precision and shape."""
         from ..exporter import export

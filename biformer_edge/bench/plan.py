@@ -15,7 +15,15 @@ from pathlib import Path
 from ..argtypes import positive_int
 from ..console import OneLineParser
 from ..errors import UserError
-from ..targets import RUNTIMES, TARGETS, load_profile, resolve_runtime, resolve_target, runtime_unavailable
+from ..targets import (
+    DEFAULT_MODEL,
+    RUNTIMES,
+    TARGETS,
+    load_profile,
+    resolve_runtime,
+    resolve_target,
+    runtime_unavailable,
+)
 
 DEFAULT_MODELS = ["biformer_tiny"]
 TORCH_PRECISIONS = ("fp32", "fp16")   # what the torch worker runs the model in (model.float() / model.half())
@@ -203,7 +211,8 @@ def artifact_configs(a) -> tuple[list[Config], dict]:
 def parser() -> OneLineParser:
     p = OneLineParser(prog="biformer-bench",
                       description="Latency / throughput / memory of BiFormer across backends and precisions.")
-    p.add_argument("--models", nargs="+", help=f"registered model names (default {' '.join(DEFAULT_MODELS)})")
+    p.add_argument("--models", nargs="+", help=f"registered model names (default {' '.join(DEFAULT_MODELS)}; "
+                   f"with --profile {DEFAULT_MODEL})")
     p.add_argument("--backends", nargs="+",
                    help=f"any of {', '.join(runtime_order())} (default: every one that runs here)")
     p.add_argument("--precisions", nargs="+", default=["fp32"], help="fp32 fp16 int8 (default fp32)")
@@ -212,12 +221,16 @@ def parser() -> OneLineParser:
     p.add_argument("--runs", type=positive_int, default=30, help="timed inferences per configuration")
     p.add_argument("--warmup", type=int, default=5, help="untimed inferences first (default 5)")
     p.add_argument("--threads", type=positive_int, help="threads for every backend (default: all cores)")
-    p.add_argument("--output", default="bench_results", help="where bench.csv/md/png go (default bench_results/)")
+    p.add_argument("--output", default="bench_results",
+                   help="where bench.csv/md/png (--profile: profile.md/png/json) go (default bench_results/)")
     p.add_argument("--artifact", help="bench this existing artifact directory with the backends that can run it")
     p.add_argument("--random-weights", action="store_true",
                    help="bench models whose shipped weights are missing with random weights")
     p.add_argument("--calib-samples", type=positive_int, metavar="N",
                    help="INT8 rows: calibrate on N synthetic scenes (default: the exporter's, 128)")
+    p.add_argument("--profile", action="store_true",
+                   help="where the time goes instead: each runtime's own per-op profiler (torch, onnxruntime, "
+                        "openvino), time by op class and achieved GFLOP/s")
     return p
 
 
@@ -247,6 +260,9 @@ def validate(a) -> None:
     a.threads = a.threads or default_threads()
     if a.calib_samples is not None and "int8" not in a.precisions:
         raise UserError("--calib-samples only applies to --precisions int8")
+    if a.profile:
+        from .profile import check_profile_args
+        check_profile_args(a)
     if a.artifact is not None:
         if a.models:
             raise UserError("--artifact benches the artifact's own model: drop --models")
@@ -254,6 +270,6 @@ def validate(a) -> None:
             raise UserError("--calib-samples applies to artifacts the bench exports, not to --artifact")
         return
     from ..models import get_spec
-    a.models = a.models or list(DEFAULT_MODELS)
+    a.models = a.models or ([DEFAULT_MODEL] if a.profile else list(DEFAULT_MODELS))
     for name in a.models:
         get_spec(name)

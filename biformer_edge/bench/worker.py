@@ -125,7 +125,12 @@ def run_worker(spec: dict) -> dict:
 
 def worker_main(payload: str) -> int:
     try:
-        result = run_worker(json.loads(payload))
+        spec = json.loads(payload)
+        if spec.get("profile"):   # biformer-bench --profile: the runtime's own per-op profiler (profilers.py)
+            from .profilers import profile_worker
+            result = profile_worker(spec)
+        else:
+            result = run_worker(spec)
         code = 0
     except Exception as exc:  # noqa: BLE001 - reported to the parent as this configuration's failure
         result = {"error": f"{type(exc).__name__}: {first_line(exc)}".rstrip(": ")}
