@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import UserError
+
 # ------------------------------------------------------------------------------------------------ graph interface
 INPUT_NAME = "images"        # float32 NCHW, normalised as the model's preprocessing does
 OUTPUT_NAME = "logits"       # (N, classes) or (N, classes, H/4, W/4)
-PROBABILITIES_NAME = "probabilities"   # instead of logits in a graph whose graph_io output is PROBABILITIES (below)
+PROBABILITIES_NAME = "probabilities"   # before the logits in a graph whose graph_io output is PROBABILITIES (below)
 ROUTING_PREFIX = "routing_"  # routing_0 .. routing_{B-1}: top-k region indices (N, R, k) of each BRA block, int64
 #                              (int32 in DeepStream graphs: DeepStream's NvDsInferDataType has no INT64)
 ROUTER_MODULE = "router"     # every BRA block's router is the submodule named this: graphs name its ops after it
@@ -41,13 +43,18 @@ class RunResult:
     logits: np.ndarray
     routing: list[np.ndarray] = field(default_factory=list)
     affinity: list[np.ndarray] = field(default_factory=list)   # reference runs only: (N, R, R) per block
+    probabilities: np.ndarray | None = None   # a PROBABILITIES graph's first output (N, C, H, W) at its output size
 
     @classmethod
     def from_outputs(cls, names: list[str], values: list[np.ndarray]) -> RunResult:
         by_name = dict(zip(names, values))
-        main = OUTPUT_NAME if OUTPUT_NAME in by_name else PROBABILITIES_NAME
-        return cls(np.asarray(by_name[main]).astype(np.float32),
-                   [np.asarray(by_name[n]).astype(np.int64) for n in routing_names(names)])
+        if OUTPUT_NAME not in by_name:
+            raise UserError(f"the graph has no '{OUTPUT_NAME}' output (it has {', '.join(names)}): re-export the "
+                            f"artifact (and rebuild its engine)")
+        probabilities = by_name.get(PROBABILITIES_NAME)
+        return cls(np.asarray(by_name[OUTPUT_NAME]).astype(np.float32),
+                   [np.asarray(by_name[n]).astype(np.int64) for n in routing_names(names)],
+                   probabilities=None if probabilities is None else np.asarray(probabilities).astype(np.float32))
 
 
 @dataclass
@@ -67,11 +74,13 @@ class Int8Graph:
 # ------------------------------------------------------------------------------------------- graph I/O conventions
 # An exported graph takes INPUT_NAME normalised and returns OUTPUT_NAME logits at the model's own resolution, unless
 # its manifest's "graph_io" says otherwise: a DeepStream graph (--deepstream) takes RGB pixels and returns
-# PROBABILITIES_NAME at the input size. Sessions keep taking the normalised input (:func:`graph_input` converts it),
-# and parity compares the FP32 reference converted as the graph converts (:func:`reference_output`), both in numpy so
-# that the device side needs no torch.
+# PROBABILITIES_NAME at the input size first (what nvinfer parses), then the logits. Sessions keep taking the
+# normalised input (:func:`graph_input` converts it); parity compares the logits as for every graph, and the
+# probabilities' class map against the FP32 logits resized alike (numpy: the device side needs no torch).
 PIXELS = "rgb_0_255"          # input: float32 RGB NCHW pixel values 0..255, (x - mean) / std computed in the graph
-PROBABILITIES = "softmax"     # output: the logits resized bilinearly to output_size, then softmax over the classes
+# outputs: PROBABILITIES_NAME (the logits resized bilinearly to output_size, then softmax over the classes), then
+# OUTPUT_NAME (the logits at the model's own resolution), then the routing outputs
+PROBABILITIES = "probabilities_then_logits"
 
 
 def graph_io_problem(io) -> str | None:
@@ -115,28 +124,9 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-# FP16's smallest subnormal number: an FP16 softmax (TensorRT FP16/INT8 engines) returns 0 below it, log(0) is not a
-# logit. Logits that far below a pixel's largest (16.6) are rare in practice, so the floor seldom changes a value.
-PROBABILITY_FLOOR = 2.0 ** -24
-
-
-def compared(output: np.ndarray, io: dict | None) -> np.ndarray:
-    """A graph's output as parity compares it: logits unchanged; a PROBABILITIES graph's probabilities (..., C, H, W)
-    as the logits they imply up to the per-pixel constant softmax discards (log of the probabilities floored at
-    PROBABILITY_FLOOR, minus their mean over C). So cosine and SQNR are measured in logit space, where the thresholds
-    were set (softmax squeezes differences: 1 - cosine of the probabilities read 11x (INT8) to 100x (FP16) smaller
-    than of the logits on the demo model), and argmax is unchanged."""
-    if not io:
-        return output
-    z = np.log(np.maximum(np.asarray(output, np.float64), PROBABILITY_FLOOR))
-    return (z - z.mean(axis=-3, keepdims=True)).astype(np.float32)
-
-
-def reference_output(logits: np.ndarray, io: dict | None) -> np.ndarray:
-    """FP32 reference logits (..., C, h, w) as the graph outputs them: unchanged, or for a PROBABILITIES graph resized
-    bilinearly to ``output_size`` and turned into probabilities (softmax over C), computed in float64."""
-    if not io:
-        return logits
+def graph_probabilities(logits: np.ndarray, io: dict) -> np.ndarray:
+    """A PROBABILITIES graph's first output computed from logits (..., C, h, w): resized bilinearly to the graph_io's
+    ``output_size`` and turned into probabilities (softmax over C), in float64, returned as float32."""
     z = resize_bilinear(logits, tuple(io["output_size"]))
     z = np.exp(z - z.max(axis=-3, keepdims=True))
     return (z / z.sum(axis=-3, keepdims=True)).astype(np.float32)

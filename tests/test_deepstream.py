@@ -28,11 +28,12 @@ from biformer_edge.contract import (
     INPUT_NAME,
     MANIFEST,
     ONNX_FILE,
+    OUTPUT_NAME,
     PARITY_JSON,
     PROBABILITIES_NAME,
     ROUTING_PREFIX,
     graph_input,
-    reference_output,
+    graph_probabilities,
     resize_bilinear,
 )
 from biformer_edge.data.synthetic import CLASSES
@@ -166,7 +167,11 @@ def test_graph_io_is_what_nvinfer_binds(fp16, int8):
         assert all(kind in NVDSINFER_TYPES for kind, _ in outputs.values()), outputs
         routing = {n: v for n, v in outputs.items() if n.startswith(ROUTING_PREFIX)}
         assert len(routing) == 4 and {kind for kind, _ in routing.values()} == {"INT32"}
-        assert list(outputs) == [PROBABILITIES_NAME, *routing]
+        # probabilities first (the binding nvinfer's segmentation parser reads), then the model-resolution logits
+        # parity compares (nvinfer copies every output binding to the host and parses only the first)
+        assert list(outputs) == [PROBABILITIES_NAME, OUTPUT_NAME, *routing]
+        assert outputs[PROBABILITIES_NAME] == ("FLOAT", [1, len(CLASSES), H, W])
+        assert outputs[OUTPUT_NAME] == ("FLOAT", [1, len(CLASSES), H // 4, W // 4])
         manifest = json.loads((artifact / MANIFEST).read_text())
         assert manifest["graph_io"]["output_size"] == [H, W] and manifest["checks"]["deepstream"]["ok"]
 
@@ -257,8 +262,9 @@ def fp32_graph(tmp_path_factory):
 
 
 def test_fp32_graph_folds_normalisation_and_softmax(fp32_graph):
-    """The FP32 DeepStream graph on pixels equals the FP32 model on normalised input, resized and softmaxed as
-    contract.reference_output says (onnxruntime runs the graph; the reference is PyTorch)."""
+    """The FP32 DeepStream graph on pixels equals the FP32 model on normalised input: its logits, and its
+    probabilities as contract.graph_probabilities computes them (onnxruntime runs the graph; the reference is
+    PyTorch)."""
     import onnxruntime as ort
     import torch
 
@@ -267,14 +273,43 @@ def test_fp32_graph_folds_normalisation_and_softmax(fp32_graph):
     model, _, ctx, path = fp32_graph
     x = parity_inputs(ctx.input_shape, None, 2)[0].reshape(-1, 3, H, W)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = np.concatenate([session.run([PROBABILITIES_NAME], {INPUT_NAME: graph_input(b[None], ctx.graph_io)})[0]
-                          for b in x])
+    runs = [session.run([PROBABILITIES_NAME, OUTPUT_NAME], {INPUT_NAME: graph_input(b[None], ctx.graph_io)})
+            for b in x]
+    probabilities, logits = (np.concatenate(outputs) for outputs in zip(*runs))
     with torch.no_grad():
-        want = reference_output(model(torch.from_numpy(x)).numpy(), ctx.graph_io)
-    np.testing.assert_allclose(got, want, atol=2e-5)
-    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(logits, want, atol=1e-4)
+    np.testing.assert_allclose(probabilities, graph_probabilities(want, ctx.graph_io), atol=2e-5)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert sorted(p.relative_to(path.parent).as_posix() for p in (path.parent / "deepstream").iterdir()) == \
         sorted(DEEPSTREAM_FILES)
+
+
+def test_graph_takes_the_image_pixels_as_they_are(fp32_graph):
+    """The pixel convention itself, with nothing of biformer-edge between the image and the graph: render_scene's
+    uint8 RGB image cast to float32 NCHW (what nvinfer feeds with net-scale-factor 1 and offsets 0) into the exported
+    ONNX through onnxruntime gives the FP32 model's output on preprocess(image), the model's own preprocessing.
+    (Parity cannot show this: its sessions convert x * std + mean with the constants the graph folds.)"""
+    import onnxruntime as ort
+    import torch
+
+    from biformer_edge.data.synthetic import render_scene
+    from biformer_edge.preprocess import preprocess
+
+    model, _, _, path = fp32_graph
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for seed in (0, 1):
+        image = render_scene(seed, (H, W))[0]
+        assert image.dtype == np.uint8 and image.shape == (H, W, 3)
+        pixels = image.transpose(2, 0, 1)[None].astype(np.float32)
+        logits, = session.run([OUTPUT_NAME], {INPUT_NAME: pixels})
+        with torch.no_grad():
+            want = model(torch.from_numpy(preprocess(image, (H, W))[None])).numpy()
+        np.testing.assert_allclose(logits, want, atol=1e-4)
+        # the check has teeth: BGR pixels, or pixels scaled to 0..1, give another output
+        bgr, = session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixels[:, ::-1])})
+        unit, = session.run([OUTPUT_NAME], {INPUT_NAME: pixels / 255})
+        assert np.abs(bgr - want).max() > 0.1 and np.abs(unit - want).max() > 0.1
 
 
 def test_layer_report_counts_weights_onnxsim_folded(fp32_graph):
@@ -313,14 +348,54 @@ def test_mixed_precision_calibrates_on_pixels(tmp_path):
 # ------------------------------------------------------------------------------------------------------- parity
 @pytest.mark.parametrize("which", ["fp16", "int8"])
 def test_parity_passes_on_the_deepstream_graph(which, request):
+    """Parity compares the graph's model-resolution logits as for every artifact (what the thresholds were set on),
+    and the probabilities' class map at the input size against the FP32 logits resized alike."""
+    from biformer_edge import metrics as m
+    from biformer_edge.parity.check import PIXEL_PROBABILITIES, load_reference
+    from biformer_edge.targets import open_session
+
     artifact = request.getfixturevalue(which)
     manifest = json.loads((artifact / MANIFEST).read_text())
     assert manifest["parity"]["verdict"] == "pass"
     assert run_cli(parity_main, [artifact]) == 0   # again from the stored reference, as on the device
     report = json.loads((artifact / PARITY_JSON).read_text())
-    assert "probabilities" in report["compared_as"]
+    assert PIXEL_PROBABILITIES in report["compared_as"] and "pixel threshold" in report["compared_as"]
     metrics = report["backends"]["onnxruntime"]["metrics"]
     assert metrics["pixel"] >= 0.98 and metrics["routing"] >= 0.75 and metrics["cosine"] >= 0.99
+    assert metrics[PIXEL_PROBABILITIES] >= report["thresholds"]["pixel"]
+    # the cosine is that of the logits output against the stored FP32 logits, nothing converted
+    ref = load_reference(artifact, manifest)
+    session = open_session("onnxruntime", artifact, manifest)
+    runs = [session.run(batch) for batch in ref["inputs"]]
+    logits = np.stack([r.logits for r in runs])
+    assert logits.shape == ref["logits"].shape and logits.shape[-2:] == (H // 4, W // 4)
+    assert metrics["cosine"] == pytest.approx(m.cosine(ref["logits"].reshape(logits.shape), logits), abs=1e-9)
+    assert all(r.probabilities.shape == (1, len(CLASSES), H, W) for r in runs)
+
+
+def test_parity_fails_on_wrong_probabilities_with_right_logits(fp16, tmp_path):
+    """What keeps the probabilities honest: a graph whose logits are right but whose softmax runs over the wrong axis
+    (its class map is not the logits') fails parity on pixel_probabilities alone."""
+    from biformer_edge.parity.check import PIXEL_PROBABILITIES, evaluate, load_reference
+    from biformer_edge.targets import load_profile
+
+    copy = tmp_path / "broken"
+    shutil.copytree(fp16, copy)
+    proto = graph(copy)
+    producers = {out: n for n in proto.graph.node for out in n.output}
+    softmax = producers[PROBABILITIES_NAME]
+    while softmax.op_type == "Cast":   # the mixed precision graph's FP32 output
+        softmax = producers[softmax.input[0]]
+    assert softmax.op_type == "Softmax"
+    axis, = [a for a in softmax.attribute if a.name == "axis"]
+    axis.i = 3   # over the width instead of the classes
+    onnx.save(proto, str(copy / ONNX_FILE))
+    manifest = json.loads((copy / MANIFEST).read_text())   # evaluate() checks no hashes: the edit is the point
+    report = evaluate(copy, manifest, load_profile("jetson"), load_reference(copy, manifest), ["onnxruntime"])
+    entry = report["backends"]["onnxruntime"]
+    assert entry["verdict"] == "fail" and report["verdict"] == "fail"
+    assert [f.split()[0] for f in entry["failures"]] == [PIXEL_PROBABILITIES]
+    assert entry["metrics"][PIXEL_PROBABILITIES] < 0.9 and entry["metrics"]["pixel"] == 1.0
 
 
 def test_deepstream_files_are_hashed_like_the_model(fp16, tmp_path):

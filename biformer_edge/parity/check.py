@@ -11,11 +11,11 @@ from ..contract import (
     MARGIN_PLOT,
     PARITY_JSON,
     PARITY_MD,
+    PROBABILITIES_NAME,
     REFERENCE,
     REPORT_FILES,
     ROUTING_PREFIX,
-    compared,
-    reference_output,
+    resize_bilinear,
 )
 from ..errors import UserError
 from ..fileio import sha256_file, write_file, write_json
@@ -65,25 +65,41 @@ def numbered(arrays: dict, prefix: str) -> list[np.ndarray]:
     return [np.asarray(arrays[k]) for k in keys]
 
 
+# A graph with probabilities at its input size (manifest graph_io; DeepStream): the pixel agreement of their class map
+# (what nvinfer draws) with the FP32 logits resized alike, held to the pixel threshold.
+PIXEL_PROBABILITIES = "pixel_probabilities"
+
+
 def measure_backend(session, ref: dict, task: str, num_classes: int | None, routing_out: list | None = None,
                     graph_io: dict | None = None) -> dict:
     """Run every reference batch through ``session`` and compare logits, labels and routing (the deployed routing,
-    flattened per block, is appended to ``routing_out`` when given). ``graph_io``: the artifact's (its manifest's),
-    whose outputs are compared as ``contract.compared`` says, against a ``ref`` whose logits were converted alike."""
-    logits, routing = [], []
+    flattened per block, is appended to ``routing_out`` when given). ``graph_io``: the artifact's (its manifest's);
+    for a graph with probabilities at its input size also :data:`PIXEL_PROBABILITIES`."""
+    logits, routing, drawn = [], [], []
     for batch in ref["inputs"]:
         out = session.run(batch)
-        logits.append(compared(out.logits, graph_io))
+        logits.append(out.logits)
         routing.append(out.routing)
+        if graph_io:
+            if out.probabilities is None:
+                raise UserError(f"the graph has no '{PROBABILITIES_NAME}' output, which its manifest's graph_io "
+                                f"promises: re-export the artifact (and rebuild its engine)")
+            drawn.append(metrics.to_labels(out.probabilities))
     test_routing = [np.stack([r[i] for r in routing]) for i in range(len(routing[0]))] if routing[0] else []
 
     def flat(arrays):
         return [a.reshape(-1, *a.shape[2:]) for a in arrays]
     if routing_out is not None:
         routing_out.extend(flat(test_routing))
-    return metrics.compare(ref["logits"].reshape(-1, *ref["logits"].shape[2:]), flat(numbered(ref, ROUTING_PREFIX)),
-                           np.stack(logits).reshape(-1, *ref["logits"].shape[2:]), flat(test_routing), task,
-                           num_classes, ref_affinity=flat(numbered(ref, "affinity_")) or None)
+    ref_logits = ref["logits"].reshape(-1, *ref["logits"].shape[2:])
+    result = metrics.compare(ref_logits, flat(numbered(ref, ROUTING_PREFIX)),
+                             np.stack(logits).reshape(ref_logits.shape), flat(test_routing), task,
+                             num_classes, ref_affinity=flat(numbered(ref, "affinity_")) or None)
+    if graph_io:   # softmax keeps each pixel's argmax: the resized logits' class map is the probabilities'
+        size = tuple(graph_io["output_size"])   # one sample at a time: C x H x W float64 each
+        want = np.concatenate([metrics.to_labels(resize_bilinear(one[None], size)) for one in ref_logits])
+        result[PIXEL_PROBABILITIES] = metrics.agreement(want, np.concatenate(drawn))
+    return result
 
 
 def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backends: list[str] | None = None,
@@ -95,8 +111,6 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
     not hashed)."""
     precision = manifest["precision"]
     graph_io = manifest.get("graph_io")
-    if graph_io:   # a graph with probabilities at its input size (DeepStream): the reference converted as the graph
-        ref = {**ref, "logits": compared(reference_output(ref["logits"], graph_io), graph_io)}
     user_thresholds = thresholds or {}
     thresholds = {**profile_thresholds(profile, manifest), **user_thresholds}
     names = backends or profile.get("parity", {}).get("backends", [])
@@ -105,9 +119,10 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
                             "data": manifest.get("parity_data", "synthetic")},
               "thresholds": thresholds, "backends": {}}
     if graph_io:
-        report["compared_as"] = (f"probabilities at {graph_io['output_size'][0]}x{graph_io['output_size'][1]} (the "
-                                 f"graph's output) against the FP32 logits resized and softmaxed alike; cosine, SQNR "
-                                 f"and max_abs on the logits they imply (log, floored at 2^-24, centred per pixel)")
+        size = "x".join(str(d) for d in graph_io["output_size"])
+        report["compared_as"] = (f"the logits and routing as for every artifact; {PIXEL_PROBABILITIES}: the class "
+                                 f"map of the {size} probabilities (the graph's first output, what nvinfer draws) "
+                                 f"against the FP32 logits resized bilinearly to {size}, held to the pixel threshold")
     for name in names:
         reason = unavailable_reason(name, artifact_dir) if name in RUNTIMES else f"unknown backend '{name}'"
         if reason:
@@ -139,6 +154,9 @@ def evaluate(artifact_dir: Path, manifest: dict, profile: dict, ref: dict, backe
             report["margin_plot"] = skipped or f"{plot.name} ({name})"
             plot = None
         bad = metrics.failures(result, limits)
+        drawn = result.get(PIXEL_PROBABILITIES)
+        if drawn is not None and "pixel" in limits and not drawn >= limits["pixel"]:
+            bad.append(f"{PIXEL_PROBABILITIES} {drawn:.6g} (needs >= {limits['pixel']}, the pixel threshold)")
         per_block = result.pop("routing_per_block", None)
         entry = {"metrics": {k: round(v, 9) for k, v in result.items()}, "failures": bad,
                  "verdict": "fail" if bad else "pass", "device": getattr(session, "device", "cpu")}

@@ -7,7 +7,7 @@ import importlib.util
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..contract import MANIFEST, reference_output
+from ..contract import MANIFEST, graph_probabilities
 from ..errors import UserError
 from ..manifest import read_manifest, require_unchanged
 from ..targets import first_runnable, load_profile, open_session
@@ -61,24 +61,29 @@ def fp32_model(manifest: dict, checkpoint: str | None, why: str):
 
 
 def torch_session(manifest: dict, checkpoint: str | None, why: str):
-    """A Session running the FP32 model (imports torch), its outputs as the artifact's graph gives them (a DeepStream
-    graph's probabilities at the input size: the deployed label maps it is compared with have that size)."""
+    """A Session running the FP32 model (imports torch), its class scores those the artifact's graph draws
+    (:class:`DrawnScores`: a DeepStream graph's probabilities at the input size, so the deployed label maps it is
+    compared with have its size)."""
     model = fp32_model(manifest, checkpoint, why)
     from ..backends.pytorch.session import TorchSession
 
     session = TorchSession(model)
-    return GraphOutputs(session, manifest["graph_io"]) if manifest.get("graph_io") else session
+    return DrawnScores(session, manifest["graph_io"]) if manifest.get("graph_io") else session
 
 
-class GraphOutputs:
-    """A Session whose logits are converted as the artifact's graph converts them (``contract.reference_output``)."""
+class DrawnScores:
+    """A Session of an artifact whose graph has probabilities at its input size (manifest graph_io; DeepStream), for
+    the demo: the class scores it returns as ``logits`` are those probabilities, what nvinfer draws, not the model's
+    logits at its own resolution (parity compares those). A session without them (the FP32 model) computes them as
+    the graph does (``contract.graph_probabilities``)."""
 
     def __init__(self, session, graph_io: dict):
         self.session, self.graph_io = session, graph_io
 
     def run(self, x):
         out = self.session.run(x)
-        return replace(out, logits=reference_output(out.logits, self.graph_io))
+        drawn = out.probabilities if out.probabilities is not None else graph_probabilities(out.logits, self.graph_io)
+        return replace(out, logits=drawn)
 
     def __getattr__(self, name):
         return getattr(self.session, name)
@@ -115,6 +120,8 @@ def open_deployed(artifact: Path, manifest: dict, backend: str | None, precision
         if hint:
             options["precision_hint"] = hint
     session = open_session(backend, artifact, manifest, **options)
+    if manifest.get("graph_io"):
+        session = DrawnScores(session, manifest["graph_io"])
     label = f"{backend} {manifest['precision']}"
     ran = getattr(session, "inference_precision", None)
     if ran:

@@ -19,6 +19,12 @@ What nvinfer reads and how, from NVIDIA's DeepStream 6.3 sources (``sources/libs
   the segmentation output size (nvdsinfer_context.h: "Same as network width"); nvsegvisual's width/height are set to
   it (deepstream_tao_apps' seg_app_config.yml). The logits (H/4 x W/4) are resized bilinearly to the input size in the
   graph, as the demo model was trained (train_demo.py) and mmseg infers, then turned into probabilities.
+- Every output binding is copied to the host (``InferPostprocessor::copyBuffersToHostMemory`` loops over all bound
+  layers) and handed to the parser in binding order (``m_OutputLayerInfo``, filled by ``initInferenceInfo`` from the
+  engine's bindings): outputs after the first are carried, never parsed. So the graph's second output is the model's
+  own ``logits`` (H/4 x W/4, FP32), which parity compares as for every artifact. ``output-blob-names`` marks outputs
+  only for Caffe/UFF models (``CaffeModelParser::parseModel``, nvdsinfer_model_builder.cpp); for an engine it is
+  checked, with a warning when missing (``NvDsInferContextImpl::checkBackendParams``).
 - The config is a GLib key file (gstnvinfer_property_parser.cpp: ``g_key_file_load_from_file``), relative paths
   resolve against its folder (``get_absolute_file_path``), network-mode is 0 FP32 / 1 INT8 / 2 FP16
   (nvdsinfer_context.h ``NvDsInferNetworkMode``), labels are one class per line (``parseLabelsFile`` splits a line
@@ -49,6 +55,7 @@ from ...contract import (
     PROBABILITIES_NAME,
     ROUTING_PREFIX,
     graph_input,
+    output_names,
 )
 from ...errors import UserError
 from ...preprocess import MEAN, STD
@@ -62,8 +69,9 @@ CONFIG_HEADER = "# {what} for {model} ({precision}, input {shape}), written by b
 
 
 def _graph_module(model, size: tuple[int, int]):
-    """``model`` inside the DeepStream graph: RGB pixels -> (x - mean) / std -> model -> logits resized to ``size``
-    -> softmax; each block's recorded routing cast to INT32 (the tensors the routing outputs are traced from)."""
+    """``model`` inside the DeepStream graph: RGB pixels -> (x - mean) / std -> model -> (logits resized to ``size``
+    and softmaxed, the logits themselves); each block's recorded routing cast to INT32 (the tensors the routing
+    outputs are traced from)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -85,8 +93,8 @@ def _graph_module(model, size: tuple[int, int]):
             for block in bra_blocks(self.model):
                 if block.last_routing is not None:   # set while RoutingOutputs records
                     block.last_routing = block.last_routing.to(torch.int32)
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            return torch.softmax(logits, dim=1)
+            resized = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            return torch.softmax(resized, dim=1), logits
 
     return DeepStreamGraph().eval()
 
@@ -136,11 +144,14 @@ class DeepStreamFlavour:
 
     # ------------------------------------------------------------------------------------------ the exported graph
     def finish(self, onnx_path: Path):
-        """Name the first output ``probabilities`` in ``onnx_path``, check the I/O nvinfer binds, write deepstream/.
-        Returns the ModelProto written."""
+        """Name the outputs of ``onnx_path`` (probabilities, logits, routing_0..), check the I/O nvinfer binds, write
+        deepstream/. Returns the ModelProto written."""
         import onnx
         proto = onnx.load(str(onnx_path))
-        rename_output(proto, OUTPUT_NAME, PROBABILITIES_NAME)
+        # The exporter's wrapper names its outputs (logits, routing_0, ...) for a model with one main output; this
+        # graph has two, flattened in front of the routing outputs, so the names are set here by position.
+        count = len(proto.graph.output)
+        rename_outputs(proto, [PROBABILITIES_NAME, *output_names(count - 2)])
         onnx.checker.check_model(proto, full_check=True)
         io = graph_io_types(proto)
         problems = self.io_problems(io)
@@ -152,7 +163,8 @@ class DeepStreamFlavour:
         self.ctx.checks["deepstream"] = {"ok": True, "summary": (
             f"nvinfer I/O: {INPUT_NAME} FLOAT {self.shape()} RGB 0-255 (normalisation in the graph); first output "
             f"{PROBABILITIES_NAME} FLOAT [{self.batch}, {len(self.classes)}, {self.height}, {self.width}] (softmax, "
-            f"CHW, input size); {len(routing)} routing outputs INT32")}
+            f"CHW, input size); then {OUTPUT_NAME} FLOAT {io['outputs'][OUTPUT_NAME][1]} (the model's resolution, "
+            f"for parity) and {len(routing)} routing outputs INT32")}
         self.write_files(Path(onnx_path).parent)
         return proto
 
@@ -164,11 +176,15 @@ class DeepStreamFlavour:
         problems = []
         if io["inputs"] != {INPUT_NAME: ("FLOAT", [self.batch, 3, self.height, self.width])}:
             problems.append(f"inputs {io['inputs']}")
-        names = list(io["outputs"])
-        if not names or names[0] != PROBABILITIES_NAME:
-            problems.append(f"first output {names[:1]}, not {PROBABILITIES_NAME}")
-        elif io["outputs"][PROBABILITIES_NAME] != ("FLOAT", [self.batch, len(self.classes), self.height, self.width]):
-            problems.append(f"{PROBABILITIES_NAME} is {io['outputs'][PROBABILITIES_NAME]}")
+        names, classes = list(io["outputs"]), len(self.classes)
+        if names[:2] != [PROBABILITIES_NAME, OUTPUT_NAME]:
+            problems.append(f"first outputs {names[:2]}, not {PROBABILITIES_NAME}, {OUTPUT_NAME}")
+        else:
+            if io["outputs"][PROBABILITIES_NAME] != ("FLOAT", [self.batch, classes, self.height, self.width]):
+                problems.append(f"{PROBABILITIES_NAME} is {io['outputs'][PROBABILITIES_NAME]}")
+            kind, dims = io["outputs"][OUTPUT_NAME]
+            if kind != "FLOAT" or len(dims) != 4 or dims[:2] != [self.batch, classes]:
+                problems.append(f"{OUTPUT_NAME} is {io['outputs'][OUTPUT_NAME]}")
         problems += [f"{name} is {kind}" for name, (kind, _) in io["outputs"].items()
                      if name.startswith(ROUTING_PREFIX) and kind != "INT32"]
         problems += [f"{name} is {kind}" for name, (kind, _) in io["outputs"].items() if kind not in NVDSINFER_TYPES]
@@ -226,8 +242,8 @@ num-detected-classes={len(self.classes)}
 output-blob-names={PROBABILITIES_NAME}
 segmentation-output-order=0
 segmentation-threshold={SEGMENTATION_THRESHOLD}
-# The {ROUTING_PREFIX}i outputs (INT32 top-k region indices, for biformer-parity) are copied to the host with the
-# probabilities; nvinfer ignores them.
+# The graph's other outputs, {OUTPUT_NAME} (FP32, the model's own resolution) and {ROUTING_PREFIX}i (INT32 top-k
+# region indices), are for biformer-parity: nvinfer copies them to the host with the probabilities and parses none.
 process-mode=1
 gie-unique-id=1
 interval=0
@@ -377,8 +393,9 @@ exec gst-launch-1.0 -e \\
 
 {self.model_name}, {self.ctx.precision}, input {self.batch}x3x{self.height}x{self.width}. The graph ({ONNX_FILE})
 takes RGB pixels 0..255 (normalisation inside), outputs `{PROBABILITIES_NAME}` (softmax over
-{len(self.classes)} classes at {self.height}x{self.width}, FP32, CHW) first, then INT32 routing outputs. On the
-Jetson (DeepStream 7.0 or later; FP16 and INT8 engines need JetPack 6.1 or later, i.e. DeepStream 7.1):
+{len(self.classes)} classes at {self.height}x{self.width}, FP32, CHW) first, what nvinfer parses; then `{OUTPUT_NAME}`
+(FP32, the model's own resolution) and INT32 routing outputs, which biformer-parity compares. On the Jetson
+(DeepStream 7.0 or later; FP16 and INT8 engines need JetPack 6.1 or later, i.e. DeepStream 7.1):
 
 ```bash
 cd .. && ./build_engine.sh && biformer-parity . && cd {DS_INFER_CONFIG.rsplit("/", 1)[0]}   # the engine, checked
@@ -415,14 +432,15 @@ def graph_io_types(proto) -> dict:
             "outputs": described(proto.graph.output)}
 
 
-def rename_output(proto, old: str, new: str) -> None:
-    """Rename the graph output ``old`` (and every use of that tensor) to ``new``."""
+def rename_outputs(proto, names: list[str]) -> None:
+    """Name the graph outputs ``names``, in order (every use of each tensor renamed with it)."""
     graph = proto.graph
-    if not any(o.name == old for o in graph.output):
-        raise UserError(f"internal check failed: the exported graph has no '{old}' output; report it with --debug")
+    if len(graph.output) != len(names) or len(set(names)) != len(names):
+        raise UserError(f"internal check failed: the exported graph has outputs {[o.name for o in graph.output]}, "
+                        f"not one for each of {names}; report it with --debug")
+    renamed = {o.name: new for o, new in zip(graph.output, names)}
     for node in graph.node:
-        node.output[:] = [new if n == old else n for n in node.output]
-        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [renamed.get(n, n) for n in node.output]
+        node.input[:] = [renamed.get(n, n) for n in node.input]
     for value in (*graph.output, *graph.value_info):
-        if value.name == old:
-            value.name = new
+        value.name = renamed.get(value.name, value.name)
