@@ -8,8 +8,9 @@ the per-op times come from the profiler of those same runs (profiling on: its ov
   ``args.op_name``: the kernel's op type after onnxruntime's graph optimizations, e.g. FusedMatMul, ReorderInput)
   that fall inside the last ``runs`` ``model_run`` events;
 * OpenVINO: ``PERF_COUNT`` on the compiled model, with the session's own configuration otherwise (precision hint,
-  threads, ``SNIPPETS_MODE``); ``get_profiling_info()`` after each timed run, the ``real_time`` of the executed nodes
-  by ``node_type`` (the CPU plugin's node, e.g. FullyConnected, Reorder, Subgraph);
+  threads, ``SNIPPETS_MODE``); ``get_profiling_info()`` before and after the timed runs (the CPU plugin reports each
+  node's mean ``real_time`` since compilation: the difference of the totals is the timed runs' time), by
+  ``node_type`` (the CPU plugin's node, e.g. FullyConnected, Reorder, Subgraph);
 * PyTorch: ``torch.profiler`` (CPU activity) around the timed runs, self CPU time by ATen op name.
 
 Result: ``{"latencies_ms", "ops": {op type: {"ms", "calls"}} summed over the timed runs, "inference_precision",
@@ -127,20 +128,26 @@ def profile_openvino(spec: dict, x) -> dict:
     request = compiled.create_infer_request()
     mha = ov_mha_subgraphs(ov_model, compiled)
     feed = {0: np.ascontiguousarray(graph_input(x, manifest.get("graph_io")), dtype=np.float32)}
-    for _ in range(spec["warmup"]):
-        request.infer(feed)
-    ops, latencies = _ops(), []
     executed = ov.ProfilingInfo.Status.EXECUTED
-    for _ in range(spec["runs"]):
-        t0 = time.perf_counter()
-        request.infer(feed)
-        latencies.append((time.perf_counter() - t0) * 1e3)
-        for node in request.get_profiling_info():
-            if node.status != executed:
-                continue
-            kind = OV_MHA_SUBGRAPH if node.node_type == "Subgraph" and node.node_name in mha else node.node_type
-            ops[kind]["ms"] += node.real_time.total_seconds() * 1e3
-            ops[kind]["calls"] += 1
+
+    def mean_times() -> dict:
+        """(node, type) -> its mean time in ms over every inference since compilation: what the CPU plugin reports
+        (Graph::GetPerfData returns PerfCount::avg(), whole microseconds; src/plugins/intel_cpu/src/graph.cpp and
+        perf_count.h); a node under 1 us on average, or fused into another, reads NOT_RUN."""
+        return {(n.node_name, n.node_type): n.real_time.total_seconds() * 1e3 for n in request.get_profiling_info()
+                if n.status == executed}
+    warmup, runs = spec["warmup"], spec["runs"]
+    timed_runs(lambda: request.infer(feed), warmup, 0)   # warm-up
+    before = mean_times() if warmup else {}
+    latencies = timed_runs(lambda: request.infer(feed), 0, runs)
+    after = mean_times()
+    ops = _ops()
+    for (name, node_type), mean_ms in after.items():
+        # the timed runs' total: the total after them less the warm-up's total (each node runs once per inference)
+        total = max(mean_ms * (warmup + runs) - before.get((name, node_type), 0.0) * warmup, 0.0)
+        kind = OV_MHA_SUBGRAPH if node_type == "Subgraph" and name in mha else node_type
+        ops[kind]["ms"] += total
+        ops[kind]["calls"] += runs
     from .plan import hint_name
     shown = ", ".join(f"{k} {v}" for k, v in config.items() if k != "PERFORMANCE_HINT")
     return {"latencies_ms": latencies, "ops": dict(ops), "inference_precision": hint_name(precision),
