@@ -40,7 +40,7 @@ _BY_CLASS = {
         MatMul Gemm Conv ConvTranspose FusedMatMul FusedGemm FusedConv NhwcConv NhwcFusedConv QLinearConv
         QLinearMatMul MatMulInteger MatMulIntegerToFloat ConvInteger QGemm DynamicQuantizeMatMul
         Convolution GroupConvolution ConvolutionBackpropData GroupConvolutionBackpropData FullyConnected
-        Deconvolution
+        FullyConnectedQuantizedLegacy FullyConnectedQuantized FullyConnectedCompressed Deconvolution
         aten::linear aten::addmm aten::_addmm_activation aten::mm aten::bmm aten::baddbmm aten::matmul aten::einsum
         aten::conv2d aten::convolution aten::_convolution aten::mkldnn_convolution aten::_slow_conv2d_forward
         aten::thnn_conv2d aten::_nnpack_spatial_convolution aten::mkldnn_linear aten::_mkldnn_linear
