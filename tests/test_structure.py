@@ -128,8 +128,8 @@ def test_imports_run_one_way():
     for name, path in sorted(known.items()):
         owner, forbidden = owner_rules(name)
         for target in sorted(imports_of(name, path, known)):
-            if target == owner or target.startswith(f"{owner}."):
-                continue   # within its own package
+            if target == owner or target.startswith(f"{owner}.") or target == "biformer_edge.errors":
+                continue   # within its own package; errors is a leaf (it imports nothing) every floor may raise
             if any(forbids(f, target) for f in forbidden):
                 broken.append(f"{name} -> {target}")
     assert not broken, "imports against the rules: " + "; ".join(broken)

@@ -29,8 +29,8 @@ def _dla_core(value, precision: str) -> None:
     """Refuses DLA for every value, with the reason build_engine.py states (its DLA_REFUSAL; build_engine.sh holds the
     same text): docs/tensorrt.md#dla has the sources. The template is loaded here, not at import, to keep this module
     light."""
-    from .export import load_build_module
-    raise UserError(f"--dla-core: {load_build_module().DLA_REFUSAL}")
+    from ...profiles import load_template_module
+    raise UserError(f"--dla-core: {load_template_module(BUILD_PY).DLA_REFUSAL}")
 
 
 def _workspace(value, precision: str) -> None:

@@ -5,7 +5,6 @@ the quantized ExportedProgram model.pt2 for Torch-TensorRT. Imports torch only i
 from __future__ import annotations
 
 import copy
-import importlib.util
 import stat
 import string
 import warnings
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from ...contract import BUILD_PY, BUILD_SCRIPT, DEEPSTREAM_FILES, ENGINE_FILE, INPUT_NAME, ONNX_FILE, PROGRAM_FILE
 from ...errors import UserError, first_line
-from ...profiles import template_path
+from ...profiles import load_template_module, template_path
 from ..base import ExportContext
 from . import TENSORRT
 from .rules import MAX_OPSET, MAX_RANK, MIN_OPSET, TOPK_MAX_K, assert_tensorrt_ready
@@ -37,11 +36,7 @@ def render_template(name: str, **values) -> str:
 
 def load_build_module():
     """The template build_engine.py as a module: the one implementation of the engine build."""
-    spec = importlib.util.spec_from_file_location("biformer_edge_build_engine", template_path(BUILD_PY))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+    return load_template_module(BUILD_PY)
 
 
 def _tensorrt_gpu_missing() -> str | None:
