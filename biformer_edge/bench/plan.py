@@ -261,7 +261,6 @@ def validate(a) -> None:
     if a.calib_samples is not None and "int8" not in a.precisions:
         raise UserError("--calib-samples only applies to --precisions int8")
     if a.profile:
-        from .profile import check_profile_args
         check_profile_args(a)
     if a.artifact is not None:
         if a.models:
@@ -273,3 +272,18 @@ def validate(a) -> None:
     a.models = a.models or ([DEFAULT_MODEL] if a.profile else list(DEFAULT_MODELS))
     for name in a.models:
         get_spec(name)
+
+
+PROFILED_RUNTIMES = ("torch", "onnxruntime", "openvino")   # biformer-bench --profile: runtimes with a per-op profiler
+
+
+def check_profile_args(a) -> None:
+    """What --profile refuses up front (UserError: one line, exit 2)."""
+    if a.backends:
+        other = [b for b in a.backends if b not in PROFILED_RUNTIMES]
+        if other:
+            raise UserError(f"--profile reads the per-op profilers of {', '.join(PROFILED_RUNTIMES)}: drop --backends "
+                            f"{' '.join(other)}")
+        if a.artifact is not None and "torch" in a.backends:
+            raise UserError("--profile --artifact profiles the artifact's files; torch profiles a model: use --models "
+                            "for it")

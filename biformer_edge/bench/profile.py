@@ -17,9 +17,8 @@ from pathlib import Path
 
 from ..errors import UserError, first_line
 from .opclasses import CLASSES, OTHER, op_class
-from .plan import Config, artifact_configs, plan, runtime_order
+from .plan import PROFILED_RUNTIMES, Config, artifact_configs, plan, runtime_order
 
-PROFILED_RUNTIMES = ("torch", "onnxruntime", "openvino")
 PROFILE_FILES = ("profile.md", "profile.png", "profile.json")
 TOP_OPS_PRINTED = 10
 
@@ -27,18 +26,6 @@ FLOPS_COUNTED = ("FLOP = 2 x the multiply-accumulates of the convolutions (depth
                  "attention and routing matmuls of one forward pass of the FP32 model (torch.utils.flop_counter."
                  "FlopCounterMode: aten convolution, mm, addmm, bmm); normalisation, softmax, activations, resizing, "
                  "gather and TopK count nothing; INT8 rows count the same operations")
-
-
-def check_profile_args(a) -> None:
-    """What --profile refuses up front (UserError: one line, exit 2)."""
-    if a.backends:
-        other = [b for b in a.backends if b not in PROFILED_RUNTIMES]
-        if other:
-            raise UserError(f"--profile reads the per-op profilers of {', '.join(PROFILED_RUNTIMES)}: drop --backends "
-                            f"{' '.join(other)}")
-        if a.artifact is not None and "torch" in a.backends:
-            raise UserError("--profile --artifact profiles the artifact's files; torch profiles a model: use --models "
-                            "for it")
 
 
 def profile_configs(a) -> list[Config]:

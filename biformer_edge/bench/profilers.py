@@ -113,7 +113,7 @@ def profile_openvino(spec: dict, x) -> dict:
     from ..contract import IR_XML, graph_input
     from ..manifest import read_manifest
     from ..targets import open_session
-    from .worker import session_options
+    from .sessions import session_options
     artifact = Path(spec["artifact"])
     manifest = read_manifest(artifact)
     # the session decides the configuration (hint, threads, SNIPPETS_MODE where the model needs it): profile that
@@ -158,7 +158,7 @@ def profile_torch(spec: dict, x) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from .worker import open_worker_session
+    from .sessions import open_worker_session
     session, _, precision = open_worker_session(spec)   # sets the thread count, loads the weights, casts to fp16
     for _ in range(spec["warmup"]):
         session.run(x)
