@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import UserError, first_line
+from ..errors import UserError
 from ..fileio import AtomicOutputs
 
 __all__ = ["main"]
@@ -76,13 +76,7 @@ def main(argv=None) -> int:
             spec = {"backend": config.backend, "model": config.model, "precision": config.precision,
                     "hint": config.hint, "input_shape": list(config.input_shape), "runs": a.runs,
                     "warmup": a.warmup, "threads": threads}
-            try:
-                spec.update(arts.worker_inputs(config, a.artifact))
-            except UserError as exc:
-                row.status, row.note = "skipped", f"export: {exc}"
-                continue
-            except Exception as exc:  # noqa: BLE001 - one broken export must not stop the table
-                row.status, row.note = "failed", f"export: {type(exc).__name__}: {first_line(exc)}"
+            if not arts.add_worker_inputs(spec, row, a.artifact):
                 continue
             row.record(measure(spec), artifact_bytes(Path(spec["artifact"]), config.backend)
                        if "artifact" in spec else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .plan import Config, export_request, export_target, runtime_files
 
 
@@ -44,6 +44,19 @@ class Artifacts:
         if export_target(config.backend) is None:
             return {"weights": str(self.torch_weights(config.model))}
         return {"artifact": str(self.export(config, log=lambda msg: None))}
+
+    def add_worker_inputs(self, spec: dict, row, artifact: str | None = None) -> bool:
+        """Add :meth:`worker_inputs` for ``row.config`` to ``spec``; False (the row marked skipped or failed) when its
+        export could not be made: one broken export must not stop a table."""
+        try:
+            spec.update(self.worker_inputs(row.config, artifact))
+        except UserError as exc:
+            row.status, row.note = "skipped", f"export: {exc}"
+            return False
+        except Exception as exc:  # noqa: BLE001 - any exporter failure becomes the row's note
+            row.status, row.note = "failed", f"export: {type(exc).__name__}: {first_line(exc)}"
+            return False
+        return True
 
     def export(self, config: Config, log) -> Path:
         """The artifact directory ``config.backend`` runs, exported once per model, target, precision and shape."""

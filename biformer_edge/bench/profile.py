@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError, first_line
+from ..errors import UserError
 from .opclasses import CLASSES, OTHER, op_class
 from .plan import PROFILED_RUNTIMES, Config, artifact_configs, plan, runtime_order
 
@@ -296,13 +296,7 @@ def run_profile(a, out: Path) -> int:
             spec = {"profile": True, "backend": config.backend, "model": config.model,
                     "precision": config.precision, "hint": config.hint, "input_shape": list(config.input_shape),
                     "runs": a.runs, "warmup": a.warmup, "threads": a.threads}
-            try:
-                spec.update(arts.worker_inputs(config, a.artifact))
-            except UserError as exc:
-                row.status, row.note = "skipped", f"export: {exc}"
-                continue
-            except Exception as exc:  # noqa: BLE001 - one broken export must not stop the profile
-                row.status, row.note = "failed", f"export: {type(exc).__name__}: {first_line(exc)}"
+            if not arts.add_worker_inputs(spec, row, a.artifact):
                 continue
             row.record(measure(spec))
         bar.close()
