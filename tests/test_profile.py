@@ -104,11 +104,17 @@ def test_openvino_attention_subgraphs_are_told_apart(exported, profiles):
     sdpa = sum(op.get_type_name() == "ScaledDotProductAttention" for op in ir.get_ordered_ops())
     p = profiles["openvino"]["entry"]
     assert sdpa > 0
+    mha_calls = p["ops"].get(OV_MHA_SUBGRAPH, {}).get("calls", 0)
     if "SNIPPETS_MODE DISABLE" in p["runtime_config"]:
-        assert OV_MHA_SUBGRAPH not in p["ops"]
-    else:
-        assert 1 <= p["ops"][OV_MHA_SUBGRAPH]["calls"] <= sdpa
-        assert p["shares"]["attention"] > 0
+        assert mha_calls == 0
+        return
+    assert mha_calls <= sdpa
+    if mha_calls == 0 and "ScaledDotProductAttention" not in p["ops"]:
+        # whether the plugin tokenizes attention into Snippets depends on its ISA kernels and precision: say which
+        from biformer_edge.cpu import describe, detect
+        pytest.skip(f"this CPU plugin ran no attention subgraph here ({describe(detect())}, "
+                    f"{p.get('inference_precision')}): nothing to tell apart")
+    assert p["shares"]["attention"] > 0
 
 
 def test_flop_count_is_the_papers_macs_twice():
