@@ -18,6 +18,7 @@ bench_results/int8_routing.md.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -130,6 +131,9 @@ def main(argv=None) -> int:
     p.add_argument("--graph", nargs="+", choices=("onnx", "jetson"), default=None,
                    help="onnxruntime: which target's Q/DQ graph to run: onnx (FP32 float layers, the default) or "
                         "jetson (FP16 float layers, router and LayerNorm FP32)")
+    p.add_argument("--output", help="Markdown report (default bench_results/int8_routing[_RUNTIME].md)")
+    p.add_argument("--json", help="also write the rows as JSON (a list of {column: value}), for "
+                                  "benchmarks/default_model.py")
     a = p.parse_args(argv)
     if a.graph and a.runtime != "onnxruntime":
         p.error("--graph needs --runtime onnxruntime")
@@ -170,9 +174,13 @@ def main(argv=None) -> int:
             rows += measure("biformer_tiny", (224, 224), tiny_variants, tiny, Path(tmp), runtime=a.runtime)
     table = [f"CPU: {describe(detect())}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + [
         "| " + " | ".join(r) + " |" for r in rows]
-    RESULTS.mkdir(exist_ok=True)
     name = "int8_routing" + ("" if a.runtime == "onnxruntime" else f"_{a.runtime}") + ".md"
-    (RESULTS / name).write_text("\n".join(table) + "\n")
+    output = Path(a.output) if a.output else RESULTS / name
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("\n".join(table) + "\n")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"cpu": describe(detect()), "header": header,
+                                            "rows": [dict(zip(header, r)) for r in rows]}, indent=1) + "\n")
     print("\n".join(table))
     return 0
 
