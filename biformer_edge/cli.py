@@ -145,7 +145,13 @@ def qat_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive_int, default=d.batch, help=f"global batch (default {d.batch})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate, cosine decay (default {d.lr})")
     p.add_argument("--routing-weight", type=float, default=d.routing_weight,
-                   help=f"weight of the routing margin term (default {d.routing_weight}; 0: output distillation only)")
+                   help=f"weight of the teacher-relative routing term: keep the FP32 model's routes (default "
+                        f"{d.routing_weight}; 0: output distillation only)")
+    p.add_argument("--routing-margin", type=float, default=d.routing_margin, metavar="W",
+                   help="weight of the teacher-free routing margin hinge on the student's own quantized affinities, "
+                        "as train_demo --routing-margin: makes near-tie routes decisive (default 0: off; try 0.3)")
+    p.add_argument("--margin", type=float, default=d.margin, metavar="M",
+                   help=f"the relative k-th/(k+1)-th region gap that hinge asks for (default {d.margin})")
     p.add_argument("--max-routing-regret", type=float, default=d.max_routing_regret, metavar="R",
                    help=f"the PTQ-QAR start point's keep-float target (default {d.max_routing_regret})")
     p.add_argument("--seed", type=int, default=d.seed, help="data order and flips (default 0)")
@@ -169,7 +175,8 @@ def qat_main(argv=None):
     settings = QATSettings(
         model=a.model, checkpoint=a.checkpoint, data=list(a.data or []), samples=a.samples,
         val_samples=a.val_samples, calib_samples=a.calib_samples, steps=a.steps, batch=a.batch, lr=a.lr,
-        routing_weight=a.routing_weight, seed=a.seed, input_size=tuple(a.input_size) if a.input_size else None,
+        routing_weight=a.routing_weight, routing_margin=a.routing_margin, margin=a.margin, seed=a.seed,
+        input_size=tuple(a.input_size) if a.input_size else None,
         max_routing_regret=a.max_routing_regret, output=a.output, resume=a.resume, force=a.force,
         save_every=a.save_every, device=a.device)
     out, record = train(settings, log=lambda msg: print(msg, flush=True))

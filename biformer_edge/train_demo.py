@@ -20,13 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .console import OneLineParser
 from .data.dataset import SyntheticScenes
 from .data.seeds import SCENE_SETS
 from .data.synthetic import CLASSES
 from .metrics import to_labels
 from .models import create_model
 from .models.registry import WEIGHTS_DIR
-from .models.routing_margin import RoutingMargin
+from .models.routing_margin import DEFAULT_MARGIN, RoutingMargin
 
 
 def per_class_iou(confusion: np.ndarray) -> np.ndarray:
@@ -59,7 +60,7 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m biformer_edge.train_demo", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m biformer_edge.train_demo", description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=128)
@@ -71,13 +72,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="start from these weights (a fine-tune) instead of random init")
     p.add_argument("--routing-margin", type=float, default=0.0, metavar="W",
                    help="weight of the routing margin term (models/routing_margin.py; 0: off)")
-    p.add_argument("--margin", type=float, default=0.05, help="the relative k-th/(k+1)-th gap it asks for")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                   help=f"the relative k-th/(k+1)-th gap it asks for, in (0, 1) (default {DEFAULT_MARGIN})")
     p.add_argument("--seed", type=int, default=SCENE_SETS["demo_train"].base, help="base seed of the training scenes")
     return p
 
 
 def main(argv=None) -> int:
-    a = parser().parse_args(argv)
+    p = parser()
+    a = p.parse_args(argv)
+    # before anything is written (the run directory) or trained
+    if not (math.isfinite(a.routing_margin) and a.routing_margin >= 0):
+        p.error(f"--routing-margin must be a number >= 0 (0: off), not {a.routing_margin}")
+    if not (math.isfinite(a.margin) and 0 < a.margin < 1):
+        p.error(f"--margin must be in (0, 1) (a share of each query's affinity spread), not {a.margin}")
     from tqdm import tqdm
 
     if a.threads:

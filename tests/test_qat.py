@@ -164,7 +164,8 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_state(tmp_path, mon
     assert code == 143
     assert "--resume" in capsys.readouterr().err
     saved = state_path(out).read_bytes()
-    for extra, what in ((["--lr", "1e-4"], "lr"), (["--seed", "3"], "seed"), (["--steps", "5"], "steps")):
+    for extra, what in ((["--lr", "1e-4"], "lr"), (["--seed", "3"], "seed"), (["--steps", "5"], "steps"),
+                        (["--routing-margin", "0.3"], "routing margin"), (["--margin", "0.1"], "margin")):
         assert run_cli(qat_main, [*SMALL, "--steps", "4", *extra, "--output", out, "--resume"]) == 2
         err = capsys.readouterr().err
         assert f"other {what}" in err and err.count("\n") == 1, err
@@ -173,6 +174,31 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_state(tmp_path, mon
     assert "--resume" in capsys.readouterr().err
     assert run_cli(qat_main, [*SMALL, "--steps", "4", "--output", out, "--resume"]) == 0
     assert out.is_file() and not state_path(out).exists()
+
+
+def test_routing_margin_flag_adds_the_hinge_on_the_students_own_affinities(qat_file, tmp_path):
+    """--routing-margin W adds W x the teacher-free margin hinge (models/routing_margin.py) to the loss: with the same
+    seed and data as the W=0 run of ``qat_file``, the trained weights differ and the student's hinge at the last step
+    (same batch in both runs) is lower; both runs record the term's settings."""
+    out = tmp_path / "margin.pt"
+    assert run_cli(qat_main, [*SMALL, "--steps", "6", "--routing-margin", "10", "--margin", "0.05",
+                              "--output", out]) == 0
+    plain, margin = read_qat_checkpoint(qat_file), read_qat_checkpoint(out)
+    assert plain["train"]["settings"]["routing_margin"] == 0 and margin["train"]["settings"]["routing_margin"] == 10
+    assert margin["train"]["settings"]["margin"] == 0.05
+    assert any(not torch.equal(plain["state_dict"][k], margin["state_dict"][k]) for k in plain["state_dict"])
+    *_, plain_hinge = plain["train"]["final_loss"]     # [distillation, routing ranking, margin hinge]
+    *_, margin_hinge = margin["train"]["final_loss"]
+    assert 0 < margin_hinge < plain_hinge, (margin_hinge, plain_hinge)
+
+
+@pytest.mark.parametrize("flag, value", [("--routing-margin", "-0.1"), ("--routing-margin", "nan"),
+                                         ("--routing-margin", "1e3"), ("--margin", "0"), ("--margin", "1"),
+                                         ("--margin", "inf")])
+def test_bad_routing_margin_is_one_line_and_writes_nothing(flag, value, tmp_path, capsys):
+    assert run_cli(qat_main, [*SMALL, "--steps", "2", flag, value, "--output", tmp_path / "out.pt"]) == 2
+    assert f"{flag} must be in" in one_error_line(capsys)
+    assert not list(tmp_path.iterdir())
 
 
 def test_routing_loss_cannot_be_met_by_scaling_the_affinities():

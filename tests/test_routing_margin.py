@@ -1,6 +1,7 @@
 """The routing margin term (routing-robust training): a hinge on each query's k-th vs (k+1)-th region gap."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from biformer_edge.models import create_model
@@ -53,3 +54,13 @@ def test_a_few_steps_make_routing_more_decisive():
         loss.backward()
         opt.step()
     assert relative_gap(model, x) > before
+
+
+def test_train_demo_refuses_a_bad_margin_in_one_line_before_writing(tmp_path, capsys):
+    from biformer_edge.train_demo import main
+    for args in (["--margin", "0"], ["--margin", "1"], ["--margin", "nan"], ["--routing-margin", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*args, "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "w.pt"), "--steps", "1"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1 and f"{args[0]} must be" in err, err
+    assert not list(tmp_path.iterdir())

@@ -9,6 +9,8 @@ on the model's own affinities, so it needs no labels and no teacher, and can be 
     with RoutingMargin(model, margin=0.05) as routing:
         loss = task_loss(model(x), y) + 0.1 * routing.loss()
 
+``biformer-qat --routing-margin W`` adds the same hinge on the quantized student's affinities during QAT.
+
 Inside the block, routing is differentiable (the routers' q/k are not detached) and each router keeps its
 affinities of the latest forward; both are reset on exit, so evaluation and export are unaffected.
 """
@@ -19,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .routing import bra_blocks, recording
+
+DEFAULT_MARGIN = 0.05   # the relative k-th/(k+1)-th gap asked for (train_demo --margin, biformer-qat --margin)
 
 
 def margin_hinge(affinity: torch.Tensor, k: int, margin: float) -> torch.Tensor:
@@ -31,11 +35,16 @@ def margin_hinge(affinity: torch.Tensor, k: int, margin: float) -> torch.Tensor:
     return F.relu(margin - (top[..., k - 1] - top[..., k]) / spread).mean()
 
 
+def blocks_margin_hinge(affinities: list[torch.Tensor], topk: list[int], margin: float) -> torch.Tensor:
+    """The mean :func:`margin_hinge` over blocks: one (N, R, R) affinity tensor and its top-k per block."""
+    return torch.stack([margin_hinge(a, k, margin) for a, k in zip(affinities, topk)]).mean()
+
+
 class RoutingMargin:
     """Context manager: records every BRA router's affinities with gradients; ``loss()`` is the mean margin hinge
     over blocks for the latest forward."""
 
-    def __init__(self, model: nn.Module, margin: float = 0.05):
+    def __init__(self, model: nn.Module, margin: float = DEFAULT_MARGIN):
         if not 0 < margin < 1:
             raise ValueError(f"margin must be in (0, 1), got {margin}")
         self.blocks = bra_blocks(model)
@@ -48,11 +57,11 @@ class RoutingMargin:
         return self
 
     def loss(self) -> torch.Tensor:
-        terms = [margin_hinge(b.router.last_affinity, b.topk, self.margin) for b in self.blocks
-                 if b.router.last_affinity is not None]
-        if not terms:
+        recorded = [b for b in self.blocks if b.router.last_affinity is not None]
+        if not recorded:
             raise RuntimeError("no routing affinities recorded: call loss() after a forward inside the block")
-        return torch.stack(terms).mean()
+        return blocks_margin_hinge([b.router.last_affinity for b in recorded], [b.topk for b in recorded],
+                                   self.margin)
 
     def __exit__(self, *exc):
         self._recording.__exit__(*exc)

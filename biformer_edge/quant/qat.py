@@ -10,7 +10,9 @@
    image), plus ``routing_weight`` x a margin ranking loss on the quantized model's region affinities: for every
    query region, the weakest of the teacher's top-k regions must beat the strongest other region by half the
    teacher's own margin (relative to the teacher's affinity spread). Decisive routes get a large required margin,
-   near-ties only the right order.
+   near-ties only the right order. Optionally ``routing_margin`` x the teacher-free margin hinge of
+   :mod:`biformer_edge.models.routing_margin` on the student's own quantized affinities: every query's k-th region
+   must lead its (k+1)-th by ``margin`` of its spread, so near-ties become decisive and INT8 noise cannot flip them.
 4. Data order and flips derive from (seed, step) alone, so a resumed run equals an uninterrupted one, and
    ``torchrun --nproc_per_node N`` splits each global batch across processes (DistributedDataParallel averages the
    gradients: the same update as one process, up to summation order).
@@ -44,6 +46,7 @@ from ..models import create_model, get_spec
 from ..models.checkpoint import QAT_FORMAT, read_checkpoint, state_dict_from
 from ..models.registry import WEIGHTS_DIR
 from ..models.routing import RoutingOutputs, bra_blocks, recording, run_torch
+from ..models.routing_margin import DEFAULT_MARGIN, blocks_margin_hinge
 from ..preprocess import preprocess_all
 from . import qat_checkpoint as files
 from .int8 import model_config, quantize, toolkit_version
@@ -58,6 +61,9 @@ MIN_MARGIN = 0.02   # the least relative lead the routing hinge asks of every te
 MAX_SEED = 2**64 - 1   # torch.manual_seed takes 64 bits
 MAX_HELD_OUT_DROP = 0.05   # a held-out figure that falls this much below the PTQ start means the training hurt
 MAX_ROUTING_WEIGHT = 1e4   # far above any useful weight (default 5), far below what overflows a float32 loss
+# The margin hinge is below --margin (< 1) per query, the distillation loss ~1e-3: a weight of 100 already leaves the
+# output term no say (train_demo's useful range is 0.3-1), so anything above is a typo.
+MAX_ROUTING_MARGIN = 100.0
 
 
 @dataclass
@@ -72,6 +78,8 @@ class QATSettings:
     batch: int = 8
     lr: float = 2e-5
     routing_weight: float = 5.0
+    routing_margin: float = 0.0          # weight of the teacher-free margin hinge on the student's affinities; 0: off
+    margin: float = DEFAULT_MARGIN       # the relative k-th/(k+1)-th gap that hinge asks for
     seed: int = 0
     input_size: tuple[int, int] | None = None
     max_routing_regret: float = START_MAX_ROUTING_REGRET
@@ -91,6 +99,12 @@ class QATSettings:
             raise UserError(f"--lr must be in (0, 1], not {self.lr}")
         if not (math.isfinite(self.routing_weight) and 0 <= self.routing_weight <= MAX_ROUTING_WEIGHT):
             raise UserError(f"--routing-weight must be in [0, {MAX_ROUTING_WEIGHT:g}], not {self.routing_weight}")
+        if not (_real(self.routing_margin) and 0 <= self.routing_margin <= MAX_ROUTING_MARGIN):
+            raise UserError(f"--routing-margin must be in [0, {MAX_ROUTING_MARGIN:g}] (0: off; 0.3-1 made the demo "
+                            f"model's routes decisive), not {self.routing_margin}")
+        if not (_real(self.margin) and 0 < self.margin < 1):
+            raise UserError(f"--margin must be in (0, 1) (a share of each query's affinity spread; default "
+                            f"{DEFAULT_MARGIN}), not {self.margin}")
         if not (isinstance(self.max_routing_regret, (int, float)) and 0 < self.max_routing_regret <= 1):
             raise UserError(f"--max-routing-regret must be in (0, 1], not {self.max_routing_regret}")
         if type(self.seed) is not int or not 0 <= self.seed <= MAX_SEED:
@@ -212,14 +226,16 @@ def routing_margin_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]
     return torch.stack(losses).mean() if losses else torch.zeros(())
 
 
-def losses(x: torch.Tensor, teacher_run: RoutingOutputs, student_run: RoutingOutputs,
-           topk: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch's (distillation, routing) losses of the student against the teacher."""
+def losses(x: torch.Tensor, teacher_run: RoutingOutputs, student_run: RoutingOutputs, topk: list[int],
+           margin: float = DEFAULT_MARGIN) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch's (distillation, routing) losses of the student against the teacher, and the teacher-free margin
+    hinge on the student's own quantized affinities."""
     with torch.no_grad():
         t_out, *_ = teacher_run(x)
         t_aff = teacher_run.affinities
     s_out, *_ = student_run(x)
-    return distillation_loss(s_out, t_out), routing_margin_loss(student_run.affinities, t_aff, topk)
+    return (distillation_loss(s_out, t_out), routing_margin_loss(student_run.affinities, t_aff, topk),
+            blocks_margin_hinge(student_run.affinities, topk, margin))
 
 
 # ----------------------------------------------------------------------------------------------------- evaluation
@@ -366,6 +382,9 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
                                                         else None)
         student_run, teacher_run = RoutingOutputs(model, affinities=True), RoutingOutputs(teacher, affinities=True)
         topk = [b.topk for b in bra_blocks(student)]
+        say(f"loss: output KL + {settings.routing_weight:g} x teacher routing ranking"
+            + (f" + {settings.routing_margin:g} x routing margin hinge (margin {settings.margin:g})"
+               if settings.routing_margin else ""))
         history = list(saved.get("history", [])) if saved else []
         elapsed_before = saved.get("seconds", 0.0) if saved else 0.0
 
@@ -391,8 +410,10 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
                     x = train_x[idx].copy()
                     x[flips] = x[flips][..., ::-1]
                     x = torch.from_numpy(np.ascontiguousarray(x[rank::world])).to(device)
-                    out_loss, route_loss = losses(x, teacher_run, student_run, topk)
+                    out_loss, route_loss, hinge = losses(x, teacher_run, student_run, topk, settings.margin)
                     loss = out_loss + settings.routing_weight * route_loss
+                    if settings.routing_margin:   # 0 leaves the loss (and its graph) as without the term
+                        loss = loss + settings.routing_margin * hinge
                     if not torch.isfinite(loss):
                         raise UserError(f"QAT diverged at step {step} (loss {loss.item()}): lower --lr; the last good "
                                         f"state stays in {state_file}" if state_file.exists() else
@@ -403,9 +424,11 @@ def train(settings: QATSettings, log=print) -> tuple[Path, dict]:
                     optimizer.step()
                     schedule.step()
                     step += 1
-                    history.append([step, round(out_loss.item(), 6), round(route_loss.item(), 6)])
+                    history.append([step, round(out_loss.item(), 6), round(route_loss.item(), 6),
+                                    round(hinge.item(), 6)])
                     bar.update(1)
-                    bar.set_postfix(kl=f"{out_loss.item():.4f}", route=f"{route_loss.item():.4f}")
+                    bar.set_postfix(kl=f"{out_loss.item():.4f}", route=f"{route_loss.item():.4f}",
+                                    margin=f"{hinge.item():.4f}")
                     if _any_rank(stop.signum, world):
                         save_state(step)
                         bar.close()
@@ -484,6 +507,10 @@ def _array_digest(*arrays: np.ndarray) -> str:
     for a in arrays:
         digest.update(np.ascontiguousarray(a).tobytes())
     return digest.hexdigest()
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _fmt(m: dict) -> str:

@@ -153,8 +153,8 @@ def _metrics(value) -> bool:
 
 
 def _history(value) -> bool:
-    """[[step, output loss, routing loss], ...]"""
-    return isinstance(value, list) and all(isinstance(row, list) and len(row) == 3 and type(row[0]) is int and all(
+    """[[step, output loss, routing loss, margin hinge], ...] (states of earlier versions: no margin hinge)"""
+    return isinstance(value, list) and all(isinstance(row, list) and len(row) in (3, 4) and type(row[0]) is int and all(
         _number(v) for v in row[1:]) for row in value)
 
 
