@@ -10,14 +10,43 @@ released checkpoints load unchanged, but written for exporters:
 * the key/value gather is one flat-index ``index_select`` of whole regions (ONNX ``Gather`` on axis 0), instead of
   the official expand + ``torch.gather`` which ONNX materialises as a k-fold ``Expand`` + ``GatherElements``.
 
+Two formulations of the same function, chosen by :data:`FORMULATION` when a module runs (and so when it is
+traced for export):
+
+* ``"lean"`` (default): heads are laid out (region, head, token, channel) once, on the projection's output, *before*
+  the key/value gather; the gather then selects (region, head) rows with an index ordered (N, R, m, k), so the
+  k-fold larger gathered keys/values are never permuted or sliced: they reshape straight into the attention matmuls'
+  (N*R, m, k*T, c) operands. The stage-4 attention splits q, k, v on the head axis instead of a rank-5 permute.
+* ``"legacy"``: the formulation before it (gather whole regions of the (N*R, T, Ckv) kv, then slice and permute the
+  gathered keys and values per head), kept to measure one against the other (benchmarks/layout_lean.py).
+
 Shapes in comments: N batch, S regions per side (``n_win``), R = S*S regions, h x w tokens per region
-(T = h*w), k = topk, C = dim, Cq = qk_dim, Ckv = Cq + C, m heads.
+(T = h*w), k = topk, C = dim, Cq = qk_dim, Ckv = Cq + C, m heads, c a head's channels.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+FORMULATIONS = ("lean", "legacy")
+FORMULATION = "lean"
+
+
+@contextlib.contextmanager
+def use_formulation(name: str):
+    """Run (or trace) BRA and the stage-4 attention in formulation ``name`` inside the block; same function, same
+    parameters."""
+    global FORMULATION
+    if name not in FORMULATIONS:
+        raise ValueError(f"unknown BRA formulation '{name}': one of {', '.join(FORMULATIONS)}")
+    kept, FORMULATION = FORMULATION, name
+    try:
+        yield
+    finally:
+        FORMULATION = kept
 
 
 class QKVLinear(nn.Module):
@@ -69,12 +98,12 @@ class RegionRouter(nn.Module):
         self.last_affinity: torch.Tensor | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, batch: int, regions: int) -> torch.Tensor:
-        """q, k (N*R, T, Cq) -> top-k region indices (N, R, k)."""
+        """q, k (N*R, T, Cq) or per head (N*R, m, T, c) -> top-k region indices (N, R, k)."""
         if self.fp32:
             q, k = q.float(), k.float()
-        Cq = int(q.shape[-1])
-        q_region = self.q_region_quantizer(q.mean(1).reshape(batch, regions, Cq))   # (N, R, Cq)
-        k_region = self.k_region_quantizer(k.mean(1).reshape(batch, regions, Cq))
+        Cq = int(q.shape[-1]) * (int(q.shape[1]) if q.dim() == 4 else 1)
+        q_region = self.q_region_quantizer(q.mean(-2).reshape(batch, regions, Cq))   # (N, R, Cq)
+        k_region = self.k_region_quantizer(k.mean(-2).reshape(batch, regions, Cq))
         affinity = (q_region * self.scale) @ k_region.transpose(-2, -1)             # (N, R, R)
         if self.record:
             self.last_affinity = affinity
@@ -136,6 +165,62 @@ class BiLevelRoutingAttention(nn.Module):
         return rows.reshape(N * R, k * T, Ckv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_lean(x) if FORMULATION == "lean" else self.forward_legacy(x)
+
+    def gather_head_rows(self, rows: torch.Tensor, index: torch.Tensor, stride: int, offset: int) -> torch.Tensor:
+        """rows (N*R*stride, T, c): the per-head rows of every region, region-major, head ``j`` of region ``r`` at
+        ``r*stride + offset + j``; index (N, R, k) -> (N*R, m, k*T, c), the k selected regions' rows of each head
+        in the order (region, head, selected region): the attention operand without a permute. Integer arithmetic on
+        the (N, R, k) index only (exact)."""
+        N, R, k = (int(s) for s in index.shape)
+        m, T, c = self.num_heads, int(rows.shape[1]), int(rows.shape[2])
+        if N > 1:
+            index = index + (torch.arange(N, device=index.device) * R).view(N, 1, 1)
+        heads = torch.arange(offset, offset + m, device=index.device).view(1, m, 1)
+        flat = index.reshape(N * R, 1, k) * stride + heads                   # (N*R, m, k)
+        return rows.index_select(0, flat.reshape(N * R * m * k)).reshape(N * R, m, k * T, c)
+
+    def forward_lean(self, x: torch.Tensor) -> torch.Tensor:
+        N, H, W, C = (int(s) for s in x.shape)
+        x = self.pad_input(x)
+        Hp, Wp = int(x.shape[1]), int(x.shape[2])
+        S, m, Cq = self.n_win, self.num_heads, self.qk_dim
+        h, w = Hp // S, Wp // S
+        T, R = h * w, S * S
+        cq, cv = Cq // m, C // m
+
+        qkv = self.qkv.qkv(x)                                                 # (N, Hp, Wp, 2Cq + C)
+        lepe = self.lepe(qkv[..., 2 * Cq:].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (N, Hp, Wp, C)
+        qkv = partition_regions(qkv, S)                                       # (N*R, T, 2Cq + C)
+        if cq == cv:   # every released model: one permute lays out q, k and v per head
+            heads = qkv.reshape(N * R, T, 3 * m, cq).permute(0, 2, 1, 3)    # (N*R, 3m, T, c)
+            q, k = heads[:, :m], heads[:, m:2 * m]                            # (N*R, m, T, c) each
+            k_rows = v_rows = heads.reshape(N * R * 3 * m, T, cq)
+            stride, k_offset, v_offset = 3 * m, m, 2 * m
+        else:
+            q = qkv[..., :Cq].reshape(N * R, T, m, cq).permute(0, 2, 1, 3)
+            k = qkv[..., Cq:2 * Cq].reshape(N * R, T, m, cq).permute(0, 2, 1, 3)
+            v = qkv[..., 2 * Cq:].reshape(N * R, T, m, cv).permute(0, 2, 1, 3)
+            k_rows, v_rows = k.reshape(N * R * m, T, cq), v.reshape(N * R * m, T, cv)
+            stride, k_offset, v_offset = m, 0, 0
+
+        # Routing is gradient-free in every released config (official detach()); QAT's routing term needs gradients.
+        q_route, k_route = (q, k) if self.routing_gradients else (q.detach(), k.detach())
+        index = self.router(q_route, k_route, N, R)                            # (N, R, k)
+        if self.record_routing:
+            self.last_routing = index
+        k_sel = self.gather_head_rows(k_rows, index, stride, k_offset)        # (N*R, m, kT, c)
+        v_sel = self.gather_head_rows(v_rows, index, stride, v_offset)        # (N*R, m, kT, c)
+        # k transposed inside the matmul: runtimes fuse it (onnxruntime FusedMatMul transB) instead of copying k
+        attn = torch.softmax((q * self.scale) @ k_sel.transpose(-2, -1), dim=-1)          # (N*R, m, T, kT)
+        out = (attn @ v_sel).permute(0, 2, 1, 3).reshape(N * R, T, C)                     # (N*R, T, C)
+        out = merge_regions(out, N, S, h, w) + lepe                                       # (N, Hp, Wp, C)
+        out = self.wo(out)
+        if Hp != H or Wp != W:
+            out = out[:, :H, :W, :]
+        return out
+
+    def forward_legacy(self, x: torch.Tensor) -> torch.Tensor:
         N, H, W, C = (int(s) for s in x.shape)
         x = self.pad_input(x)
         Hp, Wp = int(x.shape[1]), int(x.shape[2])
@@ -185,8 +270,12 @@ class AttentionLePE(nn.Module):
         N, H, W, C = (int(s) for s in x.shape)
         L, m = H * W, self.num_heads
         lepe = self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(N, L, C)
-        qkv = self.qkv(x.reshape(N, L, C)).reshape(N, L, 3, m, C // m).permute(2, 0, 3, 1, 4)  # (3, N, m, L, c)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        if FORMULATION == "lean":   # heads of q, k, v side by side: one rank-4 permute, a Split on the head axis
+            qkv = self.qkv(x.reshape(N, L, C)).reshape(N, L, 3 * m, C // m).permute(0, 2, 1, 3)   # (N, 3m, L, c)
+            q, k, v = qkv.split(m, dim=1)
+        else:
+            qkv = self.qkv(x.reshape(N, L, C)).reshape(N, L, 3, m, C // m).permute(2, 0, 3, 1, 4)  # (3, N, m, L, c)
+            q, k, v = qkv[0], qkv[1], qkv[2]
         attn = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)                 # (N, m, L, L)
         out = (attn @ v).transpose(1, 2).reshape(N, L, C) + lepe
         return self.proj(out).reshape(N, H, W, C)

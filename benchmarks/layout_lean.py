@@ -1,0 +1,255 @@
+"""The layout-lean BRA formulation against the one before it (``biformer_edge.models.bra.FORMULATION``: "lean" vs
+"legacy"), same weights, in one process, on onnxruntime (FP32), OpenVINO (f32 hint) and eager PyTorch.
+
+    python benchmarks/layout_lean.py [--cases biformer_tiny@224 biformer_seg_demo@128] [--rounds 12] [--runs 5]
+    python benchmarks/layout_lean.py --cases biformer_seg_demo@64 --rounds 2 --runs 1 --profile-runs 2   # smoke
+
+For each case (random weights, seed 0; batch 1) it exports both formulations with the project's exporter (the
+artifacts users get: ``biformer-bench``'s export requests, no parity), checks that they compute the same logits and
+routing, then:
+
+* latency ratio legacy / lean per runtime: ``--rounds`` rounds; in each, every runtime runs ``--runs`` inferences of
+  each formulation (which one goes first alternates by round) and the round's ratio is the ratio of the two medians;
+  reported: the median of the per-round ratios (and their range). The machine is shared: ratios of neighbouring
+  runs, not absolute times, are what carries over.
+* op-class shares of each (``biformer-bench --profile``'s profilers and op-class table, run here in-process after the
+  timing), layout = Transpose/Reorder/Reshape/Split/Slice/Concat/...;
+* the OpenVINO session's configuration (``SNIPPETS_MODE=DISABLE`` where the IR has the hazard pattern) and how many
+  attention subgraphs the CPU plugin fused.
+
+Prints a table and writes it to ``--output`` (default bench_results/layout_lean.md). Exit status 1 when the two
+formulations disagree.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FORMULATIONS = ("legacy", "lean")
+RUNTIMES = ("onnxruntime", "openvino", "torch")
+SEED = 0
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_case(text: str) -> tuple[str, int]:
+    name, _, size = text.partition("@")
+    return name, int(size)
+
+
+def export_artifacts(model, shape, tmp: Path) -> dict:
+    """{(formulation, runtime): artifact dir} through the project's exporter, each formulation traced in its mode."""
+    from biformer_edge.bench.plan import export_request
+    from biformer_edge.exporter import export
+    from biformer_edge.models.bra import use_formulation
+    out = {}
+    for form in FORMULATIONS:
+        for runtime in ("onnxruntime", "openvino"):
+            path = tmp / f"{form}-{runtime}"
+            log(f"  export {form} for {runtime}")
+            with use_formulation(form):
+                out[form, runtime], _ = export(export_request(model, runtime, "fp32", shape, output=str(path)),
+                                               log=lambda *_: None)
+    return out
+
+
+class TorchRunner:
+    """Eager PyTorch in one formulation (the switch is read at call time)."""
+
+    def __init__(self, model, form: str):
+        self.model, self.form = model, form
+
+    def run(self, x):
+        import torch
+
+        from biformer_edge.models.bra import use_formulation
+        from biformer_edge.models.routing import run_torch
+        with use_formulation(self.form), torch.no_grad():
+            return run_torch(self.model, x)
+
+
+def open_runners(model, artifacts: dict, threads: int) -> dict:
+    from biformer_edge.bench.sessions import session_options
+    from biformer_edge.manifest import read_manifest
+    from biformer_edge.targets import open_session
+    runners = {}
+    for form in FORMULATIONS:
+        for runtime in RUNTIMES:
+            if runtime == "torch":
+                runners[form, runtime] = TorchRunner(model, form)
+                continue
+            options = session_options(runtime, threads, "f32" if runtime == "openvino" else None)
+            if runtime == "onnxruntime":   # an idle session's threads must not spin on the cores the other uses
+                options["config"] = {"session.intra_op.allow_spinning": "0"}
+            art = artifacts[form, runtime]
+            runners[form, runtime] = open_session(runtime, art, read_manifest(art), **options)
+    return runners
+
+
+def agreement(runners: dict, x) -> dict:
+    """Max |logit difference| and routing equality of lean vs legacy, per runtime."""
+    import numpy as np
+    out = {}
+    for runtime in RUNTIMES:
+        a, b = runners["legacy", runtime].run(x), runners["lean", runtime].run(x)
+        same_routing = len(a.routing) == len(b.routing) and all(np.array_equal(p, q)
+                                                                  for p, q in zip(a.routing, b.routing))
+        out[runtime] = {"max_abs_diff": float(np.abs(a.logits - b.logits).max()), "routing_equal": same_routing}
+    return out
+
+
+def interleaved_ratios(runners: dict, x, rounds: int, runs: int) -> dict:
+    """runtime -> {"ratios": per-round legacy/lean median ratio, "legacy_ms"/"lean_ms": per-round medians}."""
+    res = {rt: {"ratios": [], "legacy_ms": [], "lean_ms": []} for rt in RUNTIMES}
+    for rt in RUNTIMES:   # warm-up
+        for form in FORMULATIONS:
+            for _ in range(2):
+                runners[form, rt].run(x)
+    for r in range(rounds):
+        for rt in RUNTIMES:
+            medians = {}
+            for form in (FORMULATIONS if r % 2 == 0 else FORMULATIONS[::-1]):
+                times = []
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    runners[form, rt].run(x)
+                    times.append((time.perf_counter() - t0) * 1e3)
+                medians[form] = statistics.median(times)
+            res[rt]["legacy_ms"].append(medians["legacy"])
+            res[rt]["lean_ms"].append(medians["lean"])
+            res[rt]["ratios"].append(medians["legacy"] / medians["lean"])
+        log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{rt} {res[rt]['ratios'][-1]:.2f}x" for rt in RUNTIMES))
+    return res
+
+
+def profile_shares(name: str, shape, model, artifacts: dict, args, scratch: Path) -> dict:
+    """(formulation, runtime) -> op-class shares (%) and the runtime's configuration, from biformer-bench --profile's
+    profilers (in this process)."""
+    import torch
+
+    from biformer_edge.bench.plan import Config
+    from biformer_edge.bench.profile import ProfileRow
+    from biformer_edge.bench.profilers import PROFILERS
+    from biformer_edge.models.bra import use_formulation
+    from biformer_edge.parity.inputs import parity_inputs
+    x = parity_inputs(tuple(shape))[0][0]
+    weights = scratch / "weights.pt"
+    torch.save(model.state_dict(), weights)
+    out = {}
+    for form in FORMULATIONS:
+        for rt in RUNTIMES:
+            spec = {"backend": rt, "model": name, "precision": "fp32", "hint": "f32" if rt == "openvino" else None,
+                    "threads": args.threads, "warmup": 3, "runs": args.profile_runs, "scratch": str(scratch),
+                    "weights": str(weights)}
+            if rt != "torch":
+                spec["artifact"] = str(artifacts[form, rt])
+            with use_formulation(form):
+                result = PROFILERS[rt](spec, x)
+            row = ProfileRow(Config(name, rt, "fp32", rt, tuple(shape)))
+            row.record(result)
+            mha = row.ops.get("Subgraph:MHA", {}).get("calls", 0)
+            out[form, rt] = {"shares": row.shares(), "config": row.runtime_config, "mha_subgraphs": mha,
+                             "top": row.top_ops(6)}
+    return out
+
+
+def bench_case(name: str, size: int, args, tmp: Path) -> dict:
+    import torch
+
+    from biformer_edge.models import create_model
+    from biformer_edge.parity.inputs import parity_inputs
+    torch.manual_seed(SEED)
+    model = create_model(name, pretrained=False).eval()
+    shape = (1, 3, size, size)
+    # a rendered scene, as the bench times (random noise through random weights hits float32 denormals)
+    x = parity_inputs(shape)[0][0]
+    log(f"{name} @ {size}")
+    artifacts = export_artifacts(model, shape, tmp / f"{name}-{size}")
+    torch.set_num_threads(args.threads)
+    runners = open_runners(model, artifacts, args.threads)
+    res = {"model": name, "size": size, "agreement": agreement(runners, x),
+           "timing": interleaved_ratios(runners, x, args.rounds, args.runs)}
+    del runners
+    log("  profiles")
+    res["profile"] = profile_shares(name, shape, model, artifacts, args, tmp / f"{name}-{size}")
+    return res
+
+
+def render(results: list[dict], args, meta: dict) -> str:
+    from biformer_edge.bench.opclasses import CLASSES, LAYOUT
+    lines = ["# Layout-lean BRA vs legacy formulation", "",
+             f"machine: {meta['machine']}; load average {meta['load_start']} at start, {meta['load_end']} at end",
+             f"versions: {meta['versions']}; threads {args.threads}; batch 1; FP32 (OpenVINO f32 hint); random "
+             f"weights (seed {SEED})",
+             f"command: python benchmarks/layout_lean.py {' '.join(sys.argv[1:])}",
+             f"ratio: legacy / lean latency, median over {args.rounds} interleaved rounds of the per-round ratio of "
+             f"medians ({args.runs} runs per formulation per round); range = min..max of the per-round ratios", ""]
+    for res in results:
+        lines += [f"## {res['model']} @ {res['size']}", "",
+                  "| runtime | ratio legacy/lean | range | legacy ms (median) | lean ms (median) | layout legacy | "
+                  "layout lean | lean == legacy |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for rt in RUNTIMES:
+            t, agree = res["timing"][rt], res["agreement"][rt]
+            sl, sn = (res["profile"][f, rt]["shares"][LAYOUT] for f in FORMULATIONS)
+            ok = f"routing {'equal' if agree['routing_equal'] else 'DIFFERS'}, max diff {agree['max_abs_diff']:.1e}"
+            lines.append(f"| {rt} | {statistics.median(t['ratios']):.2f}x | {min(t['ratios']):.2f}..."
+                         f"{max(t['ratios']):.2f} | {statistics.median(t['legacy_ms']):.1f} | "
+                         f"{statistics.median(t['lean_ms']):.1f} | {sl:.1f} % | {sn:.1f} % | {ok} |")
+        lines += ["", "Op-class shares (profiled op time):", "",
+                  "| class | " + " | ".join(f"{rt} {f}" for rt in RUNTIMES for f in FORMULATIONS) + " |",
+                  "|---|" + "---:|" * (2 * len(RUNTIMES))]
+        for cls in CLASSES:
+            lines.append(f"| {cls} | " + " | ".join(f"{res['profile'][f, rt]['shares'][cls]:.1f} %"
+                                                    for rt in RUNTIMES for f in FORMULATIONS) + " |")
+        lines.append("")
+        for f in FORMULATIONS:
+            p = res["profile"][f, "openvino"]
+            top = ", ".join(f"{op} {v['ms']:.2f} ms" for op, v in p["top"])
+            lines.append(f"- OpenVINO {f}: {p['config']}; attention subgraphs per run: {p['mha_subgraphs']:.0f}; "
+                         f"largest ops: {top}")
+        for f in FORMULATIONS:
+            p = res["profile"][f, "onnxruntime"]
+            top = ", ".join(f"{op} {v['ms']:.2f} ms" for op, v in p["top"])
+            lines.append(f"- onnxruntime {f}, largest ops: {top}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", nargs="+", default=["biformer_tiny@224", "biformer_seg_demo@128"])
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--runs", type=int, default=5, help="inferences per formulation per runtime per round")
+    p.add_argument("--profile-runs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--output", default=str(ROOT / "bench_results" / "layout_lean.md"))
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from biformer_edge.bench import report
+    from biformer_edge.cpu import describe, detect
+    meta = {**report.machine_meta(args.threads, args.runs, 2, "random"), "machine": describe(detect())}
+    results = []
+    with tempfile.TemporaryDirectory(prefix="layout-lean-") as tmp:
+        for case in args.cases:
+            results.append(bench_case(*parse_case(case), args, Path(tmp)))
+    meta["load_end"] = report.load_average()
+    text = render(results, args, meta)
+    print(text)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    agree = all(a["routing_equal"] and a["max_abs_diff"] <= 1e-3 for r in results for a in r["agreement"].values())
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
