@@ -106,25 +106,29 @@ def agreement(runners: dict, x) -> dict:
 
 
 def interleaved_ratios(runners: dict, x, rounds: int, runs: int) -> dict:
-    """runtime -> {"ratios": per-round legacy/lean median ratio, "legacy_ms"/"lean_ms": per-round medians}."""
-    res = {rt: {"ratios": [], "legacy_ms": [], "lean_ms": []} for rt in RUNTIMES}
+    """runtime -> {"ratios": per-round legacy/lean ratio of the median wall times, "cpu_ratios": the same of the
+    process CPU time (all threads: what the inference cost the cores, less moved by other jobs taking the cores),
+    "legacy_ms"/"lean_ms": per-round median wall times}."""
+    res = {rt: {"ratios": [], "cpu_ratios": [], "legacy_ms": [], "lean_ms": []} for rt in RUNTIMES}
     for rt in RUNTIMES:   # warm-up
         for form in FORMULATIONS:
             for _ in range(2):
                 runners[form, rt].run(x)
     for r in range(rounds):
         for rt in RUNTIMES:
-            medians = {}
+            medians, cpu = {}, {}
             for form in (FORMULATIONS if r % 2 == 0 else FORMULATIONS[::-1]):
-                times = []
+                times, cpu_times = [], []
                 for _ in range(runs):
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     runners[form, rt].run(x)
                     times.append((time.perf_counter() - t0) * 1e3)
-                medians[form] = statistics.median(times)
+                    cpu_times.append((time.process_time() - c0) * 1e3)
+                medians[form], cpu[form] = statistics.median(times), statistics.median(cpu_times)
             res[rt]["legacy_ms"].append(medians["legacy"])
             res[rt]["lean_ms"].append(medians["lean"])
             res[rt]["ratios"].append(medians["legacy"] / medians["lean"])
+            res[rt]["cpu_ratios"].append(cpu["legacy"] / cpu["lean"])
         log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{rt} {res[rt]['ratios'][-1]:.2f}x" for rt in RUNTIMES))
     return res
 
@@ -190,18 +194,20 @@ def render(results: list[dict], args, meta: dict) -> str:
              f"weights (seed {SEED})",
              f"command: python benchmarks/layout_lean.py {' '.join(sys.argv[1:])}",
              f"ratio: legacy / lean latency, median over {args.rounds} interleaved rounds of the per-round ratio of "
-             f"medians ({args.runs} runs per formulation per round); range = min..max of the per-round ratios", ""]
+             f"medians ({args.runs} runs per formulation per round); range = min..max of the per-round ratios; "
+             "CPU-time ratio: the same of the process CPU time (all threads) per inference", ""]
     for res in results:
         lines += [f"## {res['model']} @ {res['size']}", "",
-                  "| runtime | ratio legacy/lean | range | legacy ms (median) | lean ms (median) | layout legacy | "
-                  "layout lean | lean == legacy |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+                  "| runtime | ratio legacy/lean | range | CPU-time ratio | legacy ms (median) | lean ms (median) | "
+                  "layout legacy | layout lean | lean == legacy |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for rt in RUNTIMES:
             t, agree = res["timing"][rt], res["agreement"][rt]
             sl, sn = (res["profile"][f, rt]["shares"][LAYOUT] for f in FORMULATIONS)
             ok = f"routing {'equal' if agree['routing_equal'] else 'DIFFERS'}, max diff {agree['max_abs_diff']:.1e}"
             lines.append(f"| {rt} | {statistics.median(t['ratios']):.2f}x | {min(t['ratios']):.2f}..."
-                         f"{max(t['ratios']):.2f} | {statistics.median(t['legacy_ms']):.1f} | "
+                         f"{max(t['ratios']):.2f} | {statistics.median(t['cpu_ratios']):.2f}x | "
+                         f"{statistics.median(t['legacy_ms']):.1f} | "
                          f"{statistics.median(t['lean_ms']):.1f} | {sl:.1f} % | {sn:.1f} % | {ok} |")
         lines += ["", "Op-class shares (profiled op time):", "",
                   "| class | " + " | ".join(f"{rt} {f}" for rt in RUNTIMES for f in FORMULATIONS) + " |",
