@@ -2,7 +2,8 @@
 "legacy"), same weights, in one process, on onnxruntime (FP32), OpenVINO (f32 hint) and eager PyTorch.
 
     python benchmarks/layout_lean.py [--cases biformer_tiny@224 biformer_seg_demo@128] [--rounds 12] [--runs 5]
-    python benchmarks/layout_lean.py --cases biformer_seg_demo@64 --rounds 2 --runs 1 --profile-runs 2   # smoke
+    python benchmarks/layout_lean.py --cases biformer_seg_demo@64 --rounds 2 --runs 1 --profile-runs 2 \
+        --memory-cases biformer_seg_demo@64   # smoke
 
 For each case (random weights, seed 0; batch 1) it exports both formulations with the project's exporter (the
 artifacts users get: ``biformer-bench``'s export requests, no parity), checks that they compute the same logits and
@@ -15,7 +16,9 @@ routing, then:
 * op-class shares of each (``biformer-bench --profile``'s profilers and op-class table, run here in-process after the
   timing), layout = Transpose/Reorder/Reshape/Split/Slice/Concat/...;
 * the OpenVINO session's configuration (``SNIPPETS_MODE=DISABLE`` where the IR has the hazard pattern) and how many
-  attention subgraphs the CPU plugin fused.
+  attention subgraphs the CPU plugin fused;
+* peak activation memory of each (``--memory-cases``, default biformer_small_sfpn at 512): onnxruntime's in a fresh
+  process (benchmarks/bench_bra_export.py's measurement), the largest ONNX intermediate, the exporter's estimate.
 
 Prints a table and writes it to ``--output`` (default bench_results/layout_lean.md). Exit status 1 when the two
 formulations disagree.
@@ -186,7 +189,50 @@ def bench_case(name: str, size: int, args, tmp: Path) -> dict:
     return res
 
 
-def render(results: list[dict], args, meta: dict) -> str:
+def memory_case(name: str, size: int, args, tmp: Path) -> dict:
+    """Peak activation memory of each formulation: onnxruntime's (VmHWM of a fresh process over the runs, less its
+    RSS after loading: bench_bra_export.ort_memory), the largest intermediate of the ONNX graph, and the exporter's
+    own estimate (biformer_edge.memory.estimate_peak_bytes)."""
+    import torch
+
+    from biformer_edge.backends.onnx.export import export_onnx
+    from biformer_edge.memory import estimate_peak_bytes
+    from biformer_edge.models import create_model
+    from biformer_edge.models.bra import use_formulation
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_bra_export import largest_intermediate, ort_memory
+    torch.manual_seed(SEED)
+    model = create_model(name, pretrained=False).eval()
+    shape = (1, 3, size, size)
+    out = {}
+    for form in FORMULATIONS:
+        log(f"{name} @ {size}: memory of {form}")
+        path = tmp / f"{name}-{size}-{form}.onnx"
+        with use_formulation(form):
+            proto = export_onnx(model, path, shape, opset=17)
+            estimate, largest_torch = estimate_peak_bytes(model, shape)
+        out[form] = {"ort": ort_memory(path, args.memory_runs, args.threads), "largest": largest_intermediate(proto),
+                     "estimate_bytes": estimate, "largest_torch_bytes": largest_torch}
+        del proto
+    return {"model": name, "size": size, **out}
+
+
+def render_memory(mem: dict) -> list[str]:
+    mib = 1 << 20
+    rows = [("onnxruntime activation (VmHWM - RSS after load)",
+             {f: mem[f]["ort"]["activation_kib"] / 1024 for f in FORMULATIONS}),
+            ("largest ONNX intermediate", {f: mem[f]["largest"]["bytes"] / mib for f in FORMULATIONS}),
+            ("exporter's peak estimate (biformer_edge.memory)", {f: mem[f]["estimate_bytes"] / mib
+                                                                for f in FORMULATIONS})]
+    lines = [f"## Peak activation memory, {mem['model']} @ {mem['size']}", "",
+             "| | legacy MiB | lean MiB | lean / legacy |", "|---|---:|---:|---:|"]
+    lines += [f"| {label} | {v['legacy']:.1f} | {v['lean']:.1f} | {v['lean'] / v['legacy']:.2f} |" for label, v in rows]
+    big = {f: mem[f]["largest"] for f in FORMULATIONS}
+    lines += ["", *(f"- largest ONNX intermediate, {f}: {big[f]['op']} {big[f]['shape']}" for f in FORMULATIONS), ""]
+    return lines
+
+
+def render(results: list[dict], args, meta: dict, memory: list[dict] = ()) -> str:
     from biformer_edge.bench.opclasses import CLASSES, LAYOUT
     lines = ["# Layout-lean BRA vs legacy formulation", "",
              f"machine: {meta['machine']}; load average {meta['load_start']} at start, {meta['load_end']} at end",
@@ -226,6 +272,8 @@ def render(results: list[dict], args, meta: dict) -> str:
             top = ", ".join(f"{op} {v['ms']:.2f} ms" for op, v in p["top"])
             lines.append(f"- onnxruntime {f}, largest ops: {top}")
         lines.append("")
+    for mem in memory:
+        lines += render_memory(mem)
     return "\n".join(lines) + "\n"
 
 
@@ -236,6 +284,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=5, help="inferences per formulation per runtime per round")
     p.add_argument("--profile-runs", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--memory-cases", nargs="*", default=["biformer_small_sfpn@512"],
+                   help="peak activation memory of both formulations (none: skip)")
+    p.add_argument("--memory-runs", type=int, default=2)
     p.add_argument("--output", default=str(ROOT / "bench_results" / "layout_lean.md"))
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -246,8 +297,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="layout-lean-") as tmp:
         for case in args.cases:
             results.append(bench_case(*parse_case(case), args, Path(tmp)))
+        memory = [memory_case(*parse_case(case), args, Path(tmp)) for case in args.memory_cases]
     meta["load_end"] = report.load_average()
-    text = render(results, args, meta)
+    text = render(results, args, meta, memory)
     print(text)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

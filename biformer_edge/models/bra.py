@@ -98,12 +98,12 @@ class RegionRouter(nn.Module):
         self.last_affinity: torch.Tensor | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, batch: int, regions: int) -> torch.Tensor:
-        """q, k (N*R, T, Cq) or per head (N*R, m, T, c) -> top-k region indices (N, R, k)."""
+        """q, k (N*R, T, Cq) -> top-k region indices (N, R, k)."""
         if self.fp32:
             q, k = q.float(), k.float()
-        Cq = int(q.shape[-1]) * (int(q.shape[1]) if q.dim() == 4 else 1)
-        q_region = self.q_region_quantizer(q.mean(-2).reshape(batch, regions, Cq))   # (N, R, Cq)
-        k_region = self.k_region_quantizer(k.mean(-2).reshape(batch, regions, Cq))
+        Cq = int(q.shape[-1])
+        q_region = self.q_region_quantizer(q.mean(1).reshape(batch, regions, Cq))   # (N, R, Cq)
+        k_region = self.k_region_quantizer(k.mean(1).reshape(batch, regions, Cq))
         affinity = (q_region * self.scale) @ k_region.transpose(-2, -1)             # (N, R, R)
         if self.record:
             self.last_affinity = affinity
@@ -192,9 +192,12 @@ class BiLevelRoutingAttention(nn.Module):
         qkv = self.qkv.qkv(x)                                                 # (N, Hp, Wp, 2Cq + C)
         lepe = self.lepe(qkv[..., 2 * Cq:].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (N, Hp, Wp, C)
         qkv = partition_regions(qkv, S)                                       # (N*R, T, 2Cq + C)
+        # The router pools q and k over each region's tokens from this token-major layout (contiguous channel
+        # slices, reduced over one axis: cheaper in the runtimes than over the per-head layout, and the same sums).
+        q_route, k_route = qkv[..., :Cq], qkv[..., Cq:2 * Cq]                  # (N*R, T, Cq)
         if cq == cv:   # every released model: one permute lays out q, k and v per head
             heads = qkv.reshape(N * R, T, 3 * m, cq).permute(0, 2, 1, 3)    # (N*R, 3m, T, c)
-            q, k = heads[:, :m], heads[:, m:2 * m]                            # (N*R, m, T, c) each
+            q = heads[:, :m]                                                  # (N*R, m, T, c)
             k_rows = v_rows = heads.reshape(N * R * 3 * m, T, cq)
             stride, k_offset, v_offset = 3 * m, m, 2 * m
         else:
@@ -205,7 +208,8 @@ class BiLevelRoutingAttention(nn.Module):
             stride, k_offset, v_offset = m, 0, 0
 
         # Routing is gradient-free in every released config (official detach()); QAT's routing term needs gradients.
-        q_route, k_route = (q, k) if self.routing_gradients else (q.detach(), k.detach())
+        if not self.routing_gradients:
+            q_route, k_route = q_route.detach(), k_route.detach()
         index = self.router(q_route, k_route, N, R)                            # (N, R, k)
         if self.record_routing:
             self.last_routing = index
