@@ -30,8 +30,8 @@ from sample_photos import write_sample_photos  # noqa: E402
 TARGETS = {"strict": (0.97, 0.97), "decisive": (0.999, 0.995), "regret": (0.001, None), "pixel": (0.999, 0.99)}
 # The weights every point starts from: the pre-margin model (4000 steps of train_demo), kept with the sweep's
 # outputs so that the sweep can be rerun after the shipped weights were replaced by its pick.
-FINE_TUNE = ["--steps", "{steps}", "--lr", "2e-4", "--seed", "777"]
-DEFAULT_GRID = ("0.05:0", "0.05:0.3", "0.05:1", "0.1:0.3", "0.1:1")
+FINE_TUNE = ["--steps", "{steps}", "--lr", "2e-4", "--seed", "777", "--stage", "margin"]
+DEFAULT_GRID = ("0.05:0", "0.05:0.3", "0.05:1", "0.1:0.3")
 
 
 def point_name(margin: float, weight: float) -> str:

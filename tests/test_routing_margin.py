@@ -60,7 +60,8 @@ def test_train_demo_refuses_a_bad_margin_in_one_line_before_writing(tmp_path, ca
     from biformer_edge.train_demo import main
     for args in (["--margin", "0"], ["--margin", "1"], ["--margin", "nan"], ["--routing-margin", "-1"]):
         with pytest.raises(SystemExit) as exc:
-            main([*args, "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "w.pt"), "--steps", "1"])
+            main([*args, "--stage", "base", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "w.pt"),
+                  "--steps", "1"])
         err = capsys.readouterr().err
         assert exc.value.code == 2 and err.count("\n") == 1 and f"{args[0]} must be" in err, err
     assert not list(tmp_path.iterdir())

@@ -252,9 +252,10 @@ def scene_set_sizes() -> dict[str, int]:
     """How many scenes of each set the code draws by default (the benchmarks' --scenes / --held-out: 64)."""
     from biformer_edge.quant.calibration import DEFAULT_SAMPLES
     from biformer_edge.quant.qat import QATSettings
-    from biformer_edge.train_demo import parser
+    from biformer_edge.train_demo import STAGES, parser
     demo = parser().parse_args([])
-    return {"demo_train": demo.steps * demo.batch, "demo_val": demo.val_scenes, "calibration": DEFAULT_SAMPLES,
+    return {"demo_train": STAGES["base"]["steps"] * demo.batch, "demo_margin": STAGES["margin"]["steps"] * demo.batch,
+            "demo_val": demo.val_scenes, "calibration": DEFAULT_SAMPLES,
             "qat_train": QATSettings.samples, "qat_val": QATSettings.val_samples, "parity": 64, "held_out": 64}
 
 

@@ -28,6 +28,7 @@ class SceneSet(NamedTuple):
 #: Read it through :func:`scene_set`, or ``SCENE_SETS[name].base`` where the base is an option a user may change.
 SCENE_SETS: dict[str, SceneSet] = {
     "demo_train": SceneSet(0),       # train_demo --seed: biformer_seg_demo's training stream (steps x batch scenes)
+    "demo_margin": SceneSet(777),    # train_demo --stage margin: the routing-margin fine-tune's fresh scenes
     "demo_val": SceneSet(9_000),     # train_demo's held-out mIoU (--val-scenes)
     "calibration": SceneSet(7),      # the INT8 calibration recipes' default seed (calibration/default.toml)
     "qat_train": SceneSet(11),       # biformer-qat without --data: training scenes ...
