@@ -229,8 +229,7 @@ def section_qat(tmp: Path, photos: Path) -> str:
 def section_sweep(tmp: Path, photos: Path) -> str:
     """The routing-margin sweep that chose the shipped fine-tune (benchmarks/routing_margin_sweep.py)."""
     out = tmp / "sweep.md"
-    run(script("routing_margin_sweep.py", "--init", HERE / "weights" / "biformer_seg_demo_base.pt", "--photos",
-               photos, "--output", out), stdout=subprocess.DEVNULL)
+    run(script("routing_margin_sweep.py", "--photos", photos, "--output", out), stdout=subprocess.DEVNULL)
     return out.read_text().strip()
 
 

@@ -3,13 +3,14 @@
     python benchmarks/routing_margin_sweep.py [--grid M:W ...] [--steps 1000] [--work-dir runs/margin_sweep]
                                               [--photos DIR] [--scenes 64] [--output FILE.md] [--json FILE]
 
-Each grid point is ``python -m biformer_edge.train_demo --init <the weights the model is made from> --steps 1000
---lr 2e-4 --seed 777 --routing-margin W --margin M`` (resumable; a point whose weights exist in --work-dir is not
-trained again), then ``benchmarks/int8_routing.py --checkpoint`` on the held-out scenes and the photographs: INT8
-PTQ-QAR and naive through onnxruntime against that point's own FP32 model. W = 0 is the control: the same fine-tune
-without the term. The table marks the points that meet the default model's targets (``TARGETS``) and picks the one
-with the best held-out mIoU among them; shipping it is ``cp`` of its .pt and .json into biformer_edge/weights/, then
-``biformer-qat --output biformer_edge/weights/biformer_seg_demo_qat.pt --force`` (docs/default_model.md).
+Each grid point is the default model's margin stage, ``python -m biformer_edge.train_demo --stage margin --init
+<the base weights> --steps 1000 --routing-margin W --margin M`` (lr 2e-4, fresh scenes; resumable; a point whose
+weights exist in --work-dir is not trained again), then ``benchmarks/int8_routing.py --checkpoint`` on the held-out
+scenes and the photographs: INT8 PTQ-QAR and naive through onnxruntime against that point's own FP32 model. W = 0 is
+the control: the same fine-tune without the term. The table marks the points that meet the default model's targets
+(``TARGETS``) and picks the one with the best held-out mIoU among them; shipping it is ``cp`` of its .pt and .json
+into biformer_edge/weights/, then ``biformer-qat --output biformer_edge/weights/biformer_seg_demo_qat.pt --force``
+(docs/default_model.md).
 """
 from __future__ import annotations
 
@@ -26,11 +27,9 @@ sys.path.insert(0, str(HERE))
 
 from sample_photos import write_sample_photos  # noqa: E402
 
-# What the default model must reach in INT8 QAR (PTQ) through onnxruntime, scenes / photographs (issue 19).
+# What the default model must reach in INT8 QAR (PTQ) through onnxruntime, scenes / photographs.
 TARGETS = {"strict": (0.97, 0.97), "decisive": (0.999, 0.995), "regret": (0.001, None), "pixel": (0.999, 0.99)}
-# The weights every point starts from: the pre-margin model (4000 steps of train_demo), kept with the sweep's
-# outputs so that the sweep can be rerun after the shipped weights were replaced by its pick.
-FINE_TUNE = ["--steps", "{steps}", "--lr", "2e-4", "--seed", "777", "--stage", "margin"]
+FINE_TUNE = ["--stage", "margin", "--steps", "{steps}"]   # the margin stage's lr and scenes
 DEFAULT_GRID = ("0.05:0", "0.05:0.3", "0.05:1", "0.1:0.3")
 
 
@@ -97,8 +96,9 @@ def main(argv=None) -> int:
     p.add_argument("--grid", nargs="+", type=parse_point, default=[parse_point(g) for g in DEFAULT_GRID],
                    metavar="M:W", help="(margin, weight) points (default: %s)" % " ".join(DEFAULT_GRID))
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--init", default=None, help="weights to fine-tune (default: WORK_DIR/init.pt, which must hold "
-                                                "the pre-margin model; see docs/default_model.md)")
+    p.add_argument("--init", default=str(HERE / "weights" / "biformer_seg_demo_base.pt"),
+                   help="the base weights every point fine-tunes (default: the default model's base stage, kept in "
+                        "benchmarks/weights/)")
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "margin_sweep"))
     p.add_argument("--photos", help="folder of photographs (default: scikit-image's sample images)")
     p.add_argument("--scenes", type=int, default=64)
@@ -106,9 +106,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the results as JSON")
     a = p.parse_args(argv)
     work = Path(a.work_dir)
-    init = Path(a.init) if a.init else work / "init.pt"
+    init = Path(a.init)
     if not init.is_file():
-        p.error(f"no weights to fine-tune at {init}: pass --init with the pre-margin demo weights")
+        p.error(f"no weights to fine-tune at {init}: pass --init with the base stage's weights")
     photos = Path(a.photos) if a.photos else write_sample_photos(work / "photos")
 
     results = []
