@@ -8,13 +8,14 @@ Each grid point is the default model's margin stage, ``python -m biformer_edge.t
 weights exist in --work-dir is not trained again), then ``benchmarks/int8_routing.py --checkpoint`` on the held-out
 scenes and the photographs: INT8 PTQ-QAR and naive through onnxruntime against that point's own FP32 model. W = 0 is
 the control: the same fine-tune without the term. The table marks the points that meet the default model's targets
-(``TARGETS``) and picks the one with the best held-out mIoU among them; shipping it is ``cp`` of its .pt and .json
-into biformer_edge/weights/, then ``biformer-qat --output biformer_edge/weights/biformer_seg_demo_qat.pt --force``
-(docs/default_model.md).
+(``TARGETS``, ``BASE_MIOU``) and picks the one with the best held-out mIoU among them; shipping it is ``cp`` of its
+.pt and .json into biformer_edge/weights/, then
+``biformer-qat --output biformer_edge/weights/biformer_seg_demo_qat.pt --force`` (docs/default_model.md).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from sample_photos import write_sample_photos  # noqa: E402
 
 # What the default model must reach in INT8 QAR (PTQ) through onnxruntime, scenes / photographs.
 TARGETS = {"strict": (0.97, 0.97), "decisive": (0.999, 0.995), "regret": (0.001, None), "pixel": (0.999, 0.99)}
+# ... and in FP32: held-out mIoU (200 scenes) not below the base stage's (0.8611), so robustness costs no accuracy.
+BASE_MIOU = 0.861
 FINE_TUNE = ["--stage", "margin", "--steps", "{steps}"]   # the margin stage's lr and scenes
 DEFAULT_GRID = ("0.05:0", "0.05:0.3", "0.05:1", "0.1:0.3")
 
@@ -70,6 +73,20 @@ def int8_rows(checkpoint: Path, photos: Path, scenes: int) -> dict:
 
 
 def measure(checkpoint: Path, photos: Path, scenes: int) -> dict:
+    """The point's INT8 figures, cached beside its weights (keyed by their sha256, the scenes and the photographs)."""
+    key = {"weights": hashlib.sha256(checkpoint.read_bytes()).hexdigest(), "scenes": scenes,
+           "photos": sorted(hashlib.sha256(f.read_bytes()).hexdigest() for f in photos.iterdir() if f.is_file())}
+    cache = checkpoint.with_suffix(".int8.json")
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved["result"]
+    result = measure_int8(checkpoint, photos, scenes)
+    cache.write_text(json.dumps({"key": key, "result": result}) + "\n")
+    return result
+
+
+def measure_int8(checkpoint: Path, photos: Path, scenes: int) -> dict:
     rows = int8_rows(checkpoint, photos, scenes)
     qar = [rows[("int8-ptq-qar", d)] for d in ("synthetic", "photos")]
     pick = {"strict": "routing strict", "decisive": "decisive", "regret": "regret", "pixel": "pixel/top1"}
@@ -82,6 +99,8 @@ def measure(checkpoint: Path, photos: Path, scenes: int) -> dict:
 
 
 def meets(result: dict) -> bool:
+    if result.get("miou_200", 1.0) < BASE_MIOU:
+        return False
     for key, bounds in TARGETS.items():
         for value, bound in zip(result[key], bounds):
             if bound is None:
