@@ -1,5 +1,5 @@
-"""The layout-lean BRA formulation against the one before it (``biformer_edge.models.bra.FORMULATION``: "lean" vs
-"legacy"), same weights, in one process, on onnxruntime (FP32), OpenVINO (f32 hint) and eager PyTorch.
+"""The layout-lean BRA formulation (``biformer_edge.models.bra``) against the one before it ("legacy":
+tests/legacy_bra.py), same weights, in one process, on onnxruntime (FP32), OpenVINO (f32 hint) and eager PyTorch.
 
     python benchmarks/layout_lean.py [--cases biformer_tiny@224 biformer_seg_demo@128] [--rounds 12] [--runs 5]
     python benchmarks/layout_lean.py --cases biformer_seg_demo@64 --rounds 2 --runs 1 --profile-runs 2 \
@@ -47,38 +47,30 @@ def parse_case(text: str) -> tuple[str, int]:
     return name, int(size)
 
 
-def export_artifacts(model, shape, tmp: Path) -> dict:
-    """{(formulation, runtime): artifact dir} through the project's exporter, each formulation traced in its mode."""
+def formulations(model) -> dict:
+    """{"legacy": a copy of ``model`` switched to the previous formulation, "lean": ``model``}."""
+    import copy
+
+    from tests.legacy_bra import use_legacy_formulation
+    return {"legacy": use_legacy_formulation(copy.deepcopy(model)), "lean": model}
+
+
+def export_artifacts(models: dict, shape, tmp: Path) -> dict:
+    """{(formulation, runtime): artifact dir} through the project's exporter."""
     from biformer_edge.bench.plan import export_request
     from biformer_edge.exporter import export
-    from biformer_edge.models.bra import use_formulation
     out = {}
     for form in FORMULATIONS:
         for runtime in ("onnxruntime", "openvino"):
             path = tmp / f"{form}-{runtime}"
             log(f"  export {form} for {runtime}")
-            with use_formulation(form):
-                out[form, runtime], _ = export(export_request(model, runtime, "fp32", shape, output=str(path)),
-                                               log=lambda *_: None)
+            out[form, runtime], _ = export(export_request(models[form], runtime, "fp32", shape, output=str(path)),
+                                           log=lambda *_: None)
     return out
 
 
-class TorchRunner:
-    """Eager PyTorch in one formulation (the switch is read at call time)."""
-
-    def __init__(self, model, form: str):
-        self.model, self.form = model, form
-
-    def run(self, x):
-        import torch
-
-        from biformer_edge.models.bra import use_formulation
-        from biformer_edge.models.routing import run_torch
-        with use_formulation(self.form), torch.no_grad():
-            return run_torch(self.model, x)
-
-
-def open_runners(model, artifacts: dict, threads: int) -> dict:
+def open_runners(models: dict, artifacts: dict, threads: int) -> dict:
+    from biformer_edge.backends.pytorch.session import TorchSession
     from biformer_edge.bench.sessions import session_options
     from biformer_edge.manifest import read_manifest
     from biformer_edge.targets import open_session
@@ -86,7 +78,7 @@ def open_runners(model, artifacts: dict, threads: int) -> dict:
     for form in FORMULATIONS:
         for runtime in RUNTIMES:
             if runtime == "torch":
-                runners[form, runtime] = TorchRunner(model, form)
+                runners[form, runtime] = TorchSession(models[form])
                 continue
             options = session_options(runtime, threads, "f32" if runtime == "openvino" else None)
             if runtime == "onnxruntime":   # an idle session's threads must not spin on the cores the other uses
@@ -136,28 +128,27 @@ def interleaved_ratios(runners: dict, x, rounds: int, runs: int) -> dict:
     return res
 
 
-def profile_shares(name: str, shape, model, artifacts: dict, args, scratch: Path) -> dict:
+def profile_shares(name: str, shape, models: dict, artifacts: dict, args, scratch: Path) -> dict:
     """(formulation, runtime) -> op-class shares (%) and the runtime's configuration, from biformer-bench --profile's
-    profilers (in this process)."""
-    import torch
+    profilers (in this process; the torch one is handed the formulation's model instead of loading it by name)."""
+    from unittest import mock
 
+    from biformer_edge.backends.pytorch.session import TorchSession
+    from biformer_edge.bench import sessions
     from biformer_edge.bench.plan import Config
     from biformer_edge.bench.profile import ProfileRow
     from biformer_edge.bench.profilers import PROFILERS
-    from biformer_edge.models.bra import use_formulation
     from biformer_edge.parity.inputs import parity_inputs
     x = parity_inputs(tuple(shape))[0][0]
-    weights = scratch / "weights.pt"
-    torch.save(model.state_dict(), weights)
     out = {}
     for form in FORMULATIONS:
         for rt in RUNTIMES:
             spec = {"backend": rt, "model": name, "precision": "fp32", "hint": "f32" if rt == "openvino" else None,
-                    "threads": args.threads, "warmup": 3, "runs": args.profile_runs, "scratch": str(scratch),
-                    "weights": str(weights)}
+                    "threads": args.threads, "warmup": 3, "runs": args.profile_runs, "scratch": str(scratch)}
             if rt != "torch":
                 spec["artifact"] = str(artifacts[form, rt])
-            with use_formulation(form):
+            session = (TorchSession(models[form]), None, "f32")
+            with mock.patch.object(sessions, "open_worker_session", lambda _spec, s=session: s):
                 result = PROFILERS[rt](spec, x)
             row = ProfileRow(Config(name, rt, "fp32", rt, tuple(shape)))
             row.record(result)
@@ -178,14 +169,15 @@ def bench_case(name: str, size: int, args, tmp: Path) -> dict:
     # a rendered scene, as the bench times (random noise through random weights hits float32 denormals)
     x = parity_inputs(shape)[0][0]
     log(f"{name} @ {size}")
-    artifacts = export_artifacts(model, shape, tmp / f"{name}-{size}")
+    models = formulations(model)
+    artifacts = export_artifacts(models, shape, tmp / f"{name}-{size}")
     torch.set_num_threads(args.threads)
-    runners = open_runners(model, artifacts, args.threads)
+    runners = open_runners(models, artifacts, args.threads)
     res = {"model": name, "size": size, "agreement": agreement(runners, x),
            "timing": interleaved_ratios(runners, x, args.rounds, args.runs)}
     del runners
     log("  profiles")
-    res["profile"] = profile_shares(name, shape, model, artifacts, args, tmp / f"{name}-{size}")
+    res["profile"] = profile_shares(name, shape, models, artifacts, args, tmp / f"{name}-{size}")
     return res
 
 
@@ -198,19 +190,17 @@ def memory_case(name: str, size: int, args, tmp: Path) -> dict:
     from biformer_edge.backends.onnx.export import export_onnx
     from biformer_edge.memory import estimate_peak_bytes
     from biformer_edge.models import create_model
-    from biformer_edge.models.bra import use_formulation
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_bra_export import largest_intermediate, ort_memory
     torch.manual_seed(SEED)
-    model = create_model(name, pretrained=False).eval()
+    models = formulations(create_model(name, pretrained=False).eval())
     shape = (1, 3, size, size)
     out = {}
     for form in FORMULATIONS:
         log(f"{name} @ {size}: memory of {form}")
         path = tmp / f"{name}-{size}-{form}.onnx"
-        with use_formulation(form):
-            proto = export_onnx(model, path, shape, opset=17)
-            estimate, largest_torch = estimate_peak_bytes(model, shape)
+        proto = export_onnx(models[form], path, shape, opset=17)
+        estimate, largest_torch = estimate_peak_bytes(models[form], shape)
         out[form] = {"ort": ort_memory(path, args.memory_runs, args.threads), "largest": largest_intermediate(proto),
                      "estimate_bytes": estimate, "largest_torch_bytes": largest_torch}
         del proto

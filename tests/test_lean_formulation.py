@@ -1,6 +1,6 @@
-"""The layout-lean BRA formulation (biformer_edge.models.bra, FORMULATION "lean"): the same function as the legacy
-formulation and the official code (outputs, routing, affinities, the gradients QAT's routing term takes), and the
-layout it promises in the exported graph: the k-fold gathered keys/values go straight into the attention matmuls."""
+"""The layout-lean BRA formulation (biformer_edge.models.bra): the same function as the previous formulation
+(tests/legacy_bra.py) and the official code (outputs, routing, affinities, the gradients QAT's routing term takes),
+and the layout it promises in the exported graph: the k-fold gathered keys/values go straight into the matmuls."""
 import copy
 
 import numpy as np
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from biformer_edge.backends.onnx.export import export_onnx
-from biformer_edge.models import bra
-from biformer_edge.models.bra import AttentionLePE, BiLevelRoutingAttention, use_formulation
+from biformer_edge.models.bra import AttentionLePE, BiLevelRoutingAttention
+from tests.legacy_bra import use_legacy_formulation
 from tests.official_bra import use_official_bra
 
 
@@ -32,32 +32,26 @@ def random_bra(dim, heads, n_win, topk, qk_dim=None):
 ])
 def test_lean_equals_legacy_and_official(H, W, n_win, topk, dim, heads, qk_dim, batch):
     lean = random_bra(dim, heads, n_win, topk, qk_dim)
+    legacy = use_legacy_formulation(copy.deepcopy(lean))
     official = use_official_bra(copy.deepcopy(lean))
-    lean.record_routing = official.record_routing = lean.router.record = True
+    for module in (lean, legacy, official):
+        module.record_routing = module.router.record = True
     x = torch.randn(batch, H, W, dim)
     with torch.no_grad():
-        with use_formulation("lean"):
-            a = lean(x)
-        routing_lean, affinity_lean = lean.last_routing, lean.router.last_affinity
-        with use_formulation("legacy"):
-            b = lean(x)
-        c = official(x)
+        a, b, c = lean(x), legacy(x), official(x)
     assert a.shape == (batch, H, W, dim)
     assert (a - c).abs().max().item() <= 1e-5 and (a - b).abs().max().item() <= 1e-5
-    assert torch.equal(routing_lean, official.last_routing) and torch.equal(routing_lean, lean.last_routing)
-    assert torch.allclose(affinity_lean, lean.router.last_affinity, atol=1e-6)
+    assert torch.equal(lean.last_routing, official.last_routing) and torch.equal(lean.last_routing, legacy.last_routing)
+    assert torch.equal(lean.router.last_affinity, legacy.router.last_affinity)   # the router pools the same sums
 
 
 def test_stage4_attention_lean_equals_legacy():
     torch.manual_seed(0)
     attn = AttentionLePE(256).eval()
+    legacy = use_legacy_formulation(copy.deepcopy(attn))
     x = torch.randn(2, 7, 7, 256)
     with torch.no_grad():
-        with use_formulation("lean"):
-            a = attn(x)
-        with use_formulation("legacy"):
-            b = attn(x)
-    assert (a - b).abs().max().item() <= 1e-5
+        assert (attn(x) - legacy(x)).abs().max().item() <= 1e-5
 
 
 def test_routing_gradients_reach_qk_as_in_legacy():
@@ -66,30 +60,18 @@ def test_routing_gradients_reach_qk_as_in_legacy():
     grads = {}
     for form in ("lean", "legacy"):
         module = random_bra(64, 2, 4, 4)
+        if form == "legacy":
+            use_legacy_formulation(module)
         module.router.record = module.routing_gradients = True
-        with use_formulation(form):
-            module(torch.randn(1, 16, 16, 64, generator=torch.Generator().manual_seed(1)))
+        module(torch.randn(1, 16, 16, 64, generator=torch.Generator().manual_seed(1)))
         module.router.last_affinity.square().sum().backward()
         grads[form] = module.qkv.qkv.weight.grad.clone()
         assert grads[form][:128].abs().sum() > 0            # q and k rows
         assert grads[form][128:].abs().sum() == 0           # v does not reach the router
         module.routing_gradients = False
-        with use_formulation(form):
-            module(torch.randn(1, 16, 16, 64))
+        module(torch.randn(1, 16, 16, 64))
         assert module.router.last_affinity.grad_fn is None
     torch.testing.assert_close(grads["lean"], grads["legacy"], atol=1e-4, rtol=1e-4)
-
-
-def test_unknown_formulation_is_refused_and_the_switch_restored():
-    kept = bra.FORMULATION
-    with pytest.raises(ValueError, match="unknown BRA formulation"):
-        with use_formulation("fast"):
-            pass
-    with pytest.raises(RuntimeError):
-        with use_formulation("legacy"):
-            assert bra.FORMULATION == "legacy"
-            raise RuntimeError("inside")
-    assert bra.FORMULATION == kept
 
 
 def graph_facts(proto) -> dict:
@@ -119,13 +101,11 @@ def graph_facts(proto) -> dict:
 @pytest.fixture(scope="module")
 def stage3_graphs(tmp_path_factory):
     """BiFormer-T's stage-3 BRA (14x14, 8 heads, top-16 of 49 regions) exported in both formulations."""
-    module = random_bra(256, 8, 7, 16)
-    out = {}
-    for form in ("lean", "legacy"):
-        path = tmp_path_factory.mktemp("lean") / f"{form}.onnx"
-        with use_formulation(form):
-            out[form] = graph_facts(export_onnx(module, path, (1, 14, 14, 256), opset=17))
-    return out
+    modules = {"lean": random_bra(256, 8, 7, 16)}
+    modules["legacy"] = use_legacy_formulation(copy.deepcopy(modules["lean"]))
+    root = tmp_path_factory.mktemp("lean")
+    return {form: graph_facts(export_onnx(module, root / f"{form}.onnx", (1, 14, 14, 256), opset=17))
+            for form, module in modules.items()}
 
 
 def test_gathered_keys_values_reach_the_matmuls_without_layout_ops(stage3_graphs):

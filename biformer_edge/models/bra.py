@@ -10,43 +10,21 @@ released checkpoints load unchanged, but written for exporters:
 * the key/value gather is one flat-index ``index_select`` of whole regions (ONNX ``Gather`` on axis 0), instead of
   the official expand + ``torch.gather`` which ONNX materialises as a k-fold ``Expand`` + ``GatherElements``.
 
-Two formulations of the same function, chosen by :data:`FORMULATION` when a module runs (and so when it is
-traced for export):
-
-* ``"lean"`` (default): heads are laid out (region, head, token, channel) once, on the projection's output, *before*
-  the key/value gather; the gather then selects (region, head) rows with an index ordered (N, R, m, k), so the
-  k-fold larger gathered keys/values are never permuted or sliced: they reshape straight into the attention matmuls'
-  (N*R, m, k*T, c) operands. The stage-4 attention splits q, k, v on the head axis instead of a rank-5 permute.
-* ``"legacy"``: the formulation before it (gather whole regions of the (N*R, T, Ckv) kv, then slice and permute the
-  gathered keys and values per head), kept to measure one against the other (benchmarks/layout_lean.py).
+The layout is lean: heads are laid out (region, head, token, channel) once, on the projection's output, *before* the
+key/value gather, and the gather selects (region, head) rows with an index ordered (N, R, m, k), so the k-fold larger
+gathered keys/values are never permuted or sliced: they reshape straight into the attention matmuls' (N*R, m, k*T, c)
+operands. The stage-4 attention splits q, k, v on the head axis instead of a rank-5 permute. (The formulation before
+it, which gathered whole regions of kv and then sliced and permuted the gathered keys and values per head, is kept
+in tests/legacy_bra.py for the tests and benchmarks/layout_lean.py, which measures one against the other.)
 
 Shapes in comments: N batch, S regions per side (``n_win``), R = S*S regions, h x w tokens per region
 (T = h*w), k = topk, C = dim, Cq = qk_dim, Ckv = Cq + C, m heads, c a head's channels.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-FORMULATIONS = ("lean", "legacy")
-FORMULATION = "lean"
-
-
-@contextlib.contextmanager
-def use_formulation(name: str):
-    """Run (or trace) BRA and the stage-4 attention in formulation ``name`` inside the block; same function, same
-    parameters."""
-    global FORMULATION
-    if name not in FORMULATIONS:
-        raise ValueError(f"unknown BRA formulation '{name}': one of {', '.join(FORMULATIONS)}")
-    kept, FORMULATION = FORMULATION, name
-    try:
-        yield
-    finally:
-        FORMULATION = kept
 
 
 class QKVLinear(nn.Module):
@@ -155,18 +133,6 @@ class BiLevelRoutingAttention(nn.Module):
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))  # zeros, before the projection (official legacy order)
         return x
 
-    def gather_regions(self, kv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """kv (N*R, T, Ckv), index (N, R, k) -> (N*R, k*T, Ckv) by one flat-index gather of whole regions."""
-        N, R, k = (int(s) for s in index.shape)
-        T, Ckv = int(kv.shape[1]), int(kv.shape[2])
-        if N > 1:
-            index = index + (torch.arange(N, device=index.device) * R).view(N, 1, 1)
-        rows = kv.index_select(0, index.reshape(N * R * k))                  # (N*R*k, T, Ckv)
-        return rows.reshape(N * R, k * T, Ckv)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_lean(x) if FORMULATION == "lean" else self.forward_legacy(x)
-
     def gather_head_rows(self, rows: torch.Tensor, index: torch.Tensor, stride: int, offset: int) -> torch.Tensor:
         """rows (N*R*stride, T, c): the per-head rows of every region, region-major, head ``j`` of region ``r`` at
         ``r*stride + offset + j``; index (N, R, k) -> (N*R, m, k*T, c), the k selected regions' rows of each head
@@ -180,7 +146,7 @@ class BiLevelRoutingAttention(nn.Module):
         flat = index.reshape(N * R, 1, k) * stride + heads                   # (N*R, m, k)
         return rows.index_select(0, flat.reshape(N * R * m * k)).reshape(N * R, m, k * T, c)
 
-    def forward_lean(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         N, H, W, C = (int(s) for s in x.shape)
         x = self.pad_input(x)
         Hp, Wp = int(x.shape[1]), int(x.shape[2])
@@ -224,40 +190,6 @@ class BiLevelRoutingAttention(nn.Module):
             out = out[:, :H, :W, :]
         return out
 
-    def forward_legacy(self, x: torch.Tensor) -> torch.Tensor:
-        N, H, W, C = (int(s) for s in x.shape)
-        x = self.pad_input(x)
-        Hp, Wp = int(x.shape[1]), int(x.shape[2])
-        S, m, Cq = self.n_win, self.num_heads, self.qk_dim
-        h, w = Hp // S, Wp // S
-        T, R = h * w, S * S
-
-        qkv = self.qkv.qkv(x)                                                 # (N, Hp, Wp, 2Cq + C)
-        lepe = self.lepe(qkv[..., 2 * Cq:].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (N, Hp, Wp, C)
-        qkv = partition_regions(qkv, S)                    # one partition for q, k and v: (N*R, T, 2Cq + C)
-        q, kv = qkv[..., :Cq], qkv[..., Cq:]                                  # (N*R, T, Cq), (N*R, T, Ckv)
-
-        # Routing is gradient-free in every released config (official detach()); QAT's routing term needs gradients.
-        q_route, k_route = (q, kv[..., :Cq]) if self.routing_gradients else (q.detach(), kv[..., :Cq].detach())
-        index = self.router(q_route, k_route, N, R)                            # (N, R, k)
-        if self.record_routing:
-            self.last_routing = index
-        kv_sel = self.gather_regions(kv, index)                               # (N*R, k*T, Ckv)
-
-        kT = self.topk * T
-        k_sel = kv_sel[..., :Cq].reshape(N * R, kT, m, Cq // m).permute(0, 2, 1, 3)       # (N*R, m, kT, c)
-        v_sel = kv_sel[..., Cq:].reshape(N * R, kT, m, C // m).permute(0, 2, 1, 3)        # (N*R, m, kT, c)
-        q = q.reshape(N * R, T, m, Cq // m).permute(0, 2, 1, 3)                           # (N*R, m, T, c)
-        # k transposed inside the matmul: runtimes fuse it (onnxruntime FusedMatMul transB) instead of copying k
-        attn = torch.softmax((q * self.scale) @ k_sel.transpose(-2, -1), dim=-1)          # (N*R, m, T, kT)
-        out = (attn @ v_sel).permute(0, 2, 1, 3).reshape(N * R, T, C)                     # (N*R, T, C)
-        out = merge_regions(out, N, S, h, w) + lepe                                       # (N, Hp, Wp, C)
-        out = self.wo(out)
-        if Hp != H or Wp != W:
-            out = out[:, :H, :W, :]
-        return out
-
-
 class AttentionLePE(nn.Module):
     """Stage-4 global attention of the released models: 8 heads whatever the width, no qkv bias, head-dim scale,
     LePE (depthwise 5x5) on the attention *input* x (official ``_common.AttentionLePE``). NHWC in/out."""
@@ -274,12 +206,9 @@ class AttentionLePE(nn.Module):
         N, H, W, C = (int(s) for s in x.shape)
         L, m = H * W, self.num_heads
         lepe = self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(N, L, C)
-        if FORMULATION == "lean":   # heads of q, k, v side by side: one rank-4 permute, a Split on the head axis
-            qkv = self.qkv(x.reshape(N, L, C)).reshape(N, L, 3 * m, C // m).permute(0, 2, 1, 3)   # (N, 3m, L, c)
-            q, k, v = qkv.split(m, dim=1)
-        else:
-            qkv = self.qkv(x.reshape(N, L, C)).reshape(N, L, 3, m, C // m).permute(2, 0, 3, 1, 4)  # (3, N, m, L, c)
-            q, k, v = qkv[0], qkv[1], qkv[2]
+        # heads of q, k and v side by side: one rank-4 permute, then a Split on the head axis
+        qkv = self.qkv(x.reshape(N, L, C)).reshape(N, L, 3 * m, C // m).permute(0, 2, 1, 3)   # (N, 3m, L, c)
+        q, k, v = qkv.split(m, dim=1)
         attn = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)                 # (N, m, L, L)
         out = (attn @ v).transpose(1, 2).reshape(N, L, C) + lepe
         return self.proj(out).reshape(N, H, W, C)
