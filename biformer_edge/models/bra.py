@@ -7,8 +7,8 @@ released checkpoints load unchanged, but written for exporters:
 * no tensor has rank > 5 (Core ML's limit): region partition goes through a rank-5 permute, never rank 6;
 * no einsum, no einops;
 * TopK with a constant k (sorted, as TensorRT requires);
-* the key/value gather is one flat-index ``index_select`` of whole regions (ONNX ``Gather`` on axis 0), instead of
-  the official expand + ``torch.gather`` which ONNX materialises as a k-fold ``Expand`` + ``GatherElements``.
+* the key/value gathers are flat-index ``index_select``s of (region, head) rows (ONNX ``Gather`` on axis 0), instead
+  of the official expand + ``torch.gather`` which ONNX materialises as a k-fold ``Expand`` + ``GatherElements``.
 
 The layout is lean: heads are laid out (region, head, token, channel) once, on the projection's output, *before* the
 key/value gather, and the gather selects (region, head) rows with an index ordered (N, R, m, k), so the k-fold larger
@@ -189,6 +189,7 @@ class BiLevelRoutingAttention(nn.Module):
         if Hp != H or Wp != W:
             out = out[:, :H, :W, :]
         return out
+
 
 class AttentionLePE(nn.Module):
     """Stage-4 global attention of the released models: 8 heads whatever the width, no qkv bias, head-dim scale,
