@@ -1,16 +1,16 @@
 """Regenerate every figure the README and docs give for the default model (biformer_seg_demo), from one command.
 
-    python benchmarks/default_model.py                      # every section (about 1 h on 2 cores; the sweep trains)
+    python benchmarks/default_model.py                      # every section (hours on 2 cores; the sweep trains)
     python benchmarks/default_model.py --only int8 readme   # some sections
     python benchmarks/default_model.py --check              # regenerate nothing: say which blocks are stale
 
 Each section runs one measurement (the benchmark scripts beside this one, the demo app, ``biformer-qat``) on the
 shipped weights and rewrites its generated block in place: in docs/default_model.md, and one sentence in the README,
-between ``<!-- default-model:NAME -->`` and ``<!-- /default-model:NAME -->``. Each block opens with the command, the
+between ``<!-- default-model:NAME -->`` and ``<!-- /default-model:NAME -->``. Each block ends with the command, the
 date, the weights' sha256 and the CPU, so a block measured on other weights is visibly stale (``--check``), and the
-tables change with the weights instead of going stale. The targets the default model is made to meet (issue 19:
-INT8 QAR strict routing >= 0.97 on the held-out scenes and the photographs, and so on) are checked where they are
-measured and printed as PASS/FAIL lines under the table.
+tables change with the weights instead of going stale. The targets the default model is made to meet (INT8 QAR
+strict routing >= 0.97 on the held-out scenes and the photographs, and so on: routing_margin_sweep.TARGETS) are
+checked where they are measured and printed as PASS/FAIL lines under the table.
 
 The photographs are scikit-image's sample images (benchmarks/sample_photos.py) unless ``--photos DIR``.
 """
