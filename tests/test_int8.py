@@ -125,6 +125,23 @@ def test_calibration_cache_hit_gives_identical_artifact(jetson_int8, tmp_path, c
         "cache_key"]
 
 
+def test_qar_search_does_not_depend_on_the_machines_load(jetson_int8, tmp_path, monkeypatch):
+    """The keep-float search is bounded by work, not wall time: on a machine so slow that every clock reading is
+    hours later, the same export makes the same choices (a wall-clock budget once ended the search early under load)."""
+    import itertools
+    import types
+
+    import biformer_edge.quant.qar as qar
+    clock = itertools.count(0.0, 3600.0)
+    monkeypatch.setattr(qar, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setenv("BIFORMER_EDGE_CACHE", str(tmp_path / "cache"))   # a miss: the search runs again
+    slow = tmp_path / "slow"
+    assert run_cli(export_main, ["--target", "jetson", "--int8", *SIZE, *FEW, "--output", slow, "--no-parity"]) == 0
+    first, again = (manifest(p)["quantization"]["routing_search"] for p in (jetson_int8, slow))
+    assert again["float_groups"] == first["float_groups"] and again["trials"] == first["trials"] >= 1
+    assert again["calibration_after"] == first["calibration_after"] and again["seconds"] >= 3600
+
+
 def write_images(folder: Path) -> None:
     folder.mkdir()
     from biformer_edge.data import render_scene

@@ -23,11 +23,15 @@ from ..metrics import runs_agreement
 from ..models.routing import run_torch
 from .settings import DEFAULT_MAX_ROUTING_REGRET
 
-SEARCH_VERSION = 2   # part of the calibration cache key: a changed search never reuses an old result
+SEARCH_VERSION = 3   # part of the calibration cache key: a changed search never reuses an old result
 MIN_INT8_SHARE = 0.9   # no INT8 export keeps more float: the search stops here, a QAT checkpoint is refused below it
 MAX_STEPS = 4
 MIN_DECISIVE = 0.995  # stop only when decisive-route agreement also holds (regret alone stopped too early once)
-TIME_BUDGET_S = 90.0
+# The search's budget in work, not wall time, so that an export does not depend on the machine's load (a wall-clock
+# budget once ended the search before its first step on a busy machine). Trials x scored samples x input pixels: the
+# default model's full search (4 steps over its 19 groups, 32 samples at 128x128) fits; a larger input gets fewer
+# trials. The first step always runs whole.
+MAX_SEARCH_WORK = 80 * 32 * 128 * 128
 SEARCH_SAMPLES = 32  # calibration samples the search scores on (whole batches of the export's batch size)
 
 def quantized_modules(qmodel: nn.Module) -> dict[str, nn.Module]:
@@ -60,6 +64,8 @@ def keep_float_search(qmodel: nn.Module, fp32_model: nn.Module, batches: np.ndar
     ``qmodel`` in place; returns what it chose and the routing before and after, for the manifest."""
     started = time.perf_counter()
     batches = batches[:max(1, -(-SEARCH_SAMPLES // batches.shape[1]))]
+    max_trials = max(1, MAX_SEARCH_WORK // int(np.prod(batches.shape[:2]) * np.prod(batches.shape[-2:])))
+    trials_run = 0
     refs = [run_torch(fp32_model, b, affinities=True) for b in batches]
     last_stage = router_stages(fp32_model)
     modules = quantized_modules(qmodel)
@@ -82,17 +88,18 @@ def keep_float_search(qmodel: nn.Module, fp32_model: nn.Module, batches: np.ndar
     def done(m: dict) -> bool:
         return m["routing_regret"] <= max_regret and m["routing_decisive"] >= MIN_DECISIVE
 
-    while not done(current) and len(chosen) < MAX_STEPS and groups and time.perf_counter() - started < TIME_BUDGET_S:
+    while not done(current) and len(chosen) < MAX_STEPS and groups:
+        eligible = [g for g, names in groups.items()
+                    if (int8_weights - weights([modules[n] for n in names])) / total_weights >= MIN_INT8_SHARE]
+        if not eligible or (chosen and trials_run + len(eligible) > max_trials):
+            break
         trials = {}
-        for group, names in groups.items():
-            members = [modules[n] for n in names]
-            if (int8_weights - weights(members)) / total_weights < MIN_INT8_SHARE:
-                continue
+        for group in eligible:
+            members = [modules[n] for n in groups[group]]
             set_float(members, True)
             trials[group] = score()
             set_float(members, False)
-        if not trials:
-            break
+        trials_run += len(trials)
         best = min(trials, key=lambda g: trials[g]["routing_regret"])
         if trials[best]["routing_regret"] > current["routing_regret"] - 3e-4:
             break   # nothing left that helps routing measurably
@@ -106,4 +113,4 @@ def keep_float_search(qmodel: nn.Module, fp32_model: nn.Module, batches: np.ndar
     return {"max_regret": max_regret, "float_groups": chosen,
             "float_layers": [n for n, m in modules.items() if not m.input_quantizer.is_enabled],
             "calibration_before": before, "calibration_after": current,
-            "met": done(current), "seconds": round(time.perf_counter() - started, 1)}
+            "met": done(current), "trials": trials_run, "seconds": round(time.perf_counter() - started, 1)}
