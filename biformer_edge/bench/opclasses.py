@@ -66,7 +66,7 @@ _BY_CLASS = {
     # selecting by index: the router's TopK and the region gather
     GATHER: """
         Gather GatherElements GatherND TopK ScatterND ScatterElements ScatterUpdate ArgMax
-        aten::index_select aten::gather aten::topk aten::index aten::take_along_dim aten::argmax aten::sort
+        aten::index_select aten::arange aten::gather aten::topk aten::index aten::take_along_dim aten::argmax aten::sort
         aten::scatter
     """,
     # normalisation layers, and the reductions and pooling they and the runtimes' decompositions of them are made
