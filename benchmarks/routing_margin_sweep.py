@@ -73,8 +73,11 @@ def int8_rows(checkpoint: Path, photos: Path, scenes: int) -> dict:
 
 
 def measure(checkpoint: Path, photos: Path, scenes: int) -> dict:
-    """The point's INT8 figures, cached beside its weights (keyed by their sha256, the scenes and the photographs)."""
+    """The point's INT8 figures, cached beside its weights (keyed by their sha256, the QAR search version, the scenes
+    and the photographs)."""
+    from biformer_edge.quant.qar import SEARCH_VERSION  # a changed keep-float search invalidates the cache too
     key = {"weights": hashlib.sha256(checkpoint.read_bytes()).hexdigest(), "scenes": scenes,
+           "search_version": SEARCH_VERSION,
            "photos": sorted(hashlib.sha256(f.read_bytes()).hexdigest() for f in photos.iterdir() if f.is_file())}
     cache = checkpoint.with_suffix(".int8.json")
     if cache.is_file():
