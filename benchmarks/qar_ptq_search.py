@@ -533,6 +533,8 @@ def main(argv=None) -> int:
                    help="keep-float unit of the benchmark's own search: a group (model.spec.quant_group's: stem, "
                         "downN, each block's pos / norm / qkv / attn_out / mlp; the benchmark's own fpn, head) or "
                         "one Conv/Linear")
+    p.add_argument("--checkpoint", help="FP32 weights of the model to search instead of the shipped ones (e.g. a "
+                                       "routing_margin_sweep point)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=str(RESULTS / "qar_ptq_search.md"))
     a = p.parse_args(argv)
@@ -549,7 +551,7 @@ def main(argv=None) -> int:
                f"(seeds {scene_set('held_out', 1)[0]}..), never used for a choice")
 
     size = (128, 128)
-    model = create_model(a.model, pretrained=True).eval()
+    model = create_model(a.model, checkpoint=a.checkpoint, pretrained=not a.checkpoint).eval()
     calib = calibration_inputs(resolve_recipe(None, a.calib_samples), (BATCH, 3, *size))
     started = time.perf_counter()
     S = Search(a, model, calib, calib[: a.score_samples // BATCH], held_out(a.held_out, size))

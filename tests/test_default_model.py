@@ -53,12 +53,23 @@ def test_targets_are_checked_at_their_bounds():
     for key, worse in (("strict", (0.9699, 0.99)), ("decisive", (1.0, 0.9949)), ("regret", (0.0011, 0.0)),
                        ("pixel", (0.9989, 1.0))):
         assert not routing_margin_sweep.meets({**good, key: worse}), key
+    drop = routing_margin_sweep.INT8_MIOU_DROP
+    assert routing_margin_sweep.meets({**good, "miou_64": 0.78, "int8_miou_64": 0.78 - drop})
+    assert not routing_margin_sweep.meets({**good, "miou_64": 0.78, "int8_miou_64": 0.78 - drop - 1e-4})
 
 
-@pytest.mark.parametrize("text", ["0.05", "a:b", "0:0.3", "1:0.3", "0.05:-1", "nan:1"])
+@pytest.mark.parametrize("text", ["0.05", "a:b", "0:0.3", "1:0.3", "0.05:-1", "nan:1", "0.05:1:0", "0.05:1:1.5",
+                                  "0.05:1:2000:3"])
 def test_sweep_refuses_bad_grid_points(text):
     with pytest.raises(argparse.ArgumentTypeError):
         routing_margin_sweep.parse_point(text)
+
+
+def test_sweep_points_name_their_steps():
+    assert routing_margin_sweep.parse_point("0.05:1") == (0.05, 1.0, None)
+    assert routing_margin_sweep.parse_point("0.05:1:2000") == (0.05, 1.0, 2000)
+    # a point trained for other steps is another point: its cached weights are never reused
+    assert routing_margin_sweep.point_name(0.05, 1, 1000) != routing_margin_sweep.point_name(0.05, 1, 2000)
 
 
 def test_target_lines_report_each_bound():
